@@ -1,0 +1,38 @@
+# EcoWatt — fleet backend for solar-inverter gateways.
+# `make help` lists the targets.
+
+GO      ?= go
+ARGS    ?=
+PKGS    ?= ./...
+
+.PHONY: help run demo test test-long check bench bench-full build fuzz
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+run: ## start the server (embedded broker, in-process store when no ECOWATT_REDIS)
+	$(GO) run ./cmd/ecowatt serve $(ARGS)
+
+demo: ## start the server with 25 simulated devices
+	$(GO) run ./cmd/ecowatt serve --demo 25 $(ARGS)
+
+build: ## build the binaries into bin/
+	$(GO) build -o bin/ ./cmd/...
+
+test: ## run all tests with -race against a throwaway redis-server
+	bash scripts/test.sh $(PKGS)
+
+test-long: ## soak and full-scale tests
+	ECOWATT_LONG=1 bash scripts/test.sh $(PKGS)
+
+check: ## gofmt, go vet, staticcheck
+	bash scripts/check.sh
+
+bench: ## quick benchmarks (go test -bench)
+	bash scripts/bench.sh
+
+bench-full: ## full-size benchmarks
+	ECOWATT_BENCH_FULL=1 bash scripts/bench.sh
+
+fuzz: ## run each fuzz target briefly
+	bash scripts/fuzz.sh
