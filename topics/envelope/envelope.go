@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"time"
+	"unicode/utf8"
 )
 
 // Label is the protocol label that starts every MAC input.
@@ -129,10 +130,16 @@ func (k *Keys) mac(topic string, nonce uint64, tsMillis int64, encrypted bool, p
 
 // Seal wraps body for topic. When encrypt is true the body is encrypted with
 // AES-256-GCM under a random 12-byte IV read from random (which must then be
-// non-nil), and the payload is base64(IV | ciphertext | tag).
+// non-nil), and the payload is base64(IV | ciphertext | tag). A plain body
+// travels as a JSON string, so it must be valid UTF-8 (any JSON is).
 func Seal(k *Keys, topic string, nonce uint64, ts time.Time, body []byte, encrypt bool, random io.Reader) ([]byte, error) {
 	if err := checkHeader(topic, nonce); err != nil {
 		return nil, fmt.Errorf("seal: %w", err)
+	}
+	if !encrypt && !utf8.Valid(body) {
+		// encoding/json would replace the bad bytes with U+FFFD and the
+		// receiver's MAC would no longer match.
+		return nil, fmt.Errorf("seal: %w: plain body is not valid UTF-8", ErrMalformed)
 	}
 	payload := body
 	if encrypt {
@@ -150,10 +157,15 @@ func Seal(k *Keys, topic string, nonce uint64, ts time.Time, body []byte, encryp
 		Payload:   string(payload),
 		MAC:       hex.EncodeToString(k.mac(topic, nonce, ms, encrypt, payload)),
 	}
-	out, err := json.Marshal(env)
-	if err != nil {
+	// No HTML escaping: the wire then carries "<" rather than "\u003c",
+	// as a firmware JSON writer would. Either decodes to the same bytes.
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(env); err != nil {
 		return nil, fmt.Errorf("seal: %w", err)
 	}
+	out := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 	if len(out) > MaxSize {
 		return nil, fmt.Errorf("seal: %w: %d bytes", ErrTooLarge, len(out))
 	}
@@ -167,13 +179,19 @@ func Open(k *Keys, topic string, raw []byte) (Message, error) {
 	if len(raw) > MaxSize {
 		return Message{}, fmt.Errorf("open: %w: %d bytes", ErrTooLarge, len(raw))
 	}
+	if !utf8.Valid(raw) {
+		// encoding/json would silently replace invalid bytes inside the
+		// payload string; reject them instead of failing later as ErrMAC.
+		return Message{}, fmt.Errorf("open: %w: not valid UTF-8", ErrMalformed)
+	}
 	var env Envelope
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&env); err != nil {
 		return Message{}, fmt.Errorf("open: %w: %v", ErrMalformed, err)
 	}
-	if dec.More() {
+	// dec.More alone misses a trailing "}" or "]"; only EOF may follow.
+	if _, err := dec.Token(); err != io.EOF {
 		return Message{}, fmt.Errorf("open: %w: trailing data", ErrMalformed)
 	}
 	if err := checkHeader(topic, env.Nonce); err != nil {
