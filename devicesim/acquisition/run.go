@@ -29,6 +29,9 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		if err := s.clk.Sleep(ctx, due.Sub(s.clk.Now())); err != nil {
 			return err
 		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		if !nextUpload.After(due) {
 			s.closeBatch()
 			s.flush(ctx)

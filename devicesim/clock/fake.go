@@ -111,7 +111,8 @@ func (f *Fake) AfterFunc(d time.Duration, fn func()) Timer {
 	return f.add(d, t)
 }
 
-// Sleep blocks until Advance passes now+d or ctx is done.
+// Sleep blocks until Advance passes now+d or ctx is done. It returns
+// ctx.Err() if ctx is done when it wakes, whichever came first.
 func (f *Fake) Sleep(ctx context.Context, d time.Duration) error {
 	if d <= 0 {
 		return ctx.Err()
@@ -121,7 +122,9 @@ func (f *Fake) Sleep(ctx context.Context, d time.Duration) error {
 	f.mu.Unlock()
 	select {
 	case <-t.ch:
-		return nil
+		// A context cancelled by a timer due at the same instant wins, so
+		// the outcome does not depend on select's random choice.
+		return ctx.Err()
 	case <-ctx.Done():
 		t.Stop()
 		return ctx.Err()
