@@ -1,0 +1,180 @@
+package backend
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ecowatt/ecowatt/topics"
+	"github.com/redis/go-redis/v9"
+)
+
+// Event is one audit event, as stored, published on
+// ecowatt/v1/events/{device}/{kind} and streamed to SubscribeEvents.
+type Event struct {
+	ID     string          `json:"id,omitempty"` // audit stream entry; empty when the device is unknown
+	Device string          `json:"device"`
+	Kind   string          `json:"kind"` // topics.Event*
+	At     time.Time       `json:"at"`
+	Data   json.RawMessage `json:"data,omitempty"`
+}
+
+// auditScript appends to a device's audit stream only when the device
+// exists, so events about unknown devices create no keys.
+// KEYS: dev hash, audit stream. ARGV: maxlen, kind, at (unix ms), data.
+var auditScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'kind', ARGV[2], 'at', ARGV[3], 'data', ARGV[4])
+`)
+
+// Emit records an audit event for dev: it appends it to the device's audit
+// stream (capped; only when the device exists), publishes it as JSON at
+// QoS 1 on topics.Event(dev, kind), and fans it out to SubscribeEvents.
+func (s *Service) Emit(ctx context.Context, dev, kind string, data any) error {
+	topic := topics.Event(dev, kind)
+	if _, err := topics.Parse(topic); err != nil {
+		return &Error{Code: CodeInvalid, Message: "bad event device or kind", Err: err}
+	}
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return fmt.Errorf("emit %s %s: %w", dev, kind, err)
+	}
+	ev := Event{Device: dev, Kind: kind, At: s.now().UTC(), Data: raw}
+	id, err := auditScript.Run(ctx, s.rdb, []string{s.keys.Device(dev), s.keys.Audit(dev)},
+		s.cfg.AuditMaxLen, kind, ev.At.UnixMilli(), raw).Text()
+	if err != nil && err != redis.Nil {
+		return fmt.Errorf("emit %s %s: audit: %w", dev, kind, err)
+	}
+	ev.ID = id
+	s.hub.publish(ev)
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("emit %s %s: %w", dev, kind, err)
+	}
+	if err := s.bus.Publish(ctx, topic, b, 1); err != nil {
+		return fmt.Errorf("emit %s %s: publish: %w", dev, kind, err)
+	}
+	return nil
+}
+
+// Events returns up to count of dev's most recent audit events, newest first.
+func (s *Service) Events(ctx context.Context, dev string, count int64) ([]Event, error) {
+	if _, err := s.Device(ctx, dev); err != nil {
+		return nil, err
+	}
+	msgs, err := s.rdb.XRevRangeN(ctx, s.keys.Audit(dev), "+", "-", count).Result()
+	if err != nil {
+		return nil, unavailable("events "+dev, err)
+	}
+	out := make([]Event, 0, len(msgs))
+	for _, m := range msgs {
+		ev := Event{ID: m.ID, Device: dev}
+		ev.Kind, _ = m.Values["kind"].(string)
+		if at, ok := m.Values["at"].(string); ok {
+			if t := msTime(at); t != nil {
+				ev.At = *t
+			}
+		}
+		if d, ok := m.Values["data"].(string); ok && json.Valid([]byte(d)) {
+			ev.Data = json.RawMessage(d)
+		}
+		out = append(out, ev)
+	}
+	return out, nil
+}
+
+// SecurityEvent records a rejected message or connection: it counts it in
+// ecowatt_security_rejections_total{reason}, logs it, appends it to the
+// fleet-wide security stream and emits a security event for dev (audit
+// stream only when dev exists). It changes no other state. dev may be
+// empty or invalid when the offender is not a known device.
+func (s *Service) SecurityEvent(ctx context.Context, dev, reason, detail string) {
+	s.m.rejections.WithLabelValues(reason).Inc()
+	s.log.Warn().Str("device", dev).Str("reason", reason).Str("detail", detail).Msg("security rejection")
+	now := s.now().UTC()
+	err := s.rdb.XAdd(ctx, &redis.XAddArgs{
+		Stream: s.keys.Security(),
+		MaxLen: s.cfg.SecurityMaxLen,
+		Approx: true,
+		Values: []any{"device", dev, "reason", reason, "detail", detail, "at", now.UnixMilli()},
+	}).Err()
+	if err != nil {
+		s.log.Error().Err(err).Msg("security stream append")
+	}
+	data := map[string]string{"reason": reason, "detail": detail}
+	if topics.ValidateID(dev) != nil {
+		raw, _ := json.Marshal(data)
+		s.hub.publish(Event{Device: dev, Kind: topics.EventSecurity, At: now, Data: raw})
+		return
+	}
+	if err := s.Emit(ctx, dev, topics.EventSecurity, data); err != nil {
+		s.log.Error().Err(err).Str("device", dev).Msg("emit security event")
+	}
+}
+
+// EventFilter selects events; empty fields match everything.
+type EventFilter struct {
+	Device string
+	Kind   string
+}
+
+func (f EventFilter) match(ev Event) bool {
+	return (f.Device == "" || f.Device == ev.Device) && (f.Kind == "" || f.Kind == ev.Kind)
+}
+
+// SubscribeEvents returns a channel of the events this process emits that
+// match f, and a cancel function (safe to call twice) that closes it. A
+// subscriber that falls behind by more than 256 events loses the newest
+// ones (counted in ecowatt_events_dropped_total); the audit stream keeps
+// them. Events emitted by other replicas are not seen: subscribe to
+// ecowatt/v1/events/# on the broker for those.
+func (s *Service) SubscribeEvents(f EventFilter) (<-chan Event, func()) {
+	return s.hub.subscribe(f, s.m.eventsDropped.Inc)
+}
+
+// hub fans events out to in-process subscribers.
+type hub struct {
+	mu   sync.Mutex // guards subs
+	subs map[*subscriber]struct{}
+}
+
+type subscriber struct {
+	f       EventFilter
+	ch      chan Event
+	dropped func()
+}
+
+func newHub() *hub { return &hub{subs: make(map[*subscriber]struct{})} }
+
+func (h *hub) subscribe(f EventFilter, dropped func()) (<-chan Event, func()) {
+	sub := &subscriber{f: f, ch: make(chan Event, 256), dropped: dropped}
+	h.mu.Lock()
+	h.subs[sub] = struct{}{}
+	h.mu.Unlock()
+	var once sync.Once
+	return sub.ch, func() {
+		once.Do(func() {
+			h.mu.Lock()
+			delete(h.subs, sub)
+			close(sub.ch)
+			h.mu.Unlock()
+		})
+	}
+}
+
+func (h *hub) publish(ev Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for sub := range h.subs {
+		if !sub.f.match(ev) {
+			continue
+		}
+		select {
+		case sub.ch <- ev:
+		default:
+			sub.dropped()
+		}
+	}
+}

@@ -1,0 +1,143 @@
+package httpapi
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/ecowatt/ecowatt/backend"
+	"github.com/rs/zerolog"
+)
+
+// status maps a backend error code to its HTTP status. It is the only such
+// mapping.
+func status(code string) int {
+	switch code {
+	case backend.CodeInvalid:
+		return http.StatusBadRequest
+	case backend.CodeNotFound:
+		return http.StatusNotFound
+	case backend.CodeConflict:
+		return http.StatusConflict
+	case backend.CodeUnauthorized:
+		return http.StatusUnauthorized
+	case backend.CodeForbidden:
+		return http.StatusForbidden
+	case backend.CodeTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case backend.CodeUnavailable:
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+type errorBody struct {
+	Error errorDetail `json:"error"`
+}
+
+type errorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Field   string `json:"field,omitempty"`
+}
+
+// writeError writes err as JSON. Only the client-safe message and field
+// are shown; the full error is logged for server-side failures.
+func writeError(w http.ResponseWriter, log zerolog.Logger, err error) {
+	code := backend.ErrorCode(err)
+	st := status(code)
+	if st >= 500 {
+		log.Error().Err(err).Int("status", st).Msg("request failed")
+	}
+	msg, field := backend.ErrorMessage(err)
+	if code == backend.CodeUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="ecowatt"`)
+	}
+	encode(w, st, errorBody{Error: errorDetail{Code: code, Message: msg, Field: field}})
+}
+
+func encode(w http.ResponseWriter, st int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		st = http.StatusInternalServerError
+		b = []byte(`{"error":{"code":"internal","message":"internal error"}}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(st)
+	w.Write(append(b, '\n'))
+}
+
+// decode reads one JSON object of at most MaxBodySize bytes into v,
+// refusing unknown fields and trailing data.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodySize))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return backend.Errorf(backend.CodeTooLarge, "", "request body over %d bytes", MaxBodySize)
+		}
+		return backend.Errorf(backend.CodeInvalid, "", "request body unreadable")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return jsonError(err)
+	}
+	if dec.More() {
+		return backend.Errorf(backend.CodeInvalid, "", "request body has data after the JSON object")
+	}
+	return nil
+}
+
+// jsonError turns a decoding error into a client-safe *backend.Error.
+func jsonError(err error) error {
+	if te, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
+		return backend.Errorf(backend.CodeInvalid, te.Field, "field %s must be a JSON %s", te.Field, jsonKind(te.Type.Kind().String()))
+	}
+	if msg, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		field := strings.Trim(msg, `"`)
+		return backend.Errorf(backend.CodeInvalid, field, "unknown field %s", msg)
+	}
+	if errors.Is(err, io.EOF) {
+		return backend.Errorf(backend.CodeInvalid, "", "request body is empty; want a JSON object")
+	}
+	if se, ok := errors.AsType[*json.SyntaxError](err); ok {
+		return backend.Errorf(backend.CodeInvalid, "", "request body is not valid JSON (at byte %d)", se.Offset)
+	}
+	return backend.Errorf(backend.CodeInvalid, "", "request body is not valid JSON")
+}
+
+func jsonKind(k string) string {
+	switch {
+	case strings.HasPrefix(k, "int"), strings.HasPrefix(k, "uint"), strings.HasPrefix(k, "float"):
+		return "number"
+	case k == "struct" || k == "map":
+		return "object"
+	case k == "slice" || k == "array":
+		return "array"
+	case k == "bool":
+		return "boolean"
+	}
+	return k
+}
+
+// requireAdmin lets through requests bearing the admin token. Tokens are
+// compared in constant time (over their SHA-256, so length leaks nothing).
+func requireAdmin(log zerolog.Logger, token string, next http.Handler) http.Handler {
+	want := sha256.Sum256([]byte(token))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		sum := sha256.Sum256([]byte(got))
+		if !ok || token == "" || subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
+			log.Debug().Str("path", r.URL.Path).Str("remote", r.RemoteAddr).Msg("api request without a valid admin token")
+			writeError(w, log, backend.Errorf(backend.CodeUnauthorized, "", "missing or wrong bearer token"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}

@@ -1,0 +1,89 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/hex"
+	"net/http"
+	"time"
+
+	"github.com/ecowatt/ecowatt/backend"
+	"github.com/rs/zerolog"
+)
+
+func handleHealthz() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		encode(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+}
+
+func handleReadyz(log zerolog.Logger, f Fleet, ready func() error) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := f.Ping(ctx); err != nil {
+			writeError(w, log, err)
+			return
+		}
+		if err := ready(); err != nil {
+			writeError(w, log, &backend.Error{Code: backend.CodeUnavailable, Message: "broker not ready", Err: err})
+			return
+		}
+		encode(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+}
+
+func handleDevicesList(log zerolog.Logger, f Fleet) http.Handler {
+	type response struct {
+		Devices []backend.Device `json:"devices"`
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ds, err := f.Devices(r.Context())
+		if err != nil {
+			writeError(w, log, err)
+			return
+		}
+		encode(w, http.StatusOK, response{Devices: ds})
+	})
+}
+
+func handleDevicesCreate(log zerolog.Logger, f Fleet) http.Handler {
+	type request struct {
+		ID string `json:"id"`
+	}
+	type response struct {
+		ID  string `json:"id"`
+		Key string `json:"key"` // hex PSK, shown only here
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req request
+		if err := decode(w, r, &req); err != nil {
+			writeError(w, log, err)
+			return
+		}
+		psk, err := f.Provision(r.Context(), req.ID)
+		if err != nil {
+			writeError(w, log, err)
+			return
+		}
+		w.Header().Set("Location", "/api/v1/devices/"+req.ID)
+		w.Header().Set("Cache-Control", "no-store")
+		encode(w, http.StatusCreated, response{ID: req.ID, Key: hex.EncodeToString(psk)})
+	})
+}
+
+func handleDeviceGet(log zerolog.Logger, f Fleet) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d, err := f.Device(r.Context(), r.PathValue("id"))
+		if err != nil {
+			writeError(w, log, err)
+			return
+		}
+		encode(w, http.StatusOK, d)
+	})
+}
+
+func handleNotFound(log zerolog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, log, backend.Errorf(backend.CodeNotFound, "", "no route %s %s", r.Method, r.URL.Path))
+	})
+}

@@ -1,0 +1,51 @@
+// Package httpapi is EcoWatt's HTTP API: health and readiness probes,
+// Prometheus metrics and the bearer-token admin API under /api/v1. The
+// whole API is listed in routes.go; handlers are closures over their
+// dependencies; backend errors become JSON in exactly one place (status).
+package httpapi
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/ecowatt/ecowatt/backend"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// Fleet is what the API needs from the backend; *backend.Service has it.
+type Fleet interface {
+	Provision(ctx context.Context, id string) ([]byte, error)
+	Device(ctx context.Context, id string) (backend.Device, error)
+	Devices(ctx context.Context) ([]backend.Device, error)
+	Ping(ctx context.Context) error
+}
+
+var _ Fleet = (*backend.Service)(nil)
+
+// Deps are the server's dependencies.
+type Deps struct {
+	Fleet Fleet
+	// AdminToken guards /api/. An empty token refuses every API request.
+	AdminToken string
+	Gatherer   prometheus.Gatherer // for /metrics; default prometheus.DefaultGatherer
+	// Ready reports whether the broker is listening; nil means ready.
+	Ready  func() error
+	Logger zerolog.Logger
+}
+
+// MaxBodySize bounds request bodies.
+const MaxBodySize = 64 << 10
+
+// NewServer returns the API's handler.
+func NewServer(d Deps) http.Handler {
+	if d.Gatherer == nil {
+		d.Gatherer = prometheus.DefaultGatherer
+	}
+	if d.Ready == nil {
+		d.Ready = func() error { return nil }
+	}
+	mux := http.NewServeMux()
+	addRoutes(mux, d)
+	return mux
+}

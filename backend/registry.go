@@ -1,0 +1,279 @@
+package backend
+
+import (
+	"container/list"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ecowatt/ecowatt/topics"
+	"github.com/ecowatt/ecowatt/topics/envelope"
+	"github.com/redis/go-redis/v9"
+)
+
+// Device is a device's registry entry and presence, as the API shows it.
+type Device struct {
+	ID              string     `json:"id"`
+	Online          bool       `json:"online"`
+	LastSeen        *time.Time `json:"last_seen"`
+	FirmwareVersion string     `json:"firmware_version"`
+	ConfigVersion   int64      `json:"config_version"`
+	BootCount       int64      `json:"boot_count"`
+	// UptimeSeconds is the uptime reported at birth plus the time since,
+	// while online; the last reported uptime while offline.
+	UptimeSeconds int64      `json:"uptime_s"`
+	Slot          string     `json:"slot,omitempty"`
+	BirthAt       *time.Time `json:"birth_at,omitempty"`
+	CreatedAt     time.Time  `json:"created_at"`
+}
+
+// Fields of the device hash (store.Keys.Device).
+const (
+	fID              = "id"
+	fCreatedAt       = "created_at"
+	fOnline          = "online"
+	fLastSeen        = "last_seen"
+	fFirmwareVersion = "firmware_version"
+	fConfigVersion   = "config_version"
+	fBootCount       = "boot_count"
+	fUptime          = "uptime_s"
+	fSlot            = "slot"
+	fBirthAt         = "birth_at"
+	fOfflineAt       = "offline_at"
+)
+
+// provisionScript creates a device atomically, refusing an existing one.
+// KEYS: dev hash, psk, rxhigh, rxbits. ARGV: id, created_at ms, sealed psk.
+var provisionScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'created_at', ARGV[2], 'online', '0')
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('DEL', KEYS[3], KEYS[4])
+return 1
+`)
+
+// Provision registers device id with a fresh random 256-bit PSK and returns
+// the PSK; this is the only time it is revealed. An invalid ID is a
+// CodeInvalid error, an existing device CodeConflict; neither changes state.
+func (s *Service) Provision(ctx context.Context, id string) ([]byte, error) {
+	if err := topics.ValidateID(id); err != nil {
+		return nil, &Error{Code: CodeInvalid, Field: "id", Message: "id must be 1-64 characters of A-Z a-z 0-9 _ -", Err: err}
+	}
+	psk := make([]byte, envelope.KeySize)
+	if _, err := io.ReadFull(s.random, psk); err != nil {
+		return nil, fmt.Errorf("provision %s: read random: %w", id, err)
+	}
+	sealed, err := s.vault.Seal(id, psk)
+	if err != nil {
+		return nil, fmt.Errorf("provision %s: %w", id, err)
+	}
+	now := s.now()
+	created, err := provisionScript.Run(ctx, s.rdb,
+		[]string{s.keys.Device(id), s.keys.PSK(id), s.keys.RxHigh(id), s.keys.RxBits(id)},
+		id, now.UnixMilli(), sealed).Int()
+	if err != nil {
+		return nil, unavailable("provision "+id, err)
+	}
+	if created == 0 {
+		return nil, Errorf(CodeConflict, "id", "device %s already exists", id)
+	}
+	// The index is a separate slot, so it is written after the device;
+	// ZADD is idempotent.
+	if err := s.rdb.ZAdd(ctx, s.keys.Devices(), redis.Z{Member: id}).Err(); err != nil {
+		return nil, unavailable("provision "+id+": index", err)
+	}
+	s.cache.forget(id)
+	s.log.Info().Str("device", id).Msg("device provisioned")
+	return psk, nil
+}
+
+// Device returns one device. An unknown or invalid ID is CodeNotFound.
+func (s *Service) Device(ctx context.Context, id string) (Device, error) {
+	if topics.ValidateID(id) != nil {
+		return Device{}, Errorf(CodeNotFound, "id", "no device %q", id)
+	}
+	h, err := s.rdb.HGetAll(ctx, s.keys.Device(id)).Result()
+	if err != nil {
+		return Device{}, unavailable("get device "+id, err)
+	}
+	if len(h) == 0 {
+		return Device{}, Errorf(CodeNotFound, "id", "no device %q", id)
+	}
+	return s.parseDevice(id, h), nil
+}
+
+// Devices returns every device, sorted by ID.
+func (s *Service) Devices(ctx context.Context) ([]Device, error) {
+	ids, err := s.rdb.ZRange(ctx, s.keys.Devices(), 0, -1).Result()
+	if err != nil {
+		return nil, unavailable("list devices", err)
+	}
+	out := make([]Device, 0, len(ids))
+	const batch = 500
+	for len(ids) > 0 {
+		n := min(batch, len(ids))
+		cmds := make([]*redis.MapStringStringCmd, n)
+		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, id := range ids[:n] {
+				cmds[i] = p.HGetAll(ctx, s.keys.Device(id))
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, unavailable("list devices", err)
+		}
+		for i, c := range cmds {
+			if h := c.Val(); len(h) > 0 {
+				out = append(out, s.parseDevice(ids[i], h))
+			}
+		}
+		ids = ids[n:]
+	}
+	return out, nil
+}
+
+func (s *Service) parseDevice(id string, h map[string]string) Device {
+	d := Device{
+		ID:              id,
+		Online:          h[fOnline] == "1",
+		FirmwareVersion: h[fFirmwareVersion],
+		ConfigVersion:   atoi(h[fConfigVersion]),
+		BootCount:       atoi(h[fBootCount]),
+		UptimeSeconds:   atoi(h[fUptime]),
+		Slot:            h[fSlot],
+		LastSeen:        msTime(h[fLastSeen]),
+		BirthAt:         msTime(h[fBirthAt]),
+	}
+	if c := msTime(h[fCreatedAt]); c != nil {
+		d.CreatedAt = *c
+	}
+	if d.Online && d.BirthAt != nil {
+		if since := s.now().Sub(*d.BirthAt); since > 0 {
+			d.UptimeSeconds += int64(since / time.Second)
+		}
+	}
+	return d
+}
+
+func atoi(s string) int64 {
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return n
+}
+
+func msTime(s string) *time.Time {
+	if s == "" {
+		return nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return nil
+	}
+	t := time.UnixMilli(n).UTC()
+	return &t
+}
+
+// DeviceKeys returns the keys derived from device id's PSK, for the broker's
+// password check and the envelope. Results are cached in memory (bounded,
+// with a TTL) because every connect asks. An unknown device is an error
+// matching ErrNotFound.
+func (s *Service) DeviceKeys(ctx context.Context, id string) (*envelope.Keys, error) {
+	if topics.ValidateID(id) != nil {
+		return nil, Errorf(CodeNotFound, "id", "no device %q", id)
+	}
+	now := s.now()
+	if k, ok := s.cache.get(id, now); ok {
+		return &k, nil
+	}
+	sealed, err := s.rdb.Get(ctx, s.keys.PSK(id)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, Errorf(CodeNotFound, "id", "no device %q", id)
+	}
+	if err != nil {
+		return nil, unavailable("device keys "+id, err)
+	}
+	psk, err := s.vault.Open(id, sealed)
+	if err != nil {
+		return nil, fmt.Errorf("device keys %s: %w", id, err)
+	}
+	k, err := envelope.DeriveKeys(psk)
+	clear(psk)
+	if err != nil {
+		return nil, fmt.Errorf("device keys %s: %w", id, err)
+	}
+	s.cache.put(id, k, now)
+	return &k, nil
+}
+
+func unavailable(op string, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return &Error{Code: CodeUnavailable, Message: "storage unavailable", Err: fmt.Errorf("%s: %w", op, err)}
+}
+
+// keyCache is a bounded LRU of derived keys with a TTL, so that a key
+// changed by another replica is picked up eventually.
+type keyCache struct {
+	size int
+	ttl  time.Duration
+
+	mu    sync.Mutex // guards order and items
+	order *list.List // of *cacheEntry, most recent first
+	items map[string]*list.Element
+}
+
+type cacheEntry struct {
+	id      string
+	keys    envelope.Keys
+	expires time.Time
+}
+
+func newKeyCache(size int, ttl time.Duration) *keyCache {
+	return &keyCache{size: size, ttl: ttl, order: list.New(), items: make(map[string]*list.Element)}
+}
+
+func (c *keyCache) get(id string, now time.Time) (envelope.Keys, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, ok := c.items[id]
+	if !ok {
+		return envelope.Keys{}, false
+	}
+	e := el.Value.(*cacheEntry)
+	if now.After(e.expires) {
+		c.order.Remove(el)
+		delete(c.items, id)
+		return envelope.Keys{}, false
+	}
+	c.order.MoveToFront(el)
+	return e.keys, true
+}
+
+func (c *keyCache) put(id string, k envelope.Keys, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.items[id]; ok {
+		el.Value = &cacheEntry{id: id, keys: k, expires: now.Add(c.ttl)}
+		c.order.MoveToFront(el)
+		return
+	}
+	c.items[id] = c.order.PushFront(&cacheEntry{id: id, keys: k, expires: now.Add(c.ttl)})
+	for c.order.Len() > c.size {
+		last := c.order.Back()
+		c.order.Remove(last)
+		delete(c.items, last.Value.(*cacheEntry).id)
+	}
+}
+
+func (c *keyCache) forget(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.items[id]; ok {
+		c.order.Remove(el)
+		delete(c.items, id)
+	}
+}

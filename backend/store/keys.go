@@ -1,0 +1,85 @@
+package store
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Keys names every Redis key. Every per-device key is
+//
+//	<prefix>{dev:<id>}:<name>
+//
+// so that one device's keys share a Redis Cluster slot and a Lua script or
+// MULTI may touch several of them. Fleet-wide keys are <prefix><name> and
+// are never touched together with device keys in one script.
+//
+// Layout (prefix "ecowatt:"):
+//
+//	ecowatt:{dev:ID}:dev     hash    registry + presence (id, created_at, online, last_seen, ...)
+//	ecowatt:{dev:ID}:psk     string  the PSK sealed by the key vault (never plain)
+//	ecowatt:{dev:ID}:rxhigh  string  uplink replay window: highest accepted nonce
+//	ecowatt:{dev:ID}:rxbits  string  uplink replay window: 64-bit ring, bit n%64 = nonce n seen
+//	ecowatt:{dev:ID}:txnonce string  last downlink nonce
+//	ecowatt:{dev:ID}:audit   stream  audit events (capped)
+//	ecowatt:devices          zset    every device ID, score 0 (lexicographic order)
+//	ecowatt:online           zset    online device IDs, score = last birth (unix ms)
+//	ecowatt:security         stream  every security rejection, fleet-wide (capped)
+//	ecowatt:op:NAME          hash    operator account (bcrypt hash, role, created_at)
+type Keys struct {
+	prefix string
+}
+
+// DefaultPrefix is the prefix used in production.
+const DefaultPrefix = "ecowatt:"
+
+// NewKeys returns a key builder for prefix. The prefix may not contain '{'
+// or '}', which would break the hash tags.
+func NewKeys(prefix string) (Keys, error) {
+	if strings.ContainsAny(prefix, "{}") {
+		return Keys{}, fmt.Errorf("redis key prefix %q: must not contain { or }", prefix)
+	}
+	return Keys{prefix: prefix}, nil
+}
+
+// Prefix returns the prefix every key starts with.
+func (k Keys) Prefix() string { return k.prefix }
+
+// Tag is the hash tag shared by all keys of device id.
+func Tag(id string) string { return "{dev:" + id + "}" }
+
+// Dev names a per-device key. Later features (config, commands, FOTA) add
+// their keys through it, so they stay in the device's slot.
+func (k Keys) Dev(id, name string) string { return k.prefix + Tag(id) + ":" + name }
+
+// Global names a fleet-wide key.
+func (k Keys) Global(name string) string { return k.prefix + name }
+
+// Device is the device's registry and presence hash.
+func (k Keys) Device(id string) string { return k.Dev(id, "dev") }
+
+// PSK holds the device's sealed PSK.
+func (k Keys) PSK(id string) string { return k.Dev(id, "psk") }
+
+// RxHigh and RxBits hold the uplink replay window.
+func (k Keys) RxHigh(id string) string { return k.Dev(id, "rxhigh") }
+
+// RxBits is the 64-bit ring of seen nonces; see RxHigh.
+func (k Keys) RxBits(id string) string { return k.Dev(id, "rxbits") }
+
+// TxNonce holds the last nonce the backend sent the device.
+func (k Keys) TxNonce(id string) string { return k.Dev(id, "txnonce") }
+
+// Audit is the device's audit event stream.
+func (k Keys) Audit(id string) string { return k.Dev(id, "audit") }
+
+// Devices is the index of all device IDs.
+func (k Keys) Devices() string { return k.Global("devices") }
+
+// Online is the index of online devices.
+func (k Keys) Online() string { return k.Global("online") }
+
+// Security is the fleet-wide security event stream.
+func (k Keys) Security() string { return k.Global("security") }
+
+// Operator is an operator account hash.
+func (k Keys) Operator(name string) string { return k.Global("op:" + name) }

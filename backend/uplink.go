@@ -1,0 +1,319 @@
+package backend
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/ecowatt/ecowatt/topics"
+	"github.com/ecowatt/ecowatt/topics/envelope"
+	"github.com/redis/go-redis/v9"
+)
+
+// Reasons for security rejections: the values of the reason label of
+// ecowatt_security_rejections_total and of security events. The broker
+// reports its own rejections through SecurityEvent with the last four.
+const (
+	ReasonUnknownDevice = "unknown_device"
+	ReasonMalformed     = "malformed"
+	ReasonBadMAC        = "bad_mac"
+	ReasonDecrypt       = "decrypt_failed"
+	ReasonReplay        = "replay"
+	ReasonStale         = "stale_nonce"
+	ReasonBadTopic      = "bad_topic"
+	ReasonTopicMismatch = "topic_mismatch"
+	ReasonOversized     = "oversized"
+	ReasonInvalidBody   = "invalid_body"
+
+	ReasonBadPassword = "bad_password"
+	ReasonACL         = "acl_denied"
+	ReasonWill        = "will_denied"
+	ReasonBadOperator = "bad_operator"
+)
+
+var allReasons = []string{
+	ReasonUnknownDevice, ReasonMalformed, ReasonBadMAC, ReasonDecrypt, ReasonReplay,
+	ReasonStale, ReasonBadTopic, ReasonTopicMismatch, ReasonOversized, ReasonInvalidBody,
+	ReasonBadPassword, ReasonACL, ReasonWill, ReasonBadOperator,
+}
+
+// MaxOpsSize bounds an operator message.
+const MaxOpsSize = 64 << 10
+
+// UplinkHandler processes an authenticated, replay-checked device message.
+// An error that is an *Error with CodeInvalid counts as a bad body from the
+// device (a security event); other errors are logged.
+type UplinkHandler func(ctx context.Context, dev string, m envelope.Message) error
+
+// OpsHandler processes a plain JSON message an operator published to
+// ecowatt/v1/ops/{dev}/{kind}. operator is the publishing account. When it
+// returns an error, the Service emits a "rejected" event of the same kind
+// carrying the error's client-safe message.
+type OpsHandler func(ctx context.Context, dev, operator string, body []byte) error
+
+// Handle adds h for uplink kind (topics.Kind*). Several handlers of one kind
+// run in the order they were added; the built-in presence handler of
+// KindBirth runs first.
+func (s *Service) Handle(kind string, h UplinkHandler) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.uplink[kind] = append(s.uplink[kind], h)
+}
+
+// HandleOps sets the handler of operator kind (topics.KindConfig or
+// topics.KindCommand).
+func (s *Service) HandleOps(kind string, h OpsHandler) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ops[kind] = h
+}
+
+func (s *Service) processUplink(ctx context.Context, t topics.Topic, j job) {
+	dev, topic := t.Device, j.msg.Topic
+	if j.msg.Username != "" && j.msg.Username != dev {
+		s.SecurityEvent(ctx, dev, ReasonTopicMismatch, fmt.Sprintf("client %q published on %s", j.msg.Username, topic))
+		return
+	}
+	if j.size > envelope.MaxSize {
+		s.SecurityEvent(ctx, dev, ReasonOversized, fmt.Sprintf("%d bytes on %s, limit %d", j.size, topic, envelope.MaxSize))
+		return
+	}
+	if t.Kind == topics.KindBirth && isWill(j.msg.Payload) {
+		s.handleWill(ctx, dev)
+		return
+	}
+	keys, err := s.DeviceKeys(ctx, dev)
+	if errors.Is(err, ErrNotFound) {
+		s.SecurityEvent(ctx, dev, ReasonUnknownDevice, "message on "+topic)
+		return
+	}
+	if err != nil {
+		s.log.Error().Err(err).Str("device", dev).Msg("uplink dropped: key lookup failed")
+		return
+	}
+	m, err := envelope.Open(keys, topic, j.msg.Payload)
+	if err != nil {
+		reason := ReasonMalformed
+		switch {
+		case errors.Is(err, envelope.ErrMAC):
+			reason = ReasonBadMAC
+		case errors.Is(err, envelope.ErrDecrypt):
+			reason = ReasonDecrypt
+		case errors.Is(err, envelope.ErrTooLarge):
+			reason = ReasonOversized
+		}
+		s.SecurityEvent(ctx, dev, reason, err.Error()+" on "+topic)
+		return
+	}
+	switch err := s.acceptNonce(ctx, dev, m.Nonce); {
+	case errors.Is(err, envelope.ErrReplay):
+		s.SecurityEvent(ctx, dev, ReasonReplay, err.Error()+" on "+topic)
+		return
+	case errors.Is(err, envelope.ErrStale):
+		s.SecurityEvent(ctx, dev, ReasonStale, err.Error()+" on "+topic)
+		return
+	case errors.Is(err, ErrNotFound):
+		s.SecurityEvent(ctx, dev, ReasonUnknownDevice, "device removed; message on "+topic)
+		return
+	case err != nil:
+		s.log.Error().Err(err).Str("device", dev).Msg("uplink dropped: replay check failed")
+		return
+	}
+	s.m.uplink.WithLabelValues(t.Kind).Inc()
+	s.dispatch(ctx, dev, t.Kind, m)
+}
+
+func (s *Service) dispatch(ctx context.Context, dev, kind string, m envelope.Message) {
+	s.mu.RLock()
+	hs := s.uplink[kind]
+	s.mu.RUnlock()
+	if len(hs) == 0 {
+		s.log.Debug().Str("device", dev).Str("kind", kind).Msg("no handler for uplink kind")
+		return
+	}
+	start := time.Now()
+	defer func() { s.m.handlerLatency.WithLabelValues(kind).Observe(time.Since(start).Seconds()) }()
+	for _, h := range hs {
+		err := h(ctx, dev, m)
+		if err == nil {
+			continue
+		}
+		if ErrorCode(err) == CodeInvalid {
+			s.SecurityEvent(ctx, dev, ReasonInvalidBody, kind+": "+err.Error())
+			return
+		}
+		s.m.handlerErrors.WithLabelValues(kind).Inc()
+		s.log.Error().Err(err).Str("device", dev).Str("kind", kind).Msg("uplink handler failed")
+		return
+	}
+}
+
+func (s *Service) processOps(ctx context.Context, t topics.Topic, j job) {
+	dev, op := t.Device, j.msg.Username
+	var err error
+	s.mu.RLock()
+	h := s.ops[t.Kind]
+	s.mu.RUnlock()
+	switch {
+	case j.size > MaxOpsSize:
+		err = Errorf(CodeTooLarge, "", "operator message is %d bytes, limit %d", j.size, MaxOpsSize)
+	case h == nil:
+		err = Errorf(CodeInvalid, "", "operator %s messages are not supported yet", t.Kind)
+	default:
+		err = h(ctx, dev, op, j.msg.Payload)
+	}
+	if err == nil {
+		return
+	}
+	msg, field := ErrorMessage(err)
+	s.log.Info().Err(err).Str("device", dev).Str("operator", op).Str("kind", t.Kind).Msg("operator message rejected")
+	data := map[string]any{
+		"status":   "rejected",
+		"operator": op,
+		"error":    map[string]string{"code": ErrorCode(err), "message": msg, "field": field},
+	}
+	if eerr := s.Emit(ctx, dev, t.Kind, data); eerr != nil {
+		s.log.Error().Err(eerr).Str("device", dev).Msg("emit operator rejection")
+	}
+}
+
+// replayScript is envelope.Window in Redis, plus last_seen on acceptance.
+// The window is kept as the highest accepted nonce (KEYS[1]) and a 64-bit
+// ring (KEYS[2]) where bit n%64 is set when nonce n, within 64 of the
+// high-water mark, was accepted. That is Window's state with the bits
+// indexed by n%64 instead of high-n, so no 64-bit integers are needed in
+// Lua: nonces stay below 2^53 and are exact in Lua numbers.
+//
+// KEYS: rxhigh, rxbits, dev hash. ARGV: nonce, now (unix ms).
+// Returns 1 accepted, 0 unknown device, -1 replay, -2 stale; and the high
+// water mark before the call.
+var replayScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[3]) == 0 then return {0, '0'} end
+local n = tonumber(ARGV[1])
+local hs = redis.call('GET', KEYS[1]) or '0'
+local high = tonumber(hs)
+if n < 1 then return {-2, hs} end
+if n > high then
+  if n - high >= 64 then
+    redis.call('DEL', KEYS[2])
+  else
+    for i = high + 1, n - 1 do redis.call('SETBIT', KEYS[2], i % 64, 0) end
+  end
+  redis.call('SETBIT', KEYS[2], n % 64, 1)
+  redis.call('SET', KEYS[1], ARGV[1])
+else
+  if high - n >= 64 then return {-2, hs} end
+  if redis.call('GETBIT', KEYS[2], n % 64) == 1 then return {-1, hs} end
+  redis.call('SETBIT', KEYS[2], n % 64, 1)
+end
+redis.call('HSET', KEYS[3], 'last_seen', ARGV[2])
+return {1, hs}
+`)
+
+// acceptNonce records nonce n for dev's uplink atomically, with the same
+// result as envelope.Window.Accept, and updates last_seen.
+func (s *Service) acceptNonce(ctx context.Context, dev string, n uint64) error {
+	if n > envelope.MaxNonce {
+		return fmt.Errorf("%w: nonce %d above 2^53-1", envelope.ErrStale, n)
+	}
+	res, err := replayScript.Run(ctx, s.rdb,
+		[]string{s.keys.RxHigh(dev), s.keys.RxBits(dev), s.keys.Device(dev)},
+		strconv.FormatUint(n, 10), s.now().UnixMilli()).Slice()
+	if err != nil {
+		return fmt.Errorf("replay check %s: %w", dev, err)
+	}
+	code, _ := res[0].(int64)
+	high, _ := res[1].(string)
+	switch code {
+	case 1:
+		return nil
+	case 0:
+		return Errorf(CodeNotFound, "id", "no device %q", dev)
+	case -1:
+		return fmt.Errorf("%w: %d", envelope.ErrReplay, n)
+	default:
+		return fmt.Errorf("%w: %d <= %s-%d", envelope.ErrStale, n, high, envelope.WindowSize)
+	}
+}
+
+// isWill reports whether payload is a device's plain will: exactly
+// {"online":false}, unsigned.
+func isWill(payload []byte) bool {
+	var w struct {
+		Online *bool `json:"online"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	dec.DisallowUnknownFields()
+	if dec.Decode(&w) != nil || dec.More() {
+		return false
+	}
+	return w.Online != nil && !*w.Online
+}
+
+// hsetIfExists sets fields of an existing hash; it never creates one.
+// KEYS: hash. ARGV: field, value, ...
+var hsetIfExists = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+`)
+
+// handleBirth records presence from an authenticated birth message.
+func (s *Service) handleBirth(ctx context.Context, dev string, m envelope.Message) error {
+	var b topics.Birth
+	if err := json.Unmarshal(m.Body, &b); err != nil {
+		return &Error{Code: CodeInvalid, Message: "birth body is not valid JSON", Err: err}
+	}
+	if !b.Online {
+		return s.setOffline(ctx, dev, "birth")
+	}
+	now := s.now()
+	ms := now.UnixMilli()
+	ok, err := hsetIfExists.Run(ctx, s.rdb, []string{s.keys.Device(dev)},
+		fOnline, "1", fLastSeen, ms, fBirthAt, ms,
+		fFirmwareVersion, b.FirmwareVersion, fConfigVersion, b.ConfigVersion,
+		fBootCount, b.BootCount, fUptime, b.UptimeSeconds, fSlot, b.Slot).Int()
+	if err != nil {
+		return fmt.Errorf("birth %s: %w", dev, err)
+	}
+	if ok == 0 {
+		return nil
+	}
+	if err := s.rdb.ZAdd(ctx, s.keys.Online(), redis.Z{Score: float64(ms), Member: dev}).Err(); err != nil {
+		return fmt.Errorf("birth %s: online index: %w", dev, err)
+	}
+	s.log.Info().Str("device", dev).Str("firmware", b.FirmwareVersion).Int64("boot_count", b.BootCount).Msg("device online")
+	return s.Emit(ctx, dev, topics.EventPresence, map[string]any{
+		"online": true, "firmware_version": b.FirmwareVersion, "config_version": b.ConfigVersion,
+		"boot_count": b.BootCount, "uptime_s": b.UptimeSeconds, "slot": b.Slot,
+	})
+}
+
+// handleWill marks dev offline on its unsigned will. The will only hints:
+// it can mark a device offline, nothing else.
+func (s *Service) handleWill(ctx context.Context, dev string) {
+	s.m.uplink.WithLabelValues("will").Inc()
+	if err := s.setOffline(ctx, dev, "will"); err != nil {
+		s.log.Error().Err(err).Str("device", dev).Msg("will: mark offline")
+	}
+}
+
+func (s *Service) setOffline(ctx context.Context, dev, why string) error {
+	ok, err := hsetIfExists.Run(ctx, s.rdb, []string{s.keys.Device(dev)},
+		fOnline, "0", fOfflineAt, s.now().UnixMilli()).Int()
+	if err != nil {
+		return fmt.Errorf("offline %s: %w", dev, err)
+	}
+	if ok == 0 {
+		return nil
+	}
+	if err := s.rdb.ZRem(ctx, s.keys.Online(), dev).Err(); err != nil {
+		return fmt.Errorf("offline %s: online index: %w", dev, err)
+	}
+	s.log.Info().Str("device", dev).Str("via", why).Msg("device offline")
+	return s.Emit(ctx, dev, topics.EventPresence, map[string]any{"online": false, "via": why})
+}
