@@ -1,0 +1,225 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/ecowatt/ecowatt/topics/envelope"
+)
+
+// authTimeout bounds one device or operator lookup at connect.
+const authTimeout = 5 * time.Second
+
+// hook is the single mochi hook that enforces EcoWatt's rules. Only the
+// methods named in Provides are called by mochi.
+type hook struct {
+	mqtt.HookBase
+	s *Server
+}
+
+func (h *hook) ID() string { return "ecowatt" }
+
+func (h *hook) Provides(b byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnect,
+		mqtt.OnConnectAuthenticate,
+		mqtt.OnACLCheck,
+		mqtt.OnSubscribe,
+		mqtt.OnPacketRead,
+		mqtt.OnDisconnect,
+		mqtt.OnPublishDropped,
+	}, []byte{b})
+}
+
+// OnConnect authenticates the client and checks its client ID and will. On
+// failure it sends the CONNACK itself, with a precise code, and returns the
+// code so that mochi closes the connection.
+func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	s := h.s
+	id, rej, code := s.authenticate(cl, pk)
+	if rej == nil && cl.Properties.Will.Flag != 0 &&
+		!allowWill(id, cl.Properties.Will.TopicName, cl.Properties.Will.Retain) {
+		rej = &Rejection{Reason: ReasonACLWill, Detail: fmt.Sprintf("will topic %q retain=%t",
+			cl.Properties.Will.TopicName, cl.Properties.Will.Retain)}
+		code = packets.ErrNotAuthorized
+		if cl.Properties.ProtocolVersion < 5 {
+			code = packets.ErrBadUsernameOrPassword // v3 "not authorized"
+		}
+	}
+	if rej != nil {
+		rej.Username, rej.ClientID = string(pk.Connect.Username), cl.ID
+		s.reject(*rej)
+		_ = s.mochi.SendConnack(cl, code, false, nil)
+		return code
+	}
+	s.setIdentity(cl.Net.Conn, id)
+	return nil
+}
+
+// OnConnectAuthenticate admits the clients OnConnect accepted.
+func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
+	return h.s.identityOf(cl) != nil
+}
+
+// authenticate decides who a connecting client is.
+func (s *Server) authenticate(cl *mqtt.Client, pk packets.Packet) (*identity, *Rejection, packets.Code) {
+	name, password := string(pk.Connect.Username), string(pk.Connect.Password)
+	ctx, cancel := context.WithTimeout(context.Background(), authTimeout)
+	defer cancel()
+	if name == "" {
+		return nil, &Rejection{Reason: ReasonUnknownDevice, Detail: "no username"}, packets.ErrBadUsernameOrPassword
+	}
+	keys, err := s.cfg.Devices.DeviceKeys(ctx, name)
+	switch {
+	case err == nil:
+		if err := envelope.VerifyPassword(keys, name, password, s.cfg.Now()); err != nil {
+			reason := ReasonBadPassword
+			if errors.Is(err, envelope.ErrPasswordExpired) {
+				reason = ReasonExpiredPassword
+			}
+			return nil, &Rejection{Reason: reason, Detail: err.Error()}, packets.ErrBadUsernameOrPassword
+		}
+		if cl.ID != name {
+			return nil, &Rejection{Reason: ReasonBadClientID,
+				Detail: fmt.Sprintf("device client id %q must equal its id", cl.ID)}, packets.ErrClientIdentifierNotValid
+		}
+		return &identity{device: true, name: name}, nil, packets.CodeSuccess
+	case !errors.Is(err, ErrUnknownDevice):
+		return nil, &Rejection{Reason: ReasonAuthError, Detail: err.Error()}, packets.ErrServerUnavailable
+	}
+
+	// Not a device: an operator, or nobody.
+	if s.cfg.Operators == nil {
+		return nil, &Rejection{Reason: ReasonUnknownDevice, Detail: "not a provisioned device"}, packets.ErrBadUsernameOrPassword
+	}
+	role, err := s.cfg.Operators.AuthenticateOperator(ctx, name, password)
+	if err != nil {
+		reason := ReasonBadPassword
+		if errors.Is(err, ErrUnknownOperator) {
+			reason = ReasonUnknownDevice
+		}
+		return nil, &Rejection{Reason: reason, Detail: "operator: " + err.Error()}, packets.ErrBadUsernameOrPassword
+	}
+	if role != RoleAdmin && role != RoleViewer {
+		return nil, &Rejection{Reason: ReasonAuthError, Detail: fmt.Sprintf("operator role %q", role)}, packets.ErrBadUsernameOrPassword
+	}
+	// An operator must not take over a device's session by using its ID.
+	switch _, err := s.cfg.Devices.DeviceKeys(ctx, cl.ID); {
+	case err == nil:
+		return nil, &Rejection{Reason: ReasonBadClientID,
+			Detail: fmt.Sprintf("client id %q belongs to a device", cl.ID)}, packets.ErrClientIdentifierNotValid
+	case !errors.Is(err, ErrUnknownDevice):
+		return nil, &Rejection{Reason: ReasonAuthError, Detail: err.Error()}, packets.ErrServerUnavailable
+	}
+	return &identity{name: name, role: role}, nil, packets.CodeSuccess
+}
+
+// OnACLCheck checks publishes (write) and subscriptions and deliveries
+// (read). Before a delivery it also applies backpressure (see flow.go).
+func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	s := h.s
+	if cl.Net.Inline {
+		return true
+	}
+	id := s.identityOf(cl)
+	if write {
+		if id != nil && allowPublish(id, topic) {
+			return true
+		}
+		s.reject(Rejection{Username: string(cl.Properties.Username), ClientID: cl.ID,
+			Reason: ReasonACLPublish, Detail: "publish to " + topic})
+		return false
+	}
+	if id == nil {
+		// A disconnected persistent session: its subscriptions were checked
+		// when they were made, so let mochi queue the message for it.
+		return cl.Closed()
+	}
+	if !allowRead(id, topic) {
+		return false
+	}
+	s.admit(cl)
+	return true
+}
+
+// OnSubscribe reports refused filters; OnACLCheck then refuses them.
+func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	s := h.s
+	if cl.Net.Inline {
+		return pk
+	}
+	id := s.identityOf(cl)
+	for _, sub := range pk.Filters {
+		if id == nil || !allowRead(id, sub.Filter) {
+			s.reject(Rejection{Username: string(cl.Properties.Username), ClientID: cl.ID,
+				Reason: ReasonACLSubscribe, Detail: "subscribe to " + sub.Filter})
+		}
+	}
+	return pk
+}
+
+// OnPacketRead refuses retained publishes, closing the connection: a
+// retained command or status would be replayed to every later subscriber.
+// It also reports publishes to $SYS or invalid topics, which mochi ignores
+// before any ACL check.
+func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type != packets.Publish || cl.Net.Inline {
+		return pk, nil
+	}
+	rej := Rejection{Username: string(cl.Properties.Username), ClientID: cl.ID}
+	if pk.FixedHeader.Retain {
+		rej.Reason, rej.Detail = ReasonACLRetain, "retained publish to "+pk.TopicName
+		h.s.reject(rej)
+		return pk, packets.ErrRejectPacket // mochi closes the connection
+	}
+	if pk.TopicName != "" && !mqtt.IsValidFilter(pk.TopicName, true) {
+		rej.Reason, rej.Detail = ReasonACLPublish, "publish to "+pk.TopicName
+		h.s.reject(rej)
+	}
+	return pk, nil
+}
+
+// OnDisconnect reports oversized packets from connected clients.
+func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
+	if errors.Is(err, packets.ErrPacketTooLarge) {
+		h.s.reject(Rejection{Username: string(cl.Properties.Username), ClientID: cl.ID,
+			Reason: ReasonPacketTooLarge, Detail: fmt.Sprintf("packet above %d bytes", h.s.cfg.MaxPacketSize)})
+	}
+}
+
+// OnPublishDropped delivers what mochi would drop (see flow.go).
+func (h *hook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
+	h.s.redeliver(cl, pk)
+}
+
+// reportingListener wraps a mochi listener to see how each connection ends:
+// it forgets the connection's identity and reports an oversized CONNECT,
+// which happens before any hook runs.
+type reportingListener struct {
+	listeners.Listener
+	s *Server
+}
+
+func (l *reportingListener) Serve(establish listeners.EstablishFn) {
+	l.Listener.Serve(func(id string, c net.Conn) error {
+		err := establish(id, c)
+		l.s.forget(c)
+		// mochi wraps read errors of the CONNECT packet ("read connection:
+		// %w"); later ones, reported by OnDisconnect, come bare.
+		if errors.Is(err, packets.ErrPacketTooLarge) && errors.Unwrap(err) != nil {
+			l.s.reject(Rejection{Reason: ReasonPacketTooLarge, Detail: "oversized CONNECT from " + c.RemoteAddr().String()})
+		}
+		if err != nil {
+			l.s.log.Debug().Err(err).Str("listener", id).Str("remote", c.RemoteAddr().String()).Msg("connection ended")
+		}
+		return nil
+	})
+}

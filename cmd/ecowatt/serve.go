@@ -1,0 +1,226 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/rs/zerolog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ecowatt/ecowatt/backend"
+	"github.com/ecowatt/ecowatt/backend/httpapi"
+	"github.com/ecowatt/ecowatt/backend/keyvault"
+	"github.com/ecowatt/ecowatt/backend/store"
+	"github.com/ecowatt/ecowatt/broker"
+	"github.com/ecowatt/ecowatt/topics/envelope"
+)
+
+// serveConfig is everything `ecowatt serve` is configured with.
+type serveConfig struct {
+	httpAddr, mqttAddr, mqttsAddr, wsAddr string
+	tlsCert, tlsKey                       string
+	redisURL, redisPrefix, dataDir        string
+	adminToken, operator                  string
+	logLevel, logFormat                   string
+	readyFile                             string
+}
+
+func runServe(ctx context.Context, e env, args []string) error {
+	fs := newFlags(e, "serve", "serve [flags]")
+	var c serveConfig
+	fs.StringVar(&c.httpAddr, "http-addr", ":8080", "HTTP API, dashboard and /metrics listen address")
+	fs.StringVar(&c.mqttAddr, "mqtt-addr", ":1883", "MQTT TCP listen address")
+	fs.StringVar(&c.mqttsAddr, "mqtts-addr", ":8883", "MQTT TLS listen address (with --tls-cert and --tls-key)")
+	fs.StringVar(&c.wsAddr, "ws-addr", "", "MQTT over WebSocket listen address (off when empty)")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM server certificate for MQTTS (see ecowatt certs gen)")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM server private key for MQTTS")
+	fs.StringVar(&c.redisURL, "redis", "", "Redis URL (redis://, rediss://, redis+cluster://, redis+sentinel://); empty: in-process store, not durable")
+	fs.StringVar(&c.redisPrefix, "redis-prefix", "ecowatt:", "prefix of every Redis key")
+	fs.StringVar(&c.dataDir, "data-dir", "./data", "directory for the master key (and firmware keys)")
+	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token for the HTTP API; generated and printed when empty")
+	fs.StringVar(&c.operator, "operator", "", "bootstrap MQTT operator account NAME:PASSWORD (admin role)")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "console", "console or json")
+	fs.StringVar(&c.readyFile, "ready-file", "", "write the bound addresses as JSON to this file once serving (for scripts and tests)")
+	if _, err := parseFlags(fs, e, args); err != nil {
+		return err
+	}
+	log, err := newLogger(e, c.logLevel, c.logFormat)
+	if err != nil {
+		return err
+	}
+	return serve(ctx, e, c, log)
+}
+
+func newLogger(e env, level, format string) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil {
+		return zerolog.Logger{}, usageError{fmt.Sprintf("--log-level %q: %v", level, err)}
+	}
+	w := e.stderr
+	switch format {
+	case "json":
+	case "console":
+		w = zerolog.ConsoleWriter{Out: e.stderr, TimeFormat: time.TimeOnly}
+	default:
+		return zerolog.Logger{}, usageError{fmt.Sprintf("--log-format %q: want console or json", format)}
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+// serve runs broker, backend and HTTP server until ctx ends, then stops them
+// within a few seconds.
+func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error {
+	if c.adminToken == "" {
+		b := make([]byte, 24)
+		if _, err := rand.Read(b); err != nil {
+			return err
+		}
+		c.adminToken = hex.EncodeToString(b)
+		log.Warn().Str("admin_token", c.adminToken).Msg("no ECOWATT_ADMIN_TOKEN given; generated one for this run")
+	}
+	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	vault, err := keyvault.Open(c.dataDir, rand.Reader)
+	if err != nil {
+		return err
+	}
+	rdb, closeRedis, err := store.Open(ctx, c.redisURL, log)
+	if err != nil {
+		return err
+	}
+	defer closeRedis()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	var svc *backend.Service
+	brk, err := broker.New(broker.Config{
+		MQTTAddr:   c.mqttAddr,
+		MQTTSAddr:  c.mqttsAddr,
+		TLSCert:    c.tlsCert,
+		TLSKey:     c.tlsKey,
+		WSAddr:     c.wsAddr,
+		Devices:    deviceAuth{&svc},
+		Operators:  operatorAuth{&svc},
+		OnReject:   func(r broker.Rejection) { svc.SecurityEvent(context.Background(), r.Username, r.Reason, r.Detail) },
+		Logger:     log.With().Str("component", "broker").Logger(),
+		Registerer: reg,
+	})
+	if err != nil {
+		return err
+	}
+	defer brk.Close()
+	svc, err = backend.New(backend.Config{
+		Redis:      rdb,
+		Prefix:     c.redisPrefix,
+		Vault:      vault,
+		Bus:        brokerBus{brk},
+		Logger:     log.With().Str("component", "backend").Logger(),
+		Random:     rand.Reader,
+		Registerer: reg,
+	})
+	if err != nil {
+		return err
+	}
+	if c.operator != "" {
+		name, pass, ok := strings.Cut(c.operator, ":")
+		if !ok || name == "" || pass == "" {
+			return usageError{"--operator / ECOWATT_OPERATOR must be NAME:PASSWORD"}
+		}
+		if err := svc.EnsureOperator(ctx, name, pass, string(broker.RoleAdmin)); err != nil {
+			return err
+		}
+	}
+	if err := brk.Start(); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", c.httpAddr)
+	if err != nil {
+		return fmt.Errorf("http listen: %w", err)
+	}
+	handler := httpapi.NewServer(httpapi.Deps{
+		Fleet:      svc,
+		AdminToken: c.adminToken,
+		Logger:     log.With().Str("component", "http").Logger(),
+		Gatherer:   reg,
+		Ready: func() error {
+			if !brk.Listening() {
+				return errors.New("broker not listening")
+			}
+			return nil
+		},
+	})
+	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return svc.Run(gctx) })
+	g.Go(func() error {
+		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		hs.Shutdown(sctx)
+		return brk.Close()
+	})
+	addrs := map[string]string{"http": ln.Addr().String(), "mqtt": brk.Addr().String()}
+	if a := brk.TLSAddr(); a != nil {
+		addrs["mqtts"] = a.String()
+	}
+	log.Info().Interface("addrs", addrs).Msg("ecowatt serving")
+	if c.readyFile != "" {
+		b, _ := json.Marshal(addrs)
+		if err := os.WriteFile(c.readyFile, b, 0o600); err != nil {
+			log.Error().Err(err).Msg("write ready file")
+		}
+	}
+	err = g.Wait()
+	log.Info().Msg("ecowatt stopped")
+	return err
+}
+
+// deviceAuth and operatorAuth adapt the backend to the broker's interfaces;
+// they hold a pointer to the service because the broker is built first.
+type deviceAuth struct{ svc **backend.Service }
+
+func (a deviceAuth) DeviceKeys(ctx context.Context, id string) (*envelope.Keys, error) {
+	k, err := (*a.svc).DeviceKeys(ctx, id)
+	if errors.Is(err, backend.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s", broker.ErrUnknownDevice, id)
+	}
+	return k, err
+}
+
+type operatorAuth struct{ svc **backend.Service }
+
+func (a operatorAuth) AuthenticateOperator(ctx context.Context, name, password string) (broker.Role, error) {
+	role, err := (*a.svc).AuthenticateOperator(ctx, name, password)
+	if errors.Is(err, backend.ErrNotFound) {
+		return "", fmt.Errorf("%w: %s", broker.ErrUnknownOperator, name)
+	}
+	return broker.Role(role), err
+}
+
+// brokerBus is the embedded broker seen as the backend's Bus.
+type brokerBus struct{ *broker.Server }
+
+func (b brokerBus) Subscribe(filter string, h func(backend.Message)) error {
+	return b.Server.Subscribe(filter, func(m broker.Message) { h(backend.Message(m)) })
+}
