@@ -18,7 +18,6 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -150,22 +149,8 @@ func Seal(k *Keys, topic string, nonce uint64, ts time.Time, body []byte, encryp
 		payload = []byte(base64.StdEncoding.EncodeToString(ct))
 	}
 	ms := ts.UnixMilli()
-	env := Envelope{
-		Nonce:     nonce,
-		Timestamp: ms,
-		Encrypted: encrypt,
-		Payload:   string(payload),
-		MAC:       hex.EncodeToString(k.mac(topic, nonce, ms, encrypt, payload)),
-	}
-	// No HTML escaping: the wire then carries "<" rather than "\u003c",
-	// as a firmware JSON writer would. Either decodes to the same bytes.
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(env); err != nil {
-		return nil, fmt.Errorf("seal: %w", err)
-	}
-	out := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+	out := appendEnvelope(make([]byte, 0, len(payload)+len(payload)/8+180),
+		nonce, ms, encrypt, payload, k.mac(topic, nonce, ms, encrypt, payload))
 	if len(out) > MaxSize {
 		return nil, fmt.Errorf("seal: %w: %d bytes", ErrTooLarge, len(out))
 	}
@@ -184,30 +169,27 @@ func Open(k *Keys, topic string, raw []byte) (Message, error) {
 		// payload string; reject them instead of failing later as ErrMAC.
 		return Message{}, fmt.Errorf("open: %w: not valid UTF-8", ErrMalformed)
 	}
-	var env Envelope
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&env); err != nil {
+	env, err := parseEnvelope(raw)
+	if err != nil {
 		return Message{}, fmt.Errorf("open: %w: %v", ErrMalformed, err)
 	}
-	// dec.More alone misses a trailing "}" or "]"; only EOF may follow.
-	if _, err := dec.Token(); err != io.EOF {
-		return Message{}, fmt.Errorf("open: %w: trailing data", ErrMalformed)
-	}
-	if err := checkHeader(topic, env.Nonce); err != nil {
+	if err := checkHeader(topic, env.nonce); err != nil {
 		return Message{}, fmt.Errorf("open: %w", err)
 	}
-	got, err := hex.DecodeString(env.MAC)
-	if err != nil || len(got) != sha256.Size {
+	var got [sha256.Size]byte
+	if len(env.mac) != 2*sha256.Size {
 		return Message{}, fmt.Errorf("open: %w: mac must be 64 hex digits", ErrMalformed)
 	}
-	payload := []byte(env.Payload)
-	if !hmac.Equal(got, k.mac(topic, env.Nonce, env.Timestamp, env.Encrypted, payload)) {
+	if _, err := hex.Decode(got[:], env.mac); err != nil {
+		return Message{}, fmt.Errorf("open: %w: mac must be 64 hex digits", ErrMalformed)
+	}
+	payload := env.payload
+	if !hmac.Equal(got[:], k.mac(topic, env.nonce, env.ms, env.encrypted, payload)) {
 		return Message{}, fmt.Errorf("open: %w", ErrMAC)
 	}
-	m := Message{Nonce: env.Nonce, Timestamp: time.UnixMilli(env.Timestamp), Encrypted: env.Encrypted, Body: payload}
-	if env.Encrypted {
-		ct, err := base64.StdEncoding.DecodeString(env.Payload)
+	m := Message{Nonce: env.nonce, Timestamp: time.UnixMilli(env.ms), Encrypted: env.encrypted, Body: bytes.Clone(payload)}
+	if env.encrypted {
+		ct, err := base64.StdEncoding.DecodeString(string(payload))
 		if err != nil {
 			return Message{}, fmt.Errorf("open: %w: payload is not base64", ErrMalformed)
 		}
