@@ -13,6 +13,9 @@ type Birth struct {
 	BootCount       int64  `json:"boot_count"`
 	UptimeSeconds   int64  `json:"uptime_s"`
 	Slot            string `json:"slot,omitempty"`
+	// Config is the configuration the device runs (remote configuration);
+	// ConfigVersion is the last config version it has acknowledged.
+	Config *Config `json:"config,omitempty"`
 }
 
 // Will is the plain (unsigned) payload of a device's MQTT will message.
@@ -101,4 +104,6 @@ type CommandResult struct {
 	Value      *int      `json:"value,omitempty"`
 	Error      string    `json:"error,omitempty"`
 	Duplicate  bool      `json:"duplicate,omitempty"`
+	// DurationMS is how long the execution took on the device.
+	DurationMS int64 `json:"duration_ms,omitempty"`
 }

@@ -5,10 +5,10 @@ import (
 	"github.com/ecowatt/ecowatt/devicesim/inverter"
 )
 
-// wiring plugs device features into each simulated device. Today that is
-// the data plane (inverter SIM + acquisition scheduler uploading telemetry).
-// Config, command and FOTA handlers register here the same way, with
-// d.Handle(kind, ...), d.OnBirth and d.OnBoot.
+// wiring plugs device features into each simulated device: the data plane
+// (inverter SIM + acquisition scheduler uploading telemetry), remote
+// configuration and command execution. FOTA registers here the same way,
+// with d.Handle(kind, ...), d.OnBirth and d.OnBoot.
 type wiring struct {
 	faults inverter.Faults
 }
@@ -22,6 +22,8 @@ func newWiring(faultSpec string) (*wiring, error) {
 }
 
 func (w *wiring) setup(d *devicesim.Device) error {
-	_, err := devicesim.AttachTelemetry(d, devicesim.TelemetryOptions{Faults: w.faults})
+	_, err := devicesim.AttachFeatures(d, devicesim.FeatureOptions{
+		Telemetry: devicesim.TelemetryOptions{Faults: w.faults},
+	})
 	return err
 }
