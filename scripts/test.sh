@@ -8,6 +8,7 @@ source scripts/lib.sh
 need_pkg redis-server redis-server
 need_pkg mosquitto_sub mosquitto-clients
 need_pkg mosquitto mosquitto
+need_pkg chromium chromium # dashboard browser tests
 
 start_redis
 export ECOWATT_TEST_REDIS_URL="redis://127.0.0.1:${REDIS_PORT}/0"

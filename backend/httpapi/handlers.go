@@ -71,14 +71,14 @@ func handleDevicesCreate(log zerolog.Logger, f Fleet) http.Handler {
 	})
 }
 
-func handleDeviceGet(log zerolog.Logger, f Fleet) http.Handler {
+func handleDeviceGet(log zerolog.Logger, f Fleet, t Telemetry) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		d, err := f.Device(r.Context(), r.PathValue("id"))
 		if err != nil {
 			writeError(w, log, err)
 			return
 		}
-		encode(w, http.StatusOK, d)
+		encode(w, http.StatusOK, deviceDoc(r.Context(), log, d, t))
 	})
 }
 

@@ -4,6 +4,8 @@ import (
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ecowatt/ecowatt/backend/web"
 )
 
 // addRoutes lists the whole API.
@@ -19,7 +21,22 @@ func addRoutes(mux *http.ServeMux, d Deps) {
 	api := http.NewServeMux()
 	api.Handle("GET /api/v1/devices", handleDevicesList(log, d.Fleet))
 	api.Handle("POST /api/v1/devices", handleDevicesCreate(log, d.Fleet))
-	api.Handle("GET /api/v1/devices/{id}", handleDeviceGet(log, d.Fleet))
+	api.Handle("GET /api/v1/devices/{id}", handleDeviceGet(log, d.Fleet, d.Telemetry))
+	api.Handle("GET /api/v1/devices/{id}/telemetry", handleTelemetry(log, d.Fleet, d.Telemetry))
+	api.Handle("GET /api/v1/devices/{id}/events", handleDeviceEvents(log, d.Events))
+	api.Handle("POST /api/v1/devices/{id}/commands", handleCommandSubmit(log, d.Commands))
+	api.Handle("GET /api/v1/devices/{id}/commands", handleCommandList(log, d.Commands))
+	api.Handle("GET /api/v1/commands/{cid}", handleCommandGet(log, d.Commands))
+	api.Handle("DELETE /api/v1/commands/{cid}", handleCommandCancel(log, d.Commands))
+	api.Handle("GET /api/v1/devices/{id}/config", handleConfigGet(log, d.Configs))
+	api.Handle("PUT /api/v1/devices/{id}/config", handleConfigSet(log, d.Configs))
+	api.Handle("GET /api/v1/devices/{id}/config/history", handleConfigHistory(log, d.Configs))
 	api.Handle("/api/", handleNotFound(log))
 	mux.Handle("/api/", requireAdmin(log, d.AdminToken, api))
+	// The live event stream also takes ?token= (EventSource sends no headers).
+	mux.Handle("GET /api/v1/events", tokenFromQuery(requireAdmin(log, d.AdminToken, handleEventStream(log, d.Events, d.KeepAlive))))
+
+	// The dashboard page is public; it asks for the admin token itself.
+	mux.Handle("GET /{$}", web.Handler())
+	mux.Handle("GET /static/", web.Handler())
 }

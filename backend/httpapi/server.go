@@ -7,6 +7,7 @@ package httpapi
 import (
 	"context"
 	"net/http"
+	"time"
 
 	"github.com/ecowatt/ecowatt/backend"
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,6 +33,20 @@ type Deps struct {
 	// Ready reports whether the broker is listening; nil means ready.
 	Ready  func() error
 	Logger zerolog.Logger
+	// Events feeds /api/v1/events and the audit timeline; nil means Fleet
+	// when it is an EventLog (as *backend.Service is).
+	Events EventLog
+	// Commands serves the command routes; nil answers them with 503.
+	Commands Commands
+	// Configs serves the remote configuration routes; nil answers them
+	// with 503.
+	Configs Configs
+	// Telemetry serves telemetry queries and the latest values in the
+	// device document; nil answers them with 503.
+	Telemetry Telemetry
+	// KeepAlive is the interval of event-stream keep-alive comments;
+	// default DefaultKeepAlive.
+	KeepAlive time.Duration
 }
 
 // MaxBodySize bounds request bodies.
@@ -41,6 +56,12 @@ const MaxBodySize = 64 << 10
 func NewServer(d Deps) http.Handler {
 	if d.Gatherer == nil {
 		d.Gatherer = prometheus.DefaultGatherer
+	}
+	if d.Events == nil {
+		d.Events, _ = d.Fleet.(EventLog)
+	}
+	if d.KeepAlive <= 0 {
+		d.KeepAlive = DefaultKeepAlive
 	}
 	if d.Ready == nil {
 		d.Ready = func() error { return nil }

@@ -17,6 +17,8 @@ type client struct {
 	base  string
 	token string
 	http  *http.Client
+	// header is added to every request (e.g. X-Ecowatt-Operator).
+	header http.Header
 }
 
 // clientFlags registers --server and --token on fs.
@@ -66,6 +68,9 @@ func (c *client) doRaw(ctx context.Context, method, path, contentType string, bo
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", contentType)
+	}
+	for k, vs := range c.header {
+		req.Header[k] = vs
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)

@@ -43,6 +43,8 @@ func commands() []command {
 	return []command{
 		{"serve", "run broker, backend and HTTP API in one process", runServe},
 		{"device", "provision and inspect devices (add, list, show)", runDevice},
+		{"config", "change and inspect device configuration (set, show)", runConfig},
+		{"command", "queue and inspect device commands (send, list, show, cancel)", runCommand},
 		{"certs", "generate development TLS material (gen)", runCerts},
 	}
 }

@@ -19,10 +19,13 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ecowatt/ecowatt/backend"
+	"github.com/ecowatt/ecowatt/backend/config"
 	"github.com/ecowatt/ecowatt/backend/httpapi"
 	"github.com/ecowatt/ecowatt/backend/keyvault"
 	"github.com/ecowatt/ecowatt/backend/store"
+	"github.com/ecowatt/ecowatt/backend/telemetry"
 	"github.com/ecowatt/ecowatt/broker"
+	"github.com/ecowatt/ecowatt/topics"
 	"github.com/ecowatt/ecowatt/topics/envelope"
 )
 
@@ -34,6 +37,9 @@ type serveConfig struct {
 	adminToken, operator                  string
 	logLevel, logFormat                   string
 	readyFile                             string
+	cmd                                   commandConfig
+	configSweep                           time.Duration
+	telemetryRetention                    time.Duration
 }
 
 func runServe(ctx context.Context, e env, args []string) error {
@@ -52,7 +58,10 @@ func runServe(ctx context.Context, e env, args []string) error {
 	fs.StringVar(&c.operator, "operator", "", "bootstrap MQTT operator account NAME:PASSWORD (admin role)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "console", "console or json")
+	fs.DurationVar(&c.configSweep, "config-sweep", 30*time.Second, "how often unacknowledged config versions are sent again to online devices")
 	fs.StringVar(&c.readyFile, "ready-file", "", "write the bound addresses as JSON to this file once serving (for scripts and tests)")
+	fs.DurationVar(&c.telemetryRetention, "telemetry-retention", 7*24*time.Hour, "how long telemetry batches are kept in Redis")
+	c.cmd.register(fs)
 	if _, err := parseFlags(fs, e, args); err != nil {
 		return err
 	}
@@ -135,6 +144,34 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	if err != nil {
 		return err
 	}
+	cfgSvc, err := config.New(config.Config{
+		Backend:       svc,
+		Logger:        log.With().Str("component", "config").Logger(),
+		Registerer:    reg,
+		SweepInterval: c.configSweep,
+	})
+	if err != nil {
+		return err
+	}
+	keys, err := store.NewKeys(c.redisPrefix)
+	if err != nil {
+		return usageError{fmt.Sprintf("--redis-prefix: %v", err)}
+	}
+	tm, err := telemetry.New(telemetry.Config{
+		Redis:      rdb,
+		Keys:       keys,
+		Logger:     log.With().Str("component", "telemetry").Logger(),
+		Registerer: reg,
+		Retention:  c.telemetryRetention,
+	})
+	if err != nil {
+		return err
+	}
+	svc.Handle(topics.KindTelemetry, tm.Ingest)
+	cmds, err := newCommands(c.cmd, rdb, c.redisPrefix, svc, log, reg)
+	if err != nil {
+		return err
+	}
 	if c.operator != "" {
 		name, pass, ok := strings.Cut(c.operator, ":")
 		if !ok || name == "" || pass == "" {
@@ -153,9 +190,12 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	}
 	handler := httpapi.NewServer(httpapi.Deps{
 		Fleet:      svc,
+		Commands:   cmds,
 		AdminToken: c.adminToken,
 		Logger:     log.With().Str("component", "http").Logger(),
 		Gatherer:   reg,
+		Configs:    cfgSvc,
+		Telemetry:  tm,
 		Ready: func() error {
 			if !brk.Listening() {
 				return errors.New("broker not listening")
@@ -163,10 +203,18 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 			return nil
 		},
 	})
-	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	// Requests run under reqCtx, cancelled when shutdown starts, so that
+	// long-lived event streams end instead of holding Shutdown up.
+	reqCtx, stopRequests := context.WithCancel(context.Background())
+	defer stopRequests()
+	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return reqCtx }}
+	hs.RegisterOnShutdown(stopRequests)
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return svc.Run(gctx) })
+	g.Go(func() error { return cmds.Run(gctx) })
+	g.Go(func() error { return cfgSvc.Run(gctx) })
 	g.Go(func() error {
 		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return err

@@ -1,0 +1,233 @@
+package commands
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/ecowatt/ecowatt/topics"
+	"github.com/redis/go-redis/v9"
+)
+
+// maxBatch bounds how many of one device's commands one pass looks at.
+const maxBatch = 1000
+
+// kick asks the deliverer to look at dev; all also repeats every command
+// that is sent or delivered but not finished (after a reconnect).
+func (s *Service) kick(dev string, all bool) {
+	s.mu.Lock()
+	s.pending[dev] = s.pending[dev] || all
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// deliverLoop is the only goroutine of this process that sends commands,
+// so one device's commands leave in queue order.
+func (s *Service) deliverLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.wake:
+		}
+		s.mu.Lock()
+		batch := s.pending
+		s.pending = make(map[string]bool)
+		s.mu.Unlock()
+		for dev, all := range batch {
+			if ctx.Err() != nil {
+				return
+			}
+			if err := s.deliver(ctx, dev, all); err != nil {
+				s.log.Error().Err(err).Str("device", dev).Msg("command delivery")
+			}
+		}
+	}
+}
+
+// deliver sends dev's queued commands in order when it is online, expires
+// those past their TTL, re-sends sent ones that got no receipt within
+// ResendAfter, and with all re-sends every unfinished one.
+func (s *Service) deliver(ctx context.Context, dev string, all bool) error {
+	d, err := s.fleet.Device(ctx, dev)
+	if err != nil {
+		return fmt.Errorf("deliver to %s: %w", dev, err)
+	}
+	if !d.Online {
+		return nil
+	}
+	cmds, err := s.active(ctx, dev)
+	if err != nil {
+		return err
+	}
+	for _, c := range cmds {
+		now := s.now()
+		switch c.State {
+		case StateQueued:
+			if expired(c, now) {
+				s.expire(ctx, c)
+				continue
+			}
+			err = s.send(ctx, c, StateQueued)
+		case StateSent:
+			if expired(c, now) {
+				s.expire(ctx, c)
+				continue
+			}
+			if all || c.LastSentAt == nil || now.Sub(*c.LastSentAt) >= s.cfg.ResendAfter {
+				err = s.send(ctx, c, StateSent)
+			}
+		case StateDelivered:
+			if all { // the device answers a known ID from its flash
+				err = s.fleet.Send(ctx, dev, topics.KindCommand, body(c))
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("deliver %s to %s: %w", c.ID, dev, err)
+		}
+	}
+	return nil
+}
+
+// send marks c sent (from state from) and publishes it. A command whose
+// state changed meanwhile is left alone. When the publish fails the
+// command stays sent and goes again after ResendAfter.
+func (s *Service) send(ctx context.Context, c Command, from string) error {
+	if _, ok, err := s.transition(ctx, c.Device, c.ID, []string{from}, StateSent, nil); err != nil || !ok {
+		return err
+	}
+	return s.fleet.Send(ctx, c.Device, topics.KindCommand, body(c))
+}
+
+func body(c Command) topics.CommandBody {
+	return topics.CommandBody{Command: &topics.Command{
+		ID: c.ID, Action: c.Action, TargetRegister: c.TargetRegister, Value: c.Value, ExpiresAt: c.ExpiresAt,
+	}}
+}
+
+func expired(c Command, now time.Time) bool {
+	return !c.ExpiresAt.IsZero() && !now.Before(c.ExpiresAt)
+}
+
+func (s *Service) expire(ctx context.Context, c Command) {
+	_, ok, err := s.transition(ctx, c.Device, c.ID, []string{StateQueued, StateSent}, StateExpired,
+		map[string]any{fError: "ttl passed before the device confirmed delivery"})
+	if err != nil {
+		s.log.Error().Err(err).Str("device", c.Device).Str("command", c.ID).Msg("expire command")
+	} else if ok {
+		s.log.Info().Str("device", c.Device).Str("command", c.ID).Msg("command expired")
+	}
+}
+
+// active returns dev's unfinished commands in queue order.
+func (s *Service) active(ctx context.Context, dev string) ([]Command, error) {
+	k := s.devKeys(dev)
+	cids, err := s.rdb.ZRange(ctx, k.active, 0, maxBatch-1).Result()
+	if err != nil {
+		return nil, unavailable("active commands of "+dev, err)
+	}
+	cmds, gone, err := s.loadMany(ctx, dev, cids)
+	if err != nil {
+		return nil, err
+	}
+	if len(gone) > 0 {
+		s.rdb.ZRem(ctx, k.active, toAny(gone)...)
+	}
+	return cmds, nil
+}
+
+// sweepLoop sweeps at once (so a restarted backend picks up where the last
+// one stopped) and then every SweepInterval.
+func (s *Service) sweepLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		if err := s.sweep(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error().Err(err).Msg("command sweep")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// sweep visits every device with unfinished commands.
+func (s *Service) sweep(ctx context.Context) error {
+	it := s.rdb.ZScan(ctx, s.activeDevices(), 0, "", 1000).Iterator()
+	i := 0
+	for it.Next(ctx) {
+		i++
+		if i%2 == 0 { // ZSCAN yields member, score, member, score, ...
+			continue
+		}
+		if err := s.sweepDevice(ctx, it.Val()); err != nil {
+			s.log.Error().Err(err).Str("device", it.Val()).Msg("command sweep")
+		}
+	}
+	if err := it.Err(); err != nil {
+		return unavailable("command sweep", err)
+	}
+	return nil
+}
+
+// sweepDevice expires and times out dev's commands and hands the device
+// to the deliverer when something is waiting to go out.
+func (s *Service) sweepDevice(ctx context.Context, dev string) error {
+	cmds, err := s.active(ctx, dev)
+	if err != nil {
+		return err
+	}
+	if len(cmds) == 0 {
+		return s.forgetIfIdle(ctx, dev)
+	}
+	wait := false
+	for _, c := range cmds {
+		now := s.now()
+		switch c.State {
+		case StateQueued, StateSent:
+			switch {
+			case expired(c, now):
+				s.expire(ctx, c)
+			case c.State == StateQueued, c.LastSentAt == nil, now.Sub(*c.LastSentAt) >= s.cfg.ResendAfter:
+				wait = true
+			}
+		case StateDelivered:
+			if c.DeliveredAt != nil && now.Sub(*c.DeliveredAt) >= s.cfg.ResultTimeout {
+				_, ok, err := s.transition(ctx, dev, c.ID, []string{StateDelivered}, StateTimedOut,
+					map[string]any{fError: fmt.Sprintf("no result within %v of delivery", s.cfg.ResultTimeout)})
+				if err != nil {
+					return err
+				}
+				if ok {
+					s.log.Warn().Str("device", dev).Str("command", c.ID).Msg("command timed out")
+				}
+			}
+		}
+	}
+	if wait {
+		s.kick(dev, false)
+	}
+	return nil
+}
+
+// forgetIfIdle drops dev from the fleet-wide index of devices with
+// unfinished commands. The index is another slot than the queue, so it
+// checks again after removing: a command queued in between puts it back.
+func (s *Service) forgetIfIdle(ctx context.Context, dev string) error {
+	if err := s.rdb.ZRem(ctx, s.activeDevices(), dev).Err(); err != nil {
+		return unavailable("command index", err)
+	}
+	n, err := s.rdb.ZCard(ctx, s.devKeys(dev).active).Result()
+	if err != nil {
+		return unavailable("command index", err)
+	}
+	if n > 0 {
+		return s.rdb.ZAdd(ctx, s.activeDevices(), redis.Z{Member: dev}).Err()
+	}
+	return nil
+}

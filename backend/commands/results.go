@@ -1,0 +1,130 @@
+package commands
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+
+	"github.com/ecowatt/ecowatt/backend"
+	"github.com/ecowatt/ecowatt/topics"
+	"github.com/ecowatt/ecowatt/topics/envelope"
+)
+
+// HandleResult records a device's command_result (an authenticated,
+// replay-checked uplink). A receipt (status "delivered") moves the command
+// to delivered; "success" or "failed" to succeeded or failed (a device
+// reporting it received the command after its expiry makes it expired).
+// A repeated result of an ended command changes nothing (idempotent); a
+// result that contradicts the recorded end is kept as late_result. A
+// malformed body, or an ID that is not a command of this device, is
+// CodeInvalid (a security event).
+func (s *Service) HandleResult(ctx context.Context, dev string, m envelope.Message) error {
+	r, err := decodeResult(m.Body)
+	if err != nil {
+		return err
+	}
+	cmd, err := s.load(ctx, dev, r.ID)
+	if backend.ErrorCode(err) == backend.CodeNotFound {
+		return backend.Errorf(backend.CodeInvalid, "id", "command_result for unknown command %q", r.ID)
+	}
+	if err != nil {
+		return err
+	}
+	log := s.log.With().Str("device", dev).Str("command", r.ID).Str("status", r.Status).Bool("duplicate", r.Duplicate).Logger()
+	if r.Status == ResultDelivered {
+		_, ok, err := s.transition(ctx, dev, r.ID, []string{StateQueued, StateSent}, StateDelivered, nil)
+		if err == nil && !ok {
+			log.Debug().Str("state", cmd.State).Msg("receipt ignored: command past sent")
+		}
+		return err
+	}
+	to, fields := StateSucceeded, resultFields(r)
+	if r.Status == topics.ResultFailed {
+		to = StateFailed
+		fields[fError] = r.Error
+		if r.Error == "expired" { // devicesim.ReasonExpired: refused unexecuted
+			to = StateExpired
+		}
+	}
+	cur, ok, err := s.transition(ctx, dev, r.ID, []string{StateQueued, StateSent, StateDelivered}, to, fields)
+	if err != nil || ok {
+		return err
+	}
+	// Already ended.
+	if cur == to || cmd.Result != nil && cmd.Result.Status == r.Status {
+		log.Debug().Str("state", cur).Msg("repeated result ignored")
+		return nil
+	}
+	late := []any{fLateStatus, r.Status, fLateError, r.Error, fLateAt, r.ExecutedAt.UnixMilli()}
+	if r.Value != nil {
+		late = append(late, fLateValue, *r.Value)
+	}
+	if err := lateScript.Run(ctx, s.rdb, []string{s.cmdKey(dev, r.ID)}, late...).Err(); err != nil {
+		return unavailable("late result "+r.ID, err)
+	}
+	log.Warn().Str("state", cur).Msg("result arrived after the command ended; kept as late_result")
+	if c, err := s.load(ctx, dev, r.ID); err == nil {
+		s.emit(ctx, c, cur)
+	}
+	return nil
+}
+
+func resultFields(r topics.CommandResult) map[string]any {
+	f := map[string]any{fResStatus: r.Status, fResError: r.Error, fResDuration: r.DurationMS}
+	if !r.ExecutedAt.IsZero() {
+		f[fResExecuted] = r.ExecutedAt.UnixMilli()
+	}
+	if r.Value != nil {
+		f[fResValue] = *r.Value
+	}
+	return f
+}
+
+// decodeResult parses {"command_result":{...}} strictly.
+func decodeResult(body []byte) (topics.CommandResult, error) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	var b topics.CommandResultBody
+	if err := dec.Decode(&b); err != nil {
+		return topics.CommandResult{}, &backend.Error{Code: backend.CodeInvalid, Message: "command_result body is malformed", Err: err}
+	}
+	if dec.More() {
+		return topics.CommandResult{}, backend.Errorf(backend.CodeInvalid, "", "command_result body has trailing data")
+	}
+	if b.CommandResult == nil {
+		return topics.CommandResult{}, backend.Errorf(backend.CodeInvalid, "command_result", `body has no "command_result"`)
+	}
+	r := *b.CommandResult
+	if err := topics.ValidateDeviceCommand(topics.Command{ID: r.ID, Action: topics.ActionPing}); err != nil {
+		return topics.CommandResult{}, &backend.Error{Code: backend.CodeInvalid, Field: "id", Message: "command_result id is invalid", Err: err}
+	}
+	switch r.Status {
+	case ResultDelivered, topics.ResultSuccess, topics.ResultFailed:
+	default:
+		return topics.CommandResult{}, backend.Errorf(backend.CodeInvalid, "status", "command_result status %q: want delivered, success or failed", truncate(r.Status, 32))
+	}
+	return r, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+// HandleBirth hands a device that came online to the deliverer, which
+// sends its queued commands and repeats every unfinished one (the device
+// may have lost them, or their results, while it was away).
+func (s *Service) HandleBirth(ctx context.Context, dev string, m envelope.Message) error {
+	var b topics.Birth
+	if err := json.Unmarshal(m.Body, &b); err != nil {
+		// Unreachable in practice: the presence handler runs first and
+		// refuses such a birth.
+		return &backend.Error{Code: backend.CodeInvalid, Message: "birth body is not valid JSON", Err: err}
+	}
+	if b.Online {
+		s.kick(dev, true)
+	}
+	return nil
+}

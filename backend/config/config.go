@@ -1,0 +1,227 @@
+// Package config is the backend side of remote configuration: a versioned
+// desired config per device, set by operators over HTTP, the CLI or MQTT
+// (ecowatt/v1/ops/{id}/config), validated with the rules the device also
+// runs (topics.ApplyPatch), delivered signed on down/config until the
+// device acknowledges that version, and recorded with the device's
+// field-by-field acks, its reported config and a history stream.
+//
+// Only the latest desired version is ever delivered: every config_update
+// carries the complete config, so a device that was offline across several
+// changes receives just the last one. Redelivery happens when the device
+// is born (its birth reports the version it runs) and on a periodic sweep
+// of pending devices that are online.
+//
+// State, per device under its hash tag (store.Keys.Dev), so a device's
+// multi-key updates are one MULTI on one Cluster slot:
+//
+//	<prefix>{dev:ID}:cfg      hash    version, desired (JSON), desired_at/_by/_via,
+//	                                  pending (1/0), reported (JSON), reported_version,
+//	                                  reported_at, last_ack (JSON), last_ack_at,
+//	                                  sent_version, sent_at, sends
+//	<prefix>{dev:ID}:cfghist  stream  history: desired versions (who, how, the diff)
+//	                                  and acks; capped (HistoryMaxLen)
+//	<prefix>cfgpending        zset    devices with an unacknowledged version,
+//	                                  score = when it was created (unix ms); the
+//	                                  sweep's work list, written after the device
+package config
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ecowatt/ecowatt/backend"
+	"github.com/ecowatt/ecowatt/backend/store"
+	"github.com/ecowatt/ecowatt/topics"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+)
+
+// Backend is what the config service needs from the backend;
+// *backend.Service has it.
+type Backend interface {
+	Redis() redis.UniversalClient
+	Keys() store.Keys
+	OperatorRole(ctx context.Context, name string) (string, error)
+	Send(ctx context.Context, dev, kind string, body any) error
+	Emit(ctx context.Context, dev, kind string, data any) error
+	Handle(kind string, h backend.UplinkHandler)
+	HandleOps(kind string, h backend.OpsHandler)
+}
+
+var _ Backend = (*backend.Service)(nil)
+
+// Defaults of Config.
+const (
+	DefaultSweepInterval = 30 * time.Second
+	DefaultHistoryMaxLen = 1000
+	DefaultSweepBatch    = 500
+)
+
+// Config holds a Service's dependencies. Backend is required.
+type Config struct {
+	Backend    Backend
+	Logger     zerolog.Logger
+	Now        func() time.Time      // default time.Now
+	Registerer prometheus.Registerer // default: a private registry
+	// SweepInterval is how often Run redelivers pending versions to online
+	// devices, and how long a delivery is given before it is repeated.
+	SweepInterval time.Duration
+	HistoryMaxLen int64 // approximate cap of each device's history stream
+	SweepBatch    int   // devices read per pipelined round trip in a sweep
+}
+
+// Service manages desired and reported configuration. Create it with New
+// (which registers its handlers on the backend) and run the redelivery
+// sweep with Run.
+type Service struct {
+	b    Backend
+	rdb  redis.UniversalClient
+	keys store.Keys
+	log  zerolog.Logger
+	now  func() time.Time
+	cfg  Config
+	m    metrics
+}
+
+type metrics struct {
+	versions     prometheus.Counter
+	acks         *prometheus.CounterVec
+	redeliveries prometheus.Counter
+}
+
+// Ack results: the values of the result label of ecowatt_config_acks_total.
+const (
+	AckAccepted = "accepted" // no field rejected
+	AckPartial  = "partial"  // some fields accepted, some rejected
+	AckRejected = "rejected" // fields rejected, none accepted
+	AckStale    = "stale"    // for a version older than the desired one
+	AckUnknown  = "unknown"  // for a version newer than the desired one
+)
+
+// New checks cfg, registers the metrics and the handlers of config acks,
+// births (reconciliation) and operator config messages on cfg.Backend.
+func New(cfg Config) (*Service, error) {
+	if cfg.Backend == nil {
+		return nil, errors.New("new config service: Backend is required")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
+	}
+	if cfg.SweepInterval <= 0 {
+		cfg.SweepInterval = DefaultSweepInterval
+	}
+	if cfg.HistoryMaxLen <= 0 {
+		cfg.HistoryMaxLen = DefaultHistoryMaxLen
+	}
+	if cfg.SweepBatch <= 0 {
+		cfg.SweepBatch = DefaultSweepBatch
+	}
+	s := &Service{
+		b:    cfg.Backend,
+		rdb:  cfg.Backend.Redis(),
+		keys: cfg.Backend.Keys(),
+		log:  cfg.Logger.With().Str("component", "config").Logger(),
+		now:  cfg.Now,
+		cfg:  cfg,
+		m: metrics{
+			versions: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "ecowatt_config_versions_total",
+				Help: "Desired config versions created.",
+			}),
+			acks: prometheus.NewCounterVec(prometheus.CounterOpts{
+				Name: "ecowatt_config_acks_total",
+				Help: "Config acks received from devices, by result.",
+			}, []string{"result"}),
+			redeliveries: prometheus.NewCounter(prometheus.CounterOpts{
+				Name: "ecowatt_config_redeliveries_total",
+				Help: "Config versions sent again (at birth or by the sweep) because they were not acknowledged.",
+			}),
+		},
+	}
+	for _, c := range []prometheus.Collector{s.m.versions, s.m.acks, s.m.redeliveries} {
+		if err := cfg.Registerer.Register(c); err != nil {
+			return nil, fmt.Errorf("new config service: %w", err)
+		}
+	}
+	for _, r := range []string{AckAccepted, AckPartial, AckRejected, AckStale, AckUnknown} {
+		s.m.acks.WithLabelValues(r)
+	}
+	s.b.Handle(topics.KindConfigAck, s.handleAck)
+	s.b.Handle(topics.KindBirth, s.handleBirth)
+	s.b.HandleOps(topics.KindConfig, s.handleOps)
+	return s, nil
+}
+
+// Fields of the cfg hash.
+const (
+	fVersion         = "version"
+	fDesired         = "desired"
+	fDesiredAt       = "desired_at"
+	fDesiredBy       = "desired_by"
+	fDesiredVia      = "desired_via"
+	fPending         = "pending"
+	fReported        = "reported"
+	fReportedVersion = "reported_version"
+	fReportedAt      = "reported_at"
+	fLastAck         = "last_ack"
+	fLastAckAt       = "last_ack_at"
+	fSentVersion     = "sent_version"
+	fSentAt          = "sent_at"
+	fSends           = "sends"
+)
+
+func (s *Service) cfgKey(dev string) string  { return s.keys.Dev(dev, "cfg") }
+func (s *Service) histKey(dev string) string { return s.keys.Dev(dev, "cfghist") }
+func (s *Service) pendingKey() string        { return s.keys.Global("cfgpending") }
+
+// Who says who changed a config and through which channel.
+type Who struct {
+	By  string `json:"by"`  // operator name, or "admin" for the API token
+	Via string `json:"via"` // ViaHTTP or ViaMQTT
+}
+
+// Channels of Who.Via.
+const (
+	ViaHTTP = "http"
+	ViaMQTT = "mqtt"
+)
+
+// Run redelivers pending versions to online devices every SweepInterval
+// until ctx is done. It starts no other goroutine.
+func (s *Service) Run(ctx context.Context) error {
+	t := time.NewTicker(s.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if _, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
+				s.log.Error().Err(err).Msg("config sweep failed")
+			}
+		}
+	}
+}
+
+// notFound is the error for an unknown device.
+func notFound(dev string) error {
+	return backend.Errorf(backend.CodeNotFound, "id", "no device %q", dev)
+}
+
+// unavailable wraps a Redis failure; a cancelled context stays itself.
+func unavailable(op string, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	var be *backend.Error
+	if errors.As(err, &be) {
+		return err
+	}
+	return &backend.Error{Code: backend.CodeUnavailable, Message: "storage unavailable", Err: fmt.Errorf("%s: %w", op, err)}
+}

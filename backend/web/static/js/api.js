@@ -1,0 +1,126 @@
+// api.js: the admin token, JSON calls to /api/v1 and the live event stream.
+
+const TOKEN_KEY = "ecowatt.token";
+
+export function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
+export function setToken(t) { sessionStorage.setItem(TOKEN_KEY, t); }
+export function clearToken() { sessionStorage.removeItem(TOKEN_KEY); }
+
+// ApiError carries the API's error code, message and offending field.
+export class ApiError extends Error {
+  constructor(status, code, message, field) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.field = field || "";
+  }
+  // missing reports that this server has no such route (yet).
+  get missing() {
+    return this.status === 405 || this.status === 501 ||
+      (this.status === 404 && /^no route/.test(this.message));
+  }
+}
+
+let onUnauthorized = () => {};
+export function setUnauthorizedHandler(fn) { onUnauthorized = fn; }
+
+// call sends a JSON request (or a Blob/FormData body as is) and returns
+// the decoded answer; failures throw ApiError.
+export async function call(method, path, body, opts = {}) {
+  const headers = { Authorization: "Bearer " + token(), Accept: "application/json" };
+  let payload;
+  if (body instanceof Blob || body instanceof FormData || body instanceof ArrayBuffer) {
+    payload = body;
+    if (opts.contentType) headers["Content-Type"] = opts.contentType;
+  } else if (body !== undefined) {
+    payload = JSON.stringify(body);
+    headers["Content-Type"] = "application/json";
+  }
+  let resp;
+  try {
+    resp = await fetch(path, { method, headers, body: payload, signal: opts.signal });
+  } catch (e) {
+    if (e.name === "AbortError") throw e;
+    throw new ApiError(0, "network", "cannot reach the server");
+  }
+  const text = await resp.text();
+  let doc = null;
+  try { doc = text ? JSON.parse(text) : null; } catch { doc = null; }
+  if (!resp.ok) {
+    const err = (doc && doc.error) || {};
+    const e = new ApiError(resp.status, err.code || "http_" + resp.status,
+      err.message || text.trim() || resp.statusText, err.field);
+    if (resp.status === 401 && !opts.signingIn) onUnauthorized(e);
+    throw e;
+  }
+  return doc;
+}
+
+export const get = (path, opts) => call("GET", path, undefined, opts);
+export const enc = encodeURIComponent;
+
+// EventStream keeps one connection to /api/v1/events (fetch streaming, so
+// the token goes in a header, not the URL) and hands every event to the
+// listeners. It reconnects with backoff until stopped.
+export class EventStream {
+  constructor(onStatus) {
+    this.listeners = new Set();
+    this.onStatus = onStatus || (() => {});
+    this.ctrl = null;
+    this.stopped = true;
+  }
+  on(fn) { this.listeners.add(fn); return () => this.listeners.delete(fn); }
+  start() {
+    if (!this.stopped) return;
+    this.stopped = false;
+    this.loop();
+  }
+  stop() {
+    this.stopped = true;
+    if (this.ctrl) this.ctrl.abort();
+  }
+  async loop() {
+    let delay = 500;
+    while (!this.stopped) {
+      this.ctrl = new AbortController();
+      try {
+        const resp = await fetch("/api/v1/events", {
+          headers: { Authorization: "Bearer " + token(), Accept: "text/event-stream" },
+          signal: this.ctrl.signal,
+        });
+        if (resp.status === 401) { this.onStatus("unauthorized"); onUnauthorized(); return; }
+        if (!resp.ok) throw new Error("event stream: HTTP " + resp.status);
+        this.onStatus("live");
+        delay = 500;
+        await this.read(resp.body.getReader());
+      } catch (e) {
+        if (this.stopped) return;
+      }
+      this.onStatus("reconnecting");
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 10000);
+    }
+  }
+  async read(reader) {
+    const dec = new TextDecoder();
+    let buf = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buf += dec.decode(value, { stream: true });
+      let i;
+      while ((i = buf.indexOf("\n\n")) >= 0) {
+        const block = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        const data = block.split("\n").filter((l) => l.startsWith("data:"))
+          .map((l) => l.slice(5).trimStart()).join("\n");
+        if (!data) continue;
+        let ev;
+        try { ev = JSON.parse(data); } catch { continue; }
+        for (const fn of this.listeners) {
+          try { fn(ev); } catch (e) { console.error(e); }
+        }
+      }
+    }
+  }
+}

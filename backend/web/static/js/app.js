@@ -1,0 +1,100 @@
+// app.js: sign-in, navigation and the shared live event stream.
+
+import { token, setToken, clearToken, setUnauthorizedHandler, get, EventStream, ApiError } from "./api.js";
+import { h, clear } from "./dom.js";
+import { fleetPage } from "./fleet.js";
+import { devicePage } from "./device.js";
+import { firmwarePage } from "./firmware.js";
+import { rolloutPage, rolloutsPage } from "./rollout.js";
+
+const main = document.getElementById("main");
+const live = document.getElementById("live");
+const signout = document.getElementById("signout");
+
+export const stream = new EventStream((status) => {
+  live.textContent = status;
+  live.className = "live " + status;
+});
+
+let teardown = null;
+
+export function toast(msg, kind) {
+  const t = document.getElementById("toast");
+  t.textContent = msg;
+  t.className = "toast show " + (kind || "");
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { t.className = "toast"; }, 4000);
+}
+
+function signIn(message) {
+  stream.stop();
+  if (teardown) { teardown(); teardown = null; }
+  signout.hidden = true;
+  live.textContent = "signed out";
+  live.className = "live";
+  const input = h("input", { id: "token", name: "token", type: "password", autocomplete: "current-password",
+    required: true, "aria-describedby": "token-help" + (message ? " token-error" : "") });
+  const err = h("p", { id: "token-error", class: "error", role: "alert" }, message || "");
+  const form = h("form", { class: "card signin", "aria-labelledby": "signin-title", onsubmit: async (e) => {
+    e.preventDefault();
+    setToken(input.value.trim());
+    try {
+      await get("/api/v1/devices", { signingIn: true });
+    } catch (ex) {
+      clearToken();
+      err.textContent = ex instanceof ApiError && ex.status === 401 ? "That token was not accepted." : ex.message;
+      input.setAttribute("aria-invalid", "true");
+      input.focus();
+      return;
+    }
+    start();
+  } },
+  h("h1", { id: "signin-title" }, "Sign in"),
+  h("label", { for: "token" }, "Admin token"), input,
+  h("p", { id: "token-help", class: "muted" }, "The token given to ecowatt serve (--admin-token or ECOWATT_ADMIN_TOKEN). It is kept in this tab only."),
+  err,
+  h("button", { type: "submit", class: "primary", id: "signin" }, "Sign in"));
+  clear(main).append(form);
+  input.focus();
+}
+
+function start() {
+  signout.hidden = false;
+  stream.start();
+  route();
+}
+
+async function route() {
+  if (!token()) { signIn(); return; }
+  if (teardown) { teardown(); teardown = null; }
+  const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  let page, nav;
+  switch (parts[0]) {
+    case "": case "fleet": page = fleetPage; nav = "fleet"; break;
+    case "device": page = (root, ctx) => devicePage(root, ctx, parts[1]); nav = "fleet"; break;
+    case "firmware": page = firmwarePage; nav = "firmware"; break;
+    case "rollouts":
+      page = parts[1] ? (root, ctx) => rolloutPage(root, ctx, parts[1]) : rolloutsPage;
+      nav = "rollouts"; break;
+    default:
+      clear(main).append(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Back to the fleet")));
+      return;
+  }
+  for (const a of document.querySelectorAll("[data-nav]")) {
+    if (a.dataset.nav === nav) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+  }
+  const root = clear(main);
+  const cleanups = [];
+  const ctx = { stream, toast, onCleanup: (fn) => cleanups.push(fn) };
+  teardown = () => cleanups.forEach((fn) => fn());
+  try {
+    await page(root, ctx);
+  } catch (e) {
+    root.append(h("p", { class: "error", role: "alert" }, e.message));
+  }
+}
+
+setUnauthorizedHandler(() => { clearToken(); signIn("The server no longer accepts this token. Sign in again."); });
+signout.addEventListener("click", () => { clearToken(); signIn(); });
+window.addEventListener("hashchange", () => { if (token()) route(); });
+if (token()) start(); else signIn();

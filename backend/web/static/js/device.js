@@ -1,0 +1,178 @@
+// device.js: one device: facts, telemetry plot, config, commands, FOTA
+// and the audit timeline.
+
+import { get, call, enc } from "./api.js";
+import { h, clear, section, onlineBadge, badge, progress, fmtTime, fmtAgo, fmtNum, stateKind, unavailable, debounce, REGISTERS } from "./dom.js";
+import { latestValues, fotaPercent, summarize } from "./model.js";
+import { charts } from "./plot.js";
+import { configSection } from "./device-config.js";
+import { commandsSection } from "./device-commands.js";
+
+const WINDOWS = [
+  { label: "Last 15 minutes", ms: 15 * 60e3 },
+  { label: "Last hour", ms: 3600e3 },
+  { label: "Last 6 hours", ms: 6 * 3600e3 },
+  { label: "Last 24 hours", ms: 24 * 3600e3 },
+  { label: "Last 7 days", ms: 7 * 24 * 3600e3 },
+];
+
+export async function devicePage(root, ctx, id) {
+  const base = "/api/v1/devices/" + enc(id);
+  let dev = await get(base);
+  const head = h("div", { class: "page-head" });
+  const facts = h("dl", { class: "facts" });
+  const latest = h("div", { class: "latest" });
+  const fota = h("div", { id: "fota-body" });
+
+  const renderHead = () => {
+    head.replaceChildren(
+      h("p", { class: "crumbs" }, h("a", { href: "#/" }, "Fleet"), " / "),
+      h("h1", {}, dev.id, " ", onlineBadge(dev.online)));
+    facts.replaceChildren(...[
+      ["Firmware", dev.firmware_version || "—"], ["Slot", dev.slot || "—"],
+      ["Config version", dev.config_version ?? "—"], ["Boot count", dev.boot_count ?? "—"],
+      ["Uptime", dev.uptime_s ? fmtDuration(dev.uptime_s) : "—"],
+      ["Last seen", h("time", { datetime: dev.last_seen || "", title: fmtTime(dev.last_seen) }, fmtAgo(dev.last_seen))],
+      ["Provisioned", fmtTime(dev.created_at)],
+    ].flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+    const vals = latestValues(dev);
+    latest.replaceChildren(...(vals.length ? [h("ul", { class: "tiles", "aria-label": "Latest values" },
+      vals.map((v) => h("li", {}, h("span", { class: "k" }, v.name.replace(/_/g, " ")),
+        h("span", { class: "v" }, fmtNum(v.value ?? v.v, 2), " ", h("small", {}, v.unit || "")))))] : []));
+    renderFota();
+  };
+
+  const renderFota = () => {
+    const f = dev.fota;
+    if (!f) {
+      fota.replaceChildren(h("p", { class: "muted" }, "No firmware update has been reported by this device."));
+      return;
+    }
+    const pct = fotaPercent(f);
+    fota.replaceChildren(
+      h("p", {}, badge((f.state || "idle").replace(/_/g, " "), stateKind(f.state)),
+        f.version ? ` target ${f.version}` : "", f.running_version ? `, running ${f.running_version}` : "",
+        f.reason ? ` — ${f.reason}${f.detail ? ": " + f.detail : ""}` : ""),
+      pct !== null ? progress(pct, "Firmware download") : null,
+      f.total_chunks ? h("p", { class: "muted" }, `${f.chunk_received || 0} of ${f.total_chunks} chunks`) : null);
+  };
+
+  const rollbackBtn = h("button", { type: "button", class: "danger", id: "rollback", onclick: async () => {
+    if (!confirm(`Roll ${id} back to its previous firmware?`)) return;
+    try {
+      await call("POST", base + "/rollback", {});
+      ctx.toast("Rollback requested", "ok");
+    } catch (e) {
+      ctx.toast(e.missing ? "Rollback is not available on this server" : "Rollback failed: " + e.message, "bad");
+    }
+  } }, "Roll back firmware");
+
+  renderHead();
+  const tele = telemetrySection(ctx, base, dev);
+  const timeline = timelineSection(ctx, base, id);
+  root.append(head, h("div", { class: "grid" },
+    section("Device", "device-facts", facts, latest),
+    section("Firmware update", "device-fota", fota, h("div", { class: "actions" }, rollbackBtn))),
+  tele.el, await configSection(ctx, base, id), await commandsSection(ctx, base, id), timeline.el);
+
+  const refresh = debounce(async () => {
+    try { dev = await get(base); renderHead(); } catch { /* keep the last view */ }
+  }, 200);
+  ctx.onCleanup(ctx.stream.on((ev) => {
+    if (ev.device !== id) return;
+    timeline.add(ev);
+    if (ev.kind === "presence" || ev.kind === "fota") refresh();
+  }));
+  const timer = setInterval(refresh, 15000);
+  ctx.onCleanup(() => clearInterval(timer));
+  await Promise.all([tele.load(), timeline.load()]);
+}
+
+function telemetrySection(ctx, base, dev) {
+  const chosen = new Set(JSON.parse(sessionStorage.getItem("ecowatt.registers") || '["output_power","pv1_voltage","pv2_voltage"]'));
+  const win = h("select", { id: "tele-window" }, WINDOWS.map((w, i) => h("option", { value: i, selected: i === 0 }, w.label)));
+  const boxes = REGISTERS.map((r) => h("label", { class: "check" },
+    h("input", { type: "checkbox", name: "register", value: r.name, checked: chosen.has(r.name) }),
+    ` ${r.name.replace(/_/g, " ")} (${r.unit})`));
+  const out = h("div", { id: "telemetry-plot", class: "plots", "aria-live": "polite", "aria-busy": "true" });
+  const form = h("form", { class: "plot-controls", onsubmit: (e) => { e.preventDefault(); load(); } },
+    h("fieldset", {}, h("legend", {}, "Registers"), h("div", { class: "checks" }, boxes)),
+    h("div", { class: "row" }, h("label", { for: "tele-window" }, "Window"), win,
+      h("button", { type: "submit" }, "Plot")));
+  form.addEventListener("change", () => load());
+  let missing = false;
+  async function load() {
+    if (missing) return;
+    const regs = boxes.map((b) => b.querySelector("input")).filter((i) => i.checked).map((i) => i.value);
+    sessionStorage.setItem("ecowatt.registers", JSON.stringify(regs));
+    if (!regs.length) { out.replaceChildren(h("p", { class: "muted" }, "Choose at least one register.")); return; }
+    const to = new Date(), from = new Date(to.getTime() - WINDOWS[win.value].ms);
+    out.setAttribute("aria-busy", "true");
+    try {
+      const doc = await get(`${base}/telemetry?from=${enc(from.toISOString())}&to=${enc(to.toISOString())}&registers=${enc(regs.join(","))}`);
+      const series = doc.registers || doc.series || [];
+      const total = series.reduce((n, s) => n + (s.points || []).length, 0);
+      out.replaceChildren(...charts(series, from, to),
+        h("p", { class: "muted", id: "telemetry-count", "data-points": total }, `${total} points`));
+    } catch (e) {
+      if (e.missing) missing = true;
+      out.replaceChildren(unavailable("Telemetry", e));
+    }
+    out.setAttribute("aria-busy", "false");
+  }
+  const timer = setInterval(load, 15000);
+  ctx.onCleanup(() => clearInterval(timer));
+  return { el: section("Telemetry", "device-telemetry", form, out), load };
+}
+
+function timelineSection(ctx, base, id) {
+  const kinds = ["all", "config", "command", "fota", "presence", "security"];
+  const kind = h("select", { id: "timeline-kind" }, kinds.map((k) => h("option", { value: k }, k)));
+  const list = h("ol", { class: "timeline", id: "timeline", "aria-live": "polite" });
+  let events = [];
+  const seen = new Set();
+  const render = () => {
+    const k = kind.value;
+    const shown = events.filter((e) => k === "all" || e.kind === k).slice(0, 200);
+    list.replaceChildren(...shown.map((e) => h("li", { class: "ev " + e.kind, "data-kind": e.kind },
+      h("time", { datetime: e.at }, fmtTime(e.at)), " ", badge(e.kind, kindClass(e)), " ", summarize(e))));
+    if (!shown.length) list.append(h("li", { class: "muted" }, "No events."));
+  };
+  kind.addEventListener("change", render);
+  return {
+    el: section("Audit timeline", "device-timeline",
+      h("div", { class: "row" }, h("label", { for: "timeline-kind" }, "Show"), kind), list),
+    async load() {
+      try {
+        const doc = await get(`${base}/events?n=200`);
+        for (const e of doc.events || []) { if (e.id) seen.add(e.id); }
+        events = (doc.events || []).concat(events.filter((e) => !e.id || !seen.has(e.id)));
+        events.sort((a, b) => new Date(b.at) - new Date(a.at));
+        render();
+      } catch (e) {
+        list.replaceChildren(h("li", {}, unavailable("Audit timeline", e)));
+      }
+    },
+    add(ev) {
+      if (ev.id && seen.has(ev.id)) return;
+      if (ev.id) seen.add(ev.id);
+      events.unshift(ev);
+      render();
+    },
+  };
+}
+
+function kindClass(e) {
+  const d = e.data || {};
+  if (e.kind === "security") return "bad";
+  if (e.kind === "presence") return d.online === false ? "muted" : "ok";
+  return stateKind(d.state || d.status || (typeof d.result === "string" ? d.result : ""));
+}
+
+function fmtDuration(s) {
+  s = Number(s);
+  if (s < 60) return s + " s";
+  if (s < 3600) return Math.floor(s / 60) + " min";
+  if (s < 86400) return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
+  return Math.floor(s / 86400) + " d " + Math.floor((s % 86400) / 3600) + " h";
+}
