@@ -75,3 +75,13 @@ func TestProvisioningBadInput(t *testing.T) {
 		})
 	}
 }
+
+// TestDemoMode: serve --demo N provisions N devices and runs them
+// in-process, so the fleet is live with no other command.
+func TestDemoMode(t *testing.T) {
+	s := startServer(t, "--demo", "3")
+	eventually(t, 60*time.Second, "3 demo devices online", func() (bool, string) {
+		on, total := countOnline(t, s)
+		return on == 3 && total == 3, fmt.Sprintf("%d/%d online", on, total)
+	})
+}

@@ -40,6 +40,7 @@ type serveConfig struct {
 	cmd                                   commandConfig
 	configSweep                           time.Duration
 	telemetryRetention                    time.Duration
+	demo                                  int
 }
 
 func runServe(ctx context.Context, e env, args []string) error {
@@ -61,6 +62,7 @@ func runServe(ctx context.Context, e env, args []string) error {
 	fs.DurationVar(&c.configSweep, "config-sweep", 30*time.Second, "how often unacknowledged config versions are sent again to online devices")
 	fs.StringVar(&c.readyFile, "ready-file", "", "write the bound addresses as JSON to this file once serving (for scripts and tests)")
 	fs.DurationVar(&c.telemetryRetention, "telemetry-retention", 7*24*time.Hour, "how long telemetry batches are kept in Redis")
+	fs.IntVar(&c.demo, "demo", 0, "provision N demo devices and run them in-process (a live dashboard at once)")
 	c.cmd.register(fs)
 	if _, err := parseFlags(fs, e, args); err != nil {
 		return err
@@ -215,6 +217,11 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	g.Go(func() error { return svc.Run(gctx) })
 	g.Go(func() error { return cmds.Run(gctx) })
 	g.Go(func() error { return cfgSvc.Run(gctx) })
+	if c.demo > 0 {
+		demo := demoFleet{n: c.demo, svc: svc, broker: "tcp://" + loopback(brk.Addr()), dataDir: c.dataDir,
+			log: log.With().Str("component", "demo").Logger(), setup: demoSetup}
+		g.Go(func() error { return demo.run(gctx) })
+	}
 	g.Go(func() error {
 		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return err
