@@ -191,7 +191,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 }
 
 // ours matches stack frames of the runtime under test (not of the tests).
-var ours = regexp.MustCompile(`eclipse/paho\.mqtt\.golang|/devicesim/(device|conn|fleet|records|config|command|features)\.go`)
+var ours = regexp.MustCompile(`eclipse/paho\.mqtt\.golang|/devicesim/(device|conn|fleet|records|config|command|features|fota|fota_download|fota_boot)\.go`)
 
 // checkNoLeak fails if any paho or devicesim goroutine outlives the test.
 func checkNoLeak(t *testing.T) {

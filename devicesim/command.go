@@ -194,6 +194,9 @@ func (e *CommandExecutor) handle(ctx context.Context, msg envelope.Message) erro
 		e.malformed.Add(1)
 		return fmt.Errorf("command: not answered: %w", err)
 	}
+	if _, known := e.Result(c.ID); !known {
+		e.receipt(ctx, c.ID)
+	}
 	res, reboot, err := e.run(ctx, c)
 	if err != nil {
 		return err
@@ -206,6 +209,17 @@ func (e *CommandExecutor) handle(ctx context.Context, msg envelope.Message) erro
 		e.d.Reboot("command " + c.ID)
 	}
 	return err
+}
+
+// receipt publishes the non-final result "delivered" for a command the
+// device has not seen before, ahead of executing it (docs/PROTOCOL.md,
+// "Command receipts"). It is best effort: a lost receipt only means the
+// backend goes from sent to the final state in one step.
+func (e *CommandExecutor) receipt(ctx context.Context, id string) {
+	r := topics.CommandResult{ID: id, Status: topics.ResultDelivered, ExecutedAt: e.d.clk.Now().UTC()}
+	if err := e.d.Publish(ctx, topics.KindCommandResult, topics.CommandResultBody{CommandResult: &r}); err != nil {
+		e.d.log.Warn().Err(err).Str("command", id).Msg("command receipt not sent")
+	}
 }
 
 // decodeCommand parses {"command":{...}} strictly. A body that parses

@@ -9,7 +9,8 @@
 // handler for one kind, Publish seals and sends an uplink, Go starts a
 // background task for each boot, OnBoot and OnBirth let the bootloader and
 // config code adjust boot metadata and birth contents, OnConnect learns of
-// each (re)connect, and Reboot restarts the firmware in place.
+// each (re)connect, Reboot restarts the firmware in place, and UpdateBoot
+// changes the boot record (slots, boot order) while the firmware runs.
 package devicesim
 
 import (
@@ -132,6 +133,8 @@ type Device struct {
 	onBirth   []func(*topics.Birth)
 	onConnect []func(context.Context)
 
+	bootMu sync.Mutex // serialises UpdateBoot (read, persist, replace boot)
+
 	mu       sync.Mutex // guards running, client, boot, bootedAt, nonces, reboot
 	running  bool
 	client   mqtt.Client // nil unless connected and born
@@ -242,7 +245,28 @@ func (d *Device) Logger() zerolog.Logger { return d.log }
 func (d *Device) Boot() BootRecord {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.boot
+	return d.boot.Clone()
+}
+
+// UpdateBoot changes the boot record while the firmware runs (FOTA: slot
+// states, the slot to boot next): fn edits a copy, which is persisted
+// atomically before it replaces the current record. The change takes
+// effect for the birth at once and for the boot order at the next boot.
+// If fn or the flash write fails, nothing changes.
+func (d *Device) UpdateBoot(fn func(*BootRecord) error) error {
+	d.bootMu.Lock()
+	defer d.bootMu.Unlock()
+	b := d.Boot()
+	if err := fn(&b); err != nil {
+		return err
+	}
+	if err := d.fl.Save(RecordBoot, b); err != nil {
+		return fmt.Errorf("update boot record: %w", err)
+	}
+	d.mu.Lock()
+	d.boot = b
+	d.mu.Unlock()
+	return nil
 }
 
 // Handle registers h for downlinks of kind (topics.KindConfig, ...),

@@ -12,6 +12,7 @@ type FeatureOptions struct {
 	Telemetry TelemetryOptions // BootConfig is set by AttachFeatures
 	Config    ConfigOptions    // Apply is set by AttachFeatures
 	Commands  CommandOptions   // Modbus is set by AttachFeatures
+	FOTA      FOTAOptions      // PublicKey: the firmware-signing key
 }
 
 // Features are the firmware features of one device, wired together.
@@ -19,16 +20,18 @@ type Features struct {
 	Telemetry *Telemetry
 	Config    *ConfigManager
 	Commands  *CommandExecutor
+	FOTA      *FOTAManager
 }
 
 // errNoScheduler means the acquisition scheduler of this boot is not up.
 var errNoScheduler = errors.New("acquisition scheduler not running")
 
-// AttachFeatures wires the data plane, remote configuration and command
-// execution into d: the scheduler starts each boot with the persisted
-// config, a new config version is applied through the scheduler at its
-// next upload boundary, and commands reach the inverter through the
-// boot's Modbus adapter. Call it before d.Run.
+// AttachFeatures wires the data plane, remote configuration, command
+// execution and firmware updates into d: the scheduler starts each boot
+// with the persisted config, a new config version is applied through the
+// scheduler at its next upload boundary, commands reach the inverter
+// through the boot's Modbus adapter, and FOTA (with its bootloader hook)
+// updates the firmware. Call it before d.Run.
 func AttachFeatures(d *Device, opt FeatureOptions) (*Features, error) {
 	f := &Features{}
 	opt.Config.Apply = func(c topics.Config) error {
@@ -53,6 +56,9 @@ func AttachFeatures(d *Device, opt FeatureOptions) (*Features, error) {
 		return nil
 	}
 	if f.Commands, err = AttachCommands(d, opt.Commands); err != nil {
+		return nil, fmt.Errorf("attach features: %w", err)
+	}
+	if f.FOTA, err = AttachFOTA(d, opt.FOTA); err != nil {
 		return nil, fmt.Errorf("attach features: %w", err)
 	}
 	return f, nil

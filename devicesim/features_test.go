@@ -102,6 +102,9 @@ func (g *rig) bodies(kind string) [][]byte {
 		if err != nil {
 			g.t.Fatalf("%s envelope: %v", kind, err)
 		}
+		if kind == topics.KindCommandResult && isReceipt(msg.Body) {
+			continue // receipts are checked in TestCommandReceipt
+		}
 		out = append(out, msg.Body)
 	}
 	return out

@@ -3,6 +3,7 @@ package devicesim
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 
 	"github.com/ecowatt/ecowatt/devicesim/flash"
@@ -32,6 +33,50 @@ type BootRecord struct {
 	// PendingVerify is set when the active slot was just installed and has
 	// not yet passed its self-test (FOTA).
 	PendingVerify bool `json:"pending_verify,omitempty"`
+	// BootAttempts counts the boots of the pending-verify slot; the
+	// bootloader returns to PreviousSlot when it would exceed
+	// fota.MaxBootAttempts.
+	BootAttempts int `json:"boot_attempts,omitempty"`
+	// PreviousSlot is the slot to roll back to: it holds a valid image that
+	// no download has overwritten since. "" means there is none.
+	PreviousSlot string `json:"previous_slot,omitempty"`
+	// Slots describes what each firmware slot holds.
+	Slots map[string]SlotInfo `json:"slots,omitempty"`
+	// Event is what the bootloader (or a manual rollback) did to the boot
+	// order, kept until the device has reported it once online.
+	Event *BootEvent `json:"event,omitempty"`
+}
+
+// Slot states in SlotInfo.
+const (
+	SlotEmpty   = "empty"   // erased, or being written by a download
+	SlotPending = "pending" // installed, on trial (pending-verify)
+	SlotValid   = "valid"   // passed its self-test (or the factory image)
+	SlotInvalid = "invalid" // failed its self-test or was rolled back from
+)
+
+// SlotInfo is the boot metadata of one firmware slot.
+type SlotInfo struct {
+	Version string `json:"version,omitempty"`
+	State   string `json:"state"`
+}
+
+// BootEvent records a rollback for the FOTA manager to report.
+type BootEvent struct {
+	State  string `json:"state"`  // fota.StateRolledBack
+	Reason string `json:"reason"` // fota.ReasonBootFailed or fota.ReasonManual
+	Detail string `json:"detail,omitempty"`
+	From   string `json:"from"` // the version rolled back from
+}
+
+// Clone returns a deep copy of b.
+func (b BootRecord) Clone() BootRecord {
+	b.Slots = maps.Clone(b.Slots)
+	if b.Event != nil {
+		e := *b.Event
+		b.Event = &e
+	}
+	return b
 }
 
 // nonceRecord is the uplink nonce reservation: every nonce below Limit may

@@ -2,7 +2,8 @@
 // broker: every device in the keys file (as written by `ecowatt device add
 // --keys-out`) boots from its own state directory, connects with its
 // password token, publishes a signed birth and stays online until SIGINT or
-// SIGTERM.
+// SIGTERM. With --fota-pubkey the devices accept firmware updates signed by
+// the matching key.
 package main
 
 import (
@@ -23,6 +24,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/ecowatt/ecowatt/devicesim"
+	"github.com/ecowatt/ecowatt/topics/fota"
 )
 
 func main() {
@@ -49,6 +51,9 @@ type options struct {
 	inverterFaults string
 	maxConnecting  int
 	startSpread    time.Duration
+	fotaPubKey     string
+	fotaSlotSize   int64
+	fotaPowerCut   int
 }
 
 func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (options, error) {
@@ -64,6 +69,9 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	fs.StringVar(&o.inverterFaults, "inverter-faults", "", "inverter fault rates, e.g. crc=0.02,drop=0.01,delay=0.01")
 	fs.IntVar(&o.maxConnecting, "max-connecting", devicesim.DefaultMaxConnecting, "concurrent connection attempts")
 	fs.DurationVar(&o.startSpread, "start-spread", 2*time.Second, "devices start at random offsets within this duration")
+	fs.StringVar(&o.fotaPubKey, "fota-pubkey", "", "firmware-signing public key (PEM, from 'ecowatt keys gen'); without it every firmware update is refused")
+	fs.Int64Var(&o.fotaSlotSize, "fota-slot-size", devicesim.DefaultSlotSize, "bytes per firmware slot (A/B)")
+	fs.IntVar(&o.fotaPowerCut, "fota-power-cut", 0, "fault: cut each device's power once, while it writes the N-th firmware chunk (0: never)")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, "Usage: devicesim [flags]\n\nFlags (environment equivalent in brackets):\n")
 		fs.VisitAll(func(f *flag.Flag) {
@@ -109,6 +117,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return fmt.Errorf("--inverter-faults: %w", err)
 	}
+	if o.fotaPubKey != "" {
+		if wire.fota.PublicKey, err = fota.LoadPublicKey(o.fotaPubKey); err != nil {
+			return fmt.Errorf("--fota-pubkey: %w", err)
+		}
+	}
+	if o.fotaPowerCut < 0 {
+		return fmt.Errorf("--fota-power-cut %d: want a chunk number, or 0", o.fotaPowerCut)
+	}
+	wire.fota.SlotSize, wire.powerCut = o.fotaSlotSize, o.fotaPowerCut
 	f, err := os.Open(o.keys)
 	if err != nil {
 		return fmt.Errorf("--keys: %w", err)

@@ -137,6 +137,9 @@ func TestRunBadInput(t *testing.T) {
 		{"ca without ssl", []string{"--keys", keys, "--ca", "ca.pem"}, nil, "not ssl://"},
 		{"bad env", []string{"--keys", keys}, map[string]string{"ECOWATT_MAX_CONNECTING": "many"}, "ECOWATT_MAX_CONNECTING"},
 		{"stray argument", []string{"extra"}, nil, "unexpected argument"},
+		{"missing fota key", []string{"--keys", keys, "--fota-pubkey", "/nonexistent/firmware-signing.pub"}, nil, "--fota-pubkey"},
+		{"fota key not a key", []string{"--keys", keys, "--fota-pubkey", bad}, nil, "--fota-pubkey"},
+		{"negative power cut", []string{"--keys", keys, "--fota-power-cut", "-1"}, nil, "--fota-power-cut"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var out, errw bytes.Buffer
