@@ -5,7 +5,7 @@ GO      ?= go
 ARGS    ?=
 PKGS    ?= ./...
 
-.PHONY: help run demo test test-long check bench bench-full build fuzz
+.PHONY: help run demo test test-long check bench bench-full build fuzz screenshots
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -28,11 +28,14 @@ test-long: ## soak and full-scale tests
 check: ## gofmt, go vet, staticcheck
 	bash scripts/check.sh
 
-bench: ## quick benchmarks (go test -bench)
+bench: ## benchmarks vs Mosquitto + envelope cost, quick (< 10 min); see docs/BENCHMARKS.md
 	bash scripts/bench.sh
 
-bench-full: ## full-size benchmarks
+bench-full: ## the same at full size (longer)
 	ECOWATT_BENCH_FULL=1 bash scripts/bench.sh
 
 fuzz: ## run each fuzz target briefly
 	bash scripts/fuzz.sh
+
+screenshots: ## regenerate docs/img/*.png from the dashboard browser test
+	bash scripts/screenshots.sh

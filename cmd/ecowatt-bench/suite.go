@@ -1,0 +1,240 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/ecowatt/ecowatt/cmd/ecowatt-bench/internal/load"
+)
+
+// Reference and subject of the broker scenario.
+const (
+	nameEcowatt   = "ecowatt"
+	nameMosquitto = "mosquitto"
+)
+
+// brokerScenarios are issue 8's broker scenario: fan-in from 100
+// publishers into 1 subscriber and point-to-point pairs, 256 B, QoS 0 and 1,
+// unpaced (throughput), plus one paced fan-in whose latencies are not
+// dominated by queueing. full is the bench-full size.
+func brokerScenarios(full bool) []scenario {
+	fanIn, pairs, pairCount, paced := 400, 50, 800, 20 // quick: 40,000 messages a run
+	if full {
+		fanIn, pairs, pairCount, paced = 2000, 100, 2000, 100
+	}
+	var out []scenario
+	for _, q := range []byte{0, 1} {
+		out = append(out,
+			scenario{Name: fmt.Sprintf("fanin-100x1-q%d", q), Mode: modeFanIn, Pubs: 100, Subs: 1, QoS: q, Size: 256, Count: fanIn, Duration: 60},
+			scenario{Name: fmt.Sprintf("pairs-%dx%d-q%d", pairs, pairs, q), Mode: modePairs, Pubs: pairs, Subs: pairs, QoS: q, Size: 256, Count: pairCount, Duration: 60},
+		)
+	}
+	// 100 x 20 msg/s = 2,000 msg/s for paced seconds.
+	out = append(out, scenario{Name: "fanin-100x1-q1-paced", Mode: modeFanIn, Pubs: 100, Subs: 1, QoS: 1, Size: 256,
+		Count: paced, Rate: 20, Duration: float64(paced)/20 + 10})
+	return out
+}
+
+// suite is one `ecowatt-bench suite` run.
+type suite struct {
+	e       env
+	targets []target // subject first, then the reference
+	full    bool
+	repeat  int
+	secFile string // `go test -bench` output of the security scenario
+	only    map[string]bool
+}
+
+// part is one scenario family of issue 8. Families not built yet have a nil
+// run; their targets are reported as "not yet measured". To add one (fleet,
+// commands, fota), give it a run that fills its field of report and a
+// targetRow in targets.go.
+type part struct {
+	name string
+	run  func(s *suite, ctx context.Context, rep *report) error
+}
+
+func parts() []part {
+	return []part{
+		{"broker", (*suite).runBroker},
+		{"security", (*suite).runSecurity},
+		{"fleet", nil},    // 10,000 devices online, RSS per device, ingest, CPU
+		{"commands", nil}, // command latency at increasing rates
+		{"fota", nil},     // 1 MiB to 1,000 devices, goodput vs raw 16 KiB QoS 1 throughput
+	}
+}
+
+// runSuite is `ecowatt-bench suite`.
+func runSuite(ctx context.Context, e env, args []string) error {
+	fs := newFlags(e, "suite", "suite --ecowatt-url URL --ecowatt-keys FILE --mosquitto-url URL --mosquitto-creds FILE [flags]")
+	ef := addTargetFlags(fs, "ecowatt-", "EcoWatt")
+	mf := addTargetFlags(fs, "mosquitto-", "Mosquitto")
+	full := fs.Bool("full", false, "full-size scenarios (make bench-full)")
+	repeat := fs.Int("repeat", 5, "runs of each broker scenario on each broker; the median counts")
+	only := fs.String("only", "", "comma-separated parts to run (default all): "+partNames())
+	secFile := fs.String("security", "", "output of go test -bench 'SealOpen|BareHMAC' ./topics/envelope/")
+	out := fs.String("out", "", "write the results JSON here")
+	latest := fs.String("latest", "", "also write the results JSON here (the last recorded run, e.g. docs/bench/latest.json)")
+	md := fs.String("md", "", "update the generated sections of this Markdown file (docs/BENCHMARKS.md)")
+	compare := fs.String("compare", "", "print the change against this earlier results JSON")
+	command := fs.String("command", "ecowatt-bench suite", "the command line to record")
+	commit := fs.String("commit", "", "the source revision to record")
+	mosqVersion := fs.String("mosquitto-version", "", "Mosquitto's version, to record")
+	budget := fs.Duration("budget", 9*time.Minute, "bound on the whole suite")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	s := &suite{e: e, full: *full, repeat: max(*repeat, 1), secFile: *secFile, only: map[string]bool{}}
+	for _, p := range strings.Split(*only, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			if !slices.ContainsFunc(parts(), func(q part) bool { return q.name == p }) {
+				return usageError{fmt.Sprintf("suite: unknown part %q (want %s)", p, partNames())}
+			}
+			s.only[p] = true
+		}
+	}
+	if s.wants("broker") {
+		et, err := ef.target(e, nameEcowatt)
+		if err != nil {
+			return err
+		}
+		mt, err := mf.target(e, nameMosquitto)
+		if err != nil {
+			return err
+		}
+		s.targets = []target{et, mt}
+	}
+	if s.wants("security") && s.secFile == "" {
+		return usageError{"suite: the security part needs --security FILE (or --only broker)"}
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, *budget)
+	defer cancel()
+	rep := &report{Date: e.now().UTC().Truncate(time.Second), Command: *command, Commit: *commit, Full: *full,
+		Repeat: s.repeat, Machine: probeMachine(*mosqVersion)}
+	for _, p := range parts() {
+		switch {
+		case !s.wants(p.name):
+			continue
+		case p.run == nil:
+			fmt.Fprintf(e.stderr, "== %s: not yet measured\n", p.name)
+			continue
+		}
+		fmt.Fprintf(e.stderr, "== %s\n", p.name)
+		if err := p.run(s, ctx, rep); err != nil {
+			return fmt.Errorf("suite: %s: %w", p.name, err)
+		}
+	}
+	rep.Targets = targetRows(rep)
+
+	fmt.Fprintln(e.stdout)
+	fmt.Fprintln(e.stdout, rep.markdownLatest())
+	fmt.Fprint(e.stdout, rep.markdownTargets())
+	for _, path := range []string{*out, *latest} {
+		if path != "" {
+			if err := writeJSON(path, rep, 0o644); err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stderr, "results: %s\n", path)
+		}
+	}
+	if *md != "" {
+		if err := updateMarkdown(*md, rep); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stderr, "updated %s\n", *md)
+	}
+	if *compare != "" {
+		old, err := readReport(*compare)
+		if errors.Is(err, errNoReport) {
+			fmt.Fprintf(e.stdout, "\nno earlier run at %s to compare with\n", *compare)
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(e.stdout)
+		compareReports(e.stdout, old, rep)
+	}
+	return nil
+}
+
+func (s *suite) wants(name string) bool { return len(s.only) == 0 || s.only[name] }
+
+func partNames() string {
+	var n []string
+	for _, p := range parts() {
+		n = append(n, p.name)
+	}
+	return strings.Join(n, ",")
+}
+
+// runBroker runs every broker scenario repeat times on every target,
+// alternating which target goes first so that neither always runs on a
+// machine the other has just warmed (or loaded).
+func (s *suite) runBroker(ctx context.Context, rep *report) error {
+	scens := brokerScenarios(s.full)
+	for i, sc := range scens {
+		row := brokerRow{Scenario: sc, Reference: nameMosquitto, Runs: map[string][]load.Result{}}
+		for r := range s.repeat {
+			order := slices.Clone(s.targets)
+			if r%2 == 1 {
+				slices.Reverse(order)
+			}
+			for _, t := range order {
+				label := fmt.Sprintf("[broker %d/%d %s %s #%d]", i+1, len(scens), sc.Name, t.name, r+1)
+				cfg, err := sc.config(t)
+				if err != nil {
+					return err
+				}
+				cfg.Now = s.e.now
+				cfg.Progress = progressTo(s.e.stderr, label)
+				res, err := load.Run(ctx, cfg)
+				if err != nil && ctx.Err() != nil {
+					fmt.Fprintf(s.e.stderr, "%s the suite's --budget is spent: recording the %d complete scenario(s) of %d\n",
+						label, len(rep.Broker), len(scens))
+					return nil
+				}
+				if err != nil {
+					return fmt.Errorf("%s on %s: %w", sc.Name, t.name, err)
+				}
+				fmt.Fprintf(s.e.stderr, "%s %s\n", label, summary(res))
+				row.Runs[t.name] = append(row.Runs[t.name], res)
+				sleepCtx(ctx, 300*time.Millisecond) // let the broker settle
+			}
+		}
+		row.summarize(nameEcowatt)
+		fmt.Fprintf(s.e.stderr, "[broker %d/%d %s] ecowatt/mosquitto = %.2f\n", i+1, len(scens), sc.Name, row.Ratio)
+		rep.Broker = append(rep.Broker, row)
+	}
+	return nil
+}
+
+// runSecurity records the envelope benchmarks scripts/bench.sh ran.
+func (s *suite) runSecurity(_ context.Context, rep *report) error {
+	sec, err := parseSecurity(s.secFile)
+	if err != nil {
+		return err
+	}
+	for _, c := range sec.Cases {
+		fmt.Fprintf(s.e.stderr, "[security] %s: seal+open %.0f ns/op, bare HMAC %.0f ns/op, ratio %.2f\n",
+			c.Case, c.SealOpenNs, c.BareHMACNs, c.Ratio)
+	}
+	rep.Security = sec
+	return nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
