@@ -107,3 +107,9 @@ type CommandResult struct {
 	// DurationMS is how long the execution took on the device.
 	DurationMS int64 `json:"duration_ms,omitempty"`
 }
+
+// ResultDelivered is the status of a receipt: a non-final command_result
+// a device publishes when it accepts a command, before executing it. The
+// final result (ResultSuccess or ResultFailed) follows. A duplicate
+// delivery gets no receipt, only the stored result.
+const ResultDelivered = "delivered"

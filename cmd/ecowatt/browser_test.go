@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -16,6 +18,7 @@ import (
 	"github.com/ecowatt/ecowatt/devicesim"
 	"github.com/ecowatt/ecowatt/devicesim/acquisition"
 	"github.com/ecowatt/ecowatt/devicesim/modbus"
+	"github.com/ecowatt/ecowatt/topics"
 	"github.com/ecowatt/ecowatt/topics/fota"
 )
 
@@ -130,6 +133,15 @@ func newBrowser(t *testing.T) *browser {
 	return b
 }
 
+// setValue sets a form control's value as a user would, firing input
+// and change.
+func setValue(sel, value string) chromedp.Action[chromedp.Void] {
+	return chromedp.Evaluate[chromedp.Void](fmt.Sprintf(`(() => { const el = document.querySelector(%q);
+		el.value = %q;
+		el.dispatchEvent(new Event("input", {bubbles: true}));
+		el.dispatchEvent(new Event("change", {bubbles: true})); })()`, sel, value))
+}
+
 // dump logs the page's URL and text and saves failure.png, for a failed test.
 func (b *browser) dump(t *testing.T) {
 	ctx, cancel := context.WithTimeout(b.ctx, 10*time.Second)
@@ -177,8 +189,10 @@ func (b *browser) waitJS(t *testing.T, timeout time.Duration, what, expr, detail
 // shot saves a full-page screenshot as name.png.
 func (b *browser) shot(t *testing.T, name string) {
 	t.Helper()
-	// Let the last render and bar transitions settle.
-	b.run(t, "settle", chromedp.Sleep(600*time.Millisecond))
+	// Let the last render and bar transitions settle; no toast.
+	b.run(t, "settle", chromedp.Sleep(600*time.Millisecond),
+		chromedp.Evaluate[chromedp.Void](`document.querySelector("#toast").className = "toast"`),
+		chromedp.Sleep(300*time.Millisecond))
 	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
 	defer cancel()
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
@@ -199,20 +213,43 @@ func (b *browser) shot(t *testing.T, name string) {
 	}
 }
 
-// dashboardFleet runs devices with telemetry, remote config and commands,
-// sampling every second so that the plots fill quickly.
-func dashboardFleet(d *devicesim.Device) error {
-	_, err := devicesim.AttachFeatures(d, devicesim.FeatureOptions{
-		Telemetry: devicesim.TelemetryOptions{
-			Config: acquisition.Config{
-				SamplingInterval: time.Second,
-				UploadInterval:   2 * time.Second,
-				Registers:        []string{"voltage", "current", "pv1_voltage", "pv2_voltage", "output_power", "temperature"},
+// dashboardFleet runs devices with telemetry, remote config, commands and
+// FOTA (verifying with pub), sampling every second so that the plots fill
+// quickly.
+func dashboardFleet(pub ed25519.PublicKey) func(*devicesim.Device) error {
+	return func(d *devicesim.Device) error {
+		_, err := devicesim.AttachFeatures(d, devicesim.FeatureOptions{
+			Telemetry: devicesim.TelemetryOptions{
+				Config: acquisition.Config{
+					SamplingInterval: time.Second,
+					UploadInterval:   2 * time.Second,
+					Registers:        []string{"voltage", "current", "pv1_voltage", "pv2_voltage", "output_power", "temperature"},
+				},
+				Modbus: modbus.ClientConfig{Timeout: 150 * time.Millisecond, Tries: 3, RetryDelay: 10 * time.Millisecond},
 			},
-			Modbus: modbus.ClientConfig{Timeout: 150 * time.Millisecond, Tries: 3, RetryDelay: 10 * time.Millisecond},
-		},
-	})
-	return err
+			Config: devicesim.ConfigOptions{Default: topics.Config{SamplingInterval: 1, UploadInterval: 2,
+				Registers: []string{"voltage", "current", "pv1_voltage", "pv2_voltage", "output_power", "temperature"}}},
+			FOTA: devicesim.FOTAOptions{PublicKey: pub},
+		})
+		return err
+	}
+}
+
+// firmwareKey reads the server's firmware-signing key; nil when the
+// server has no FOTA routes.
+func firmwareKey(t *testing.T, s *testServer) ed25519.PublicKey {
+	t.Helper()
+	var doc struct {
+		PublicKey string `json:"public_key"`
+	}
+	if code := s.api(t, "GET", "/api/v1/firmware/key", nil, &doc); code != 200 {
+		return nil
+	}
+	k, err := hex.DecodeString(doc.PublicKey)
+	if err != nil || len(k) != ed25519.PublicKeySize {
+		t.Fatalf("firmware key %q: %v", doc.PublicKey, err)
+	}
+	return k
 }
 
 // TestDashboard signs in to the dashboard of a real server with a small
@@ -223,7 +260,7 @@ func TestDashboard(t *testing.T) {
 	s := startServer(t)
 	const n = 4
 	keys := s.provision(t, "web", n)
-	startFleet(t, s, keys, "", dashboardFleet)
+	startFleet(t, s, keys, "", dashboardFleet(firmwareKey(t, s)))
 	dev := "web-0001"
 
 	b.run(t, "sign in",
@@ -234,10 +271,10 @@ func TestDashboard(t *testing.T) {
 	b.waitJS(t, 10*time.Second, "the wrong token refused",
 		`document.querySelector("#token-error")?.textContent.includes("not accepted")`, "")
 	b.run(t, "sign in",
-		chromedp.SetValue(chromedp.CSS("#token"), s.Token),
+		setValue("#token", s.Token),
 		chromedp.Click(chromedp.CSS("#signin")))
 
-	t.Run("fleet online", func(t *testing.T) {
+	if !t.Run("fleet online", func(t *testing.T) {
 		b.waitJS(t, 60*time.Second, fmt.Sprintf("%d devices online in the fleet table", n),
 			fmt.Sprintf(`document.querySelectorAll("#fleet-table tr[data-device] td.online .badge.ok").length === %d`, n),
 			`document.querySelector("#fleet-summary")?.textContent`)
@@ -247,54 +284,55 @@ func TestDashboard(t *testing.T) {
 			`[...document.querySelectorAll("#fleet-table td.num")].map(td => td.textContent).join(",")`)
 		b.run(t, "filter", chromedp.SendKeys(chromedp.CSS("#fleet-q"), "0002"))
 		b.waitJS(t, 5*time.Second, "filter to one row", `document.querySelectorAll("#fleet-table tr[data-device]").length === 1`, "")
-		b.run(t, "clear filter", chromedp.SetValue(chromedp.CSS("#fleet-q"), ""),
-			chromedp.Evaluate[chromedp.Void](`document.querySelector("#fleet-q").dispatchEvent(new Event("input"))`))
+		b.run(t, "clear filter", setValue("#fleet-q", ""))
 		b.waitJS(t, 5*time.Second, "all rows back", fmt.Sprintf(`document.querySelectorAll("#fleet-table tr[data-device]").length === %d`, n), "")
 		b.shot(t, "fleet")
-	})
+	}) {
+		return
+	}
 
-	t.Run("device config ack", func(t *testing.T) {
+	if !t.Run("device config ack", func(t *testing.T) {
 		b.run(t, "open device", chromedp.Click(chromedp.CSS(fmt.Sprintf(`a[data-id=%q]`, dev))),
 			chromedp.WaitVisible(chromedp.CSS("#config-form")))
-		b.waitJS(t, 30*time.Second, "telemetry plotted",
-			`Number(document.querySelector("#telemetry-count")?.dataset.points) > 0`,
+		b.waitJS(t, 60*time.Second, "telemetry plotted",
+			`Number(document.querySelector("#telemetry-count")?.dataset.points) >= 24`,
 			`document.querySelector("#telemetry-plot")?.textContent`)
 		// A value the API refuses: the error shows at the field.
 		b.run(t, "invalid config",
-			chromedp.SetValue(chromedp.CSS("#cfg-sampling_interval"), "0"),
+			setValue("#cfg-sampling_interval", "0"),
 			chromedp.Click(chromedp.CSS("#config-save")))
 		b.waitJS(t, 10*time.Second, "field error for sampling_interval",
 			`document.querySelector("#cfg-sampling_interval-error").textContent.length > 0 &&
 			 document.querySelector("#cfg-sampling_interval").getAttribute("aria-invalid") === "true"`,
 			`document.querySelector("#config-error").textContent`)
 		b.run(t, "valid config",
-			chromedp.SetValue(chromedp.CSS("#cfg-sampling_interval"), "2"),
-			chromedp.SetValue(chromedp.CSS("#cfg-upload_interval"), "4"),
+			setValue("#cfg-sampling_interval", "2"),
+			setValue("#cfg-upload_interval", "4"),
 			chromedp.Click(chromedp.CSS("#config-save")))
 		b.waitJS(t, 30*time.Second, "the device's ack of the new version",
 			`(() => { const a = document.querySelector("#config-ack");
-			   const v = document.querySelector("#config-status").textContent.match(/Version (\d+)/);
-			   return a && v && a.dataset.version === v[1] &&
+			   return a.dataset.desired > 0 && a.dataset.version === a.dataset.desired &&
 			     a.querySelector('li.accepted[data-param="sampling_interval"]') &&
 			     a.querySelector('li.accepted[data-param="upload_interval"]'); })()`,
 			`document.querySelector("#config-status").textContent + " | " + document.querySelector("#config-ack").textContent`)
 		b.waitJS(t, 10*time.Second, "config event in the audit timeline",
 			`document.querySelector('#timeline li[data-kind="config"]')`, "")
-		b.shot(t, "device")
-	})
+	}) {
+		return
+	}
 
-	t.Run("command succeeds", func(t *testing.T) {
+	if !t.Run("command succeeds", func(t *testing.T) {
 		b.run(t, "send a read_register command",
-			chromedp.SetValue(chromedp.CSS("#cmd-action"), "read_register"),
-			chromedp.Evaluate[chromedp.Void](`document.querySelector("#cmd-action").dispatchEvent(new Event("change"))`),
-			chromedp.SetValue(chromedp.CSS("#cmd-register"), "output_power"),
+			setValue("#cmd-action", "read_register"),
+			setValue("#cmd-register", "output_power"),
 			chromedp.Click(chromedp.CSS("#cmd-send")))
 		b.waitJS(t, 30*time.Second, "the command succeeded",
 			`document.querySelector('#command-history tr[data-state="succeeded"]')`,
 			`document.querySelector("#command-history").textContent + " | " + document.querySelector("#cmd-error").textContent`)
-		b.run(t, "scroll", chromedp.ScrollIntoView(chromedp.CSS("#device-commands")))
-		b.shot(t, "device-commands")
-	})
+		b.shot(t, "device") // the whole page: plot, config ack, command, timeline
+	}) {
+		return
+	}
 
 	t.Run("rollout to 100%", func(t *testing.T) {
 		if code := s.api(t, "GET", "/api/v1/firmware", nil, nil); code == 404 || code == 405 {
@@ -314,14 +352,15 @@ func testDashboardRollout(t *testing.T, b *browser, s *testServer, n int) {
 	b.run(t, "upload firmware",
 		chromedp.Navigate(s.HTTP+"/#/firmware"),
 		chromedp.WaitVisible(chromedp.CSS("#fw-file")),
+		setValue("#fw-version", "1.1.0"),
 		chromedp.SetUploadFiles(chromedp.CSS("#fw-file"), []string{img}),
 		chromedp.Click(chromedp.CSS("#fw-send")))
 	b.waitJS(t, 30*time.Second, "firmware 1.1.0 listed", `document.querySelector('#fw-table tr[data-version="1.1.0"]')`,
 		`document.querySelector("#fw-error").textContent`)
 	b.shot(t, "firmware")
 	b.run(t, "start rollout",
-		chromedp.SetValue(chromedp.CSS("#ro-version"), "1.1.0"),
-		chromedp.SetValue(chromedp.CSS("#ro-batch"), "2"),
+		setValue("#ro-version", "1.1.0"),
+		setValue("#ro-batch", "2"),
 		chromedp.Click(chromedp.CSS("#ro-start")))
 	b.waitJS(t, 10*time.Second, "rollout page", `location.hash.startsWith("#/rollouts/") && document.querySelector("#ro-overall")`,
 		`document.querySelector("#ro-error")?.textContent`)
@@ -331,6 +370,13 @@ func testDashboardRollout(t *testing.T, b *browser, s *testServer, n int) {
 	b.waitJS(t, 30*time.Second, fmt.Sprintf("%d devices succeeded", n),
 		fmt.Sprintf(`document.querySelectorAll('#ro-device-table tr[data-device] .badge.ok').length === %d`, n), "")
 	b.shot(t, "rollout")
+	// The fleet table after it: every device on 1.1.0 (replaces the first
+	// fleet screenshot, which had no updates to show).
+	b.run(t, "back to the fleet", chromedp.Click(chromedp.CSS(`a[data-nav="fleet"]`)))
+	b.waitJS(t, 30*time.Second, "firmware 1.1.0 across the fleet table",
+		fmt.Sprintf(`[...document.querySelectorAll("#fleet-table tr[data-device]")].filter(tr => tr.children[2].textContent === "1.1.0" && tr.querySelector("td.online .badge.ok")).length === %d`, n),
+		`document.querySelector("#fleet-table tbody").innerText`)
+	b.shot(t, "fleet")
 }
 
 // writeTestImage writes a valid firmware image of version to path.

@@ -76,6 +76,7 @@ export async function configSection(ctx, base, id) {
 
   function renderAck() {
     const a = st.last_ack;
+    ack.dataset.desired = st.desired.version;
     if (!a) { ack.replaceChildren(h("p", { class: "muted" }, "No acknowledgement from the device yet.")); return; }
     ack.dataset.version = a.version;
     const items = [];

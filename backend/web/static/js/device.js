@@ -9,6 +9,7 @@ import { configSection } from "./device-config.js";
 import { commandsSection } from "./device-commands.js";
 
 const WINDOWS = [
+  { label: "Last 5 minutes", ms: 5 * 60e3 },
   { label: "Last 15 minutes", ms: 15 * 60e3 },
   { label: "Last hour", ms: 3600e3 },
   { label: "Last 6 hours", ms: 6 * 3600e3 },
@@ -30,7 +31,7 @@ export async function devicePage(root, ctx, id) {
       h("h1", {}, dev.id, " ", onlineBadge(dev.online)));
     facts.replaceChildren(...[
       ["Firmware", dev.firmware_version || "—"], ["Slot", dev.slot || "—"],
-      ["Config version", dev.config_version ?? "—"], ["Boot count", dev.boot_count ?? "—"],
+      ["Config at boot", dev.config_version !== undefined ? "v" + dev.config_version : "—"], ["Boot count", dev.boot_count ?? "—"],
       ["Uptime", dev.uptime_s ? fmtDuration(dev.uptime_s) : "—"],
       ["Last seen", h("time", { datetime: dev.last_seen || "", title: fmtTime(dev.last_seen) }, fmtAgo(dev.last_seen))],
       ["Provisioned", fmtTime(dev.created_at)],
@@ -45,22 +46,37 @@ export async function devicePage(root, ctx, id) {
   const renderFota = () => {
     const f = dev.fota;
     if (!f) {
-      fota.replaceChildren(h("p", { class: "muted" }, "No firmware update has been reported by this device."));
+      fota.replaceChildren(h("p", { class: "muted" }, "No firmware update has been started for this device."));
       return;
     }
     const pct = fotaPercent(f);
+    const shown = f.active ? f.state : (f.result || f.state);
     fota.replaceChildren(
-      h("p", {}, badge((f.state || "idle").replace(/_/g, " "), stateKind(f.state)),
-        f.version ? ` target ${f.version}` : "", f.running_version ? `, running ${f.running_version}` : "",
+      h("p", {}, badge((shown || "idle").replace(/_/g, " "), stateKind(shown)),
+        f.target ? ` to ${f.target}` : "",
+        f.rollout ? [" in rollout ", h("a", { href: "#/rollouts/" + enc(f.rollout) }, f.rollout)] : "",
         f.reason ? ` — ${f.reason}${f.detail ? ": " + f.detail : ""}` : ""),
-      pct !== null ? progress(pct, "Firmware download") : null,
-      f.total_chunks ? h("p", { class: "muted" }, `${f.chunk_received || 0} of ${f.total_chunks} chunks`) : null);
+      pct !== null ? progress(pct, "Firmware update progress") : null,
+      f.total_chunks ? h("p", { class: "muted" }, `${f.chunk_received || 0} of ${f.total_chunks} chunks`,
+        f.updated_at ? `, updated ${fmtAgo(f.updated_at)}` : "") : null);
   };
 
+  const fwVersion = h("input", { id: "fota-version", name: "version", type: "text", size: 10, placeholder: "1.2.0", required: true });
+  const updateForm = h("form", { class: "inline-form", id: "fota-start", onsubmit: async (e) => {
+    e.preventDefault();
+    try {
+      await call("POST", base + "/fota", { version: fwVersion.value.trim() });
+      ctx.toast(`Update to ${fwVersion.value.trim()} started`, "ok");
+      refresh();
+    } catch (ex) {
+      ctx.toast(ex.missing ? "Firmware updates are not available on this server" : "Not started: " + ex.message, "bad");
+    }
+  } }, h("div", { class: "field" }, h("label", { for: "fota-version" }, "Update to version"), fwVersion),
+  h("div", { class: "actions" }, h("button", { type: "submit" }, "Start update")));
   const rollbackBtn = h("button", { type: "button", class: "danger", id: "rollback", onclick: async () => {
     if (!confirm(`Roll ${id} back to its previous firmware?`)) return;
     try {
-      await call("POST", base + "/rollback", {});
+      await call("POST", base + "/rollback", { reason: "operator" });
       ctx.toast("Rollback requested", "ok");
     } catch (e) {
       ctx.toast(e.missing ? "Rollback is not available on this server" : "Rollback failed: " + e.message, "bad");
@@ -72,7 +88,7 @@ export async function devicePage(root, ctx, id) {
   const timeline = timelineSection(ctx, base, id);
   root.append(head, h("div", { class: "grid" },
     section("Device", "device-facts", facts, latest),
-    section("Firmware update", "device-fota", fota, h("div", { class: "actions" }, rollbackBtn))),
+    section("Firmware update", "device-fota", fota, updateForm, h("div", { class: "actions" }, rollbackBtn))),
   tele.el, await configSection(ctx, base, id), await commandsSection(ctx, base, id), timeline.el);
 
   const refresh = debounce(async () => {
@@ -101,8 +117,10 @@ function telemetrySection(ctx, base, dev) {
       h("button", { type: "submit" }, "Plot")));
   form.addEventListener("change", () => load());
   let missing = false;
+  let last = 0;
   async function load() {
     if (missing) return;
+    last = Date.now();
     const regs = boxes.map((b) => b.querySelector("input")).filter((i) => i.checked).map((i) => i.value);
     sessionStorage.setItem("ecowatt.registers", JSON.stringify(regs));
     if (!regs.length) { out.replaceChildren(h("p", { class: "muted" }, "Choose at least one register.")); return; }
@@ -120,7 +138,8 @@ function telemetrySection(ctx, base, dev) {
     }
     out.setAttribute("aria-busy", "false");
   }
-  const timer = setInterval(load, 15000);
+  // The shortest window follows the data closely; longer ones less often.
+  const timer = setInterval(() => { if (win.value === "0" || Date.now() - last > 30000) load(); }, 5000);
   ctx.onCleanup(() => clearInterval(timer));
   return { el: section("Telemetry", "device-telemetry", form, out), load };
 }

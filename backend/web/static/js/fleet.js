@@ -143,7 +143,7 @@ function row(d, now) {
   if (d.drift) cfg.push(" ", badge("drift", "warn"));
   else if (d.pending) cfg.push(" ", badge("pending", "muted"));
   const fota = d.fotaState && d.fotaState !== "idle"
-    ? [badge(d.fotaState.replace(/_/g, " "), stateKind(d.fotaState)),
+    ? [badge(d.fotaState.replace(/_/g, " "), stateKind(d.fotaState)), d.fotaVersion ? h("span", { class: "muted" }, " " + d.fotaVersion) : null,
       d.fotaPct !== null && d.fotaState !== "succeeded" ? progress(d.fotaPct, `FOTA progress of ${d.id}`) : null]
     : h("span", { class: "muted" }, "idle");
   return h("tr", { "data-device": d.id, class: d.online ? "" : "offline" },

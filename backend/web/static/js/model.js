@@ -15,8 +15,8 @@ export function deviceView(d) {
     firmware: d.firmware_version || "",
     reported, desired, drift: !!drift,
     pending: !!(cfg.pending ?? d.config_pending),
-    fotaState: f.state || "",
-    fotaVersion: f.version || f.target_version || "",
+    fotaState: (f.active === false && f.result) ? f.result : (f.state || ""),
+    fotaVersion: f.target || f.version || "",
     fotaPct: fotaPercent(f),
     lastSeen: d.last_seen || null,
     power: latestValue(d, "output_power"),
@@ -26,6 +26,8 @@ export function deviceView(d) {
 // fotaPercent reads a FOTA status's progress as 0-100, or null.
 export function fotaPercent(f) {
   if (!f) return null;
+  if (f.result === "succeeded") return 100;
+  if (typeof f.percent === "number") return f.percent;
   if (typeof f.progress === "number") return f.progress <= 1 && f.progress > 0 && !Number.isInteger(f.progress) ? f.progress * 100 : f.progress;
   if (f.total_chunks > 0) return (100 * (f.chunk_received || 0)) / f.total_chunks;
   if (f.state === "succeeded") return 100;
