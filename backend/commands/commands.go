@@ -79,10 +79,6 @@ func Final(state string) bool {
 	return false
 }
 
-// ResultDelivered is the status of a device's receipt: a non-final
-// command_result sent when the device accepts a command, before executing.
-const ResultDelivered = "delivered"
-
 // Defaults of Config.
 const (
 	DefaultResultTimeout = 2 * time.Minute

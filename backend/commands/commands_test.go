@@ -125,7 +125,7 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("downlinks %+v", down)
 	}
 	h.clk.Add(time.Second)
-	if err := h.result("dev-1", topics.CommandResult{ID: c.ID, Status: ResultDelivered}); err != nil {
+	if err := h.result("dev-1", topics.CommandResult{ID: c.ID, Status: topics.ResultDelivered}); err != nil {
 		t.Fatal(err)
 	}
 	c = h.wantState(c.ID, StateDelivered)
@@ -143,7 +143,7 @@ func TestLifecycle(t *testing.T) {
 	// Duplicates: a repeated result and a late receipt change nothing.
 	before := h.snapshot()
 	res.Duplicate = true
-	for _, r := range []topics.CommandResult{res, {ID: c.ID, Status: ResultDelivered}} {
+	for _, r := range []topics.CommandResult{res, {ID: c.ID, Status: topics.ResultDelivered}} {
 		if err := h.result("dev-1", r); err != nil {
 			t.Fatal(err)
 		}
@@ -303,7 +303,7 @@ func TestTimedOut(t *testing.T) {
 	h.device("dev-1", true)
 	c := h.submit("dev-1", `{"action":"reboot"}`)
 	h.svc.deliver(h.ctx, "dev-1", false)
-	h.result("dev-1", topics.CommandResult{ID: c.ID, Status: ResultDelivered})
+	h.result("dev-1", topics.CommandResult{ID: c.ID, Status: topics.ResultDelivered})
 	h.clk.Add(59 * time.Second)
 	h.svc.sweep(h.ctx)
 	h.wantState(c.ID, StateDelivered)
@@ -342,7 +342,7 @@ func TestDeliveryOrderAndResend(t *testing.T) {
 	if got := idsOf(h.downlinks("dev-1")); got != strings.Join(ids, ",") {
 		t.Fatalf("sent %s, want %s", got, strings.Join(ids, ","))
 	}
-	h.result("dev-1", topics.CommandResult{ID: ids[0], Status: ResultDelivered})
+	h.result("dev-1", topics.CommandResult{ID: ids[0], Status: topics.ResultDelivered})
 	h.clk.Add(5 * time.Second)
 	h.svc.deliver(h.ctx, "dev-1", false)
 	if n := len(h.downlinks("dev-1")); n != 3 {

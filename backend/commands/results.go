@@ -31,7 +31,7 @@ func (s *Service) HandleResult(ctx context.Context, dev string, m envelope.Messa
 		return err
 	}
 	log := s.log.With().Str("device", dev).Str("command", r.ID).Str("status", r.Status).Bool("duplicate", r.Duplicate).Logger()
-	if r.Status == ResultDelivered {
+	if r.Status == topics.ResultDelivered {
 		_, ok, err := s.transition(ctx, dev, r.ID, []string{StateQueued, StateSent}, StateDelivered, nil)
 		if err == nil && !ok {
 			log.Debug().Str("state", cmd.State).Msg("receipt ignored: command past sent")
@@ -99,7 +99,7 @@ func decodeResult(body []byte) (topics.CommandResult, error) {
 		return topics.CommandResult{}, &backend.Error{Code: backend.CodeInvalid, Field: "id", Message: "command_result id is invalid", Err: err}
 	}
 	switch r.Status {
-	case ResultDelivered, topics.ResultSuccess, topics.ResultFailed:
+	case topics.ResultDelivered, topics.ResultSuccess, topics.ResultFailed:
 	default:
 		return topics.CommandResult{}, backend.Errorf(backend.CodeInvalid, "status", "command_result status %q: want delivered, success or failed", truncate(r.Status, 32))
 	}

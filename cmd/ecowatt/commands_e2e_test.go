@@ -15,6 +15,7 @@ import (
 	"github.com/ecowatt/ecowatt/backend/redistest"
 	"github.com/ecowatt/ecowatt/devicesim"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // commandArgs make the server's command loops quick enough for tests.
@@ -124,6 +125,27 @@ func TestCommandWriteAndRead(t *testing.T) {
 	var r commandDoc
 	if err != nil || json.Unmarshal([]byte(out), &r) != nil || r.Result == nil || *r.Result.Value != 50 {
 		t.Fatalf("read: %v %+v\n%s", err, r, out)
+	}
+	// The audit trail has every state, the device's receipt included.
+	var audit struct {
+		Events []struct {
+			Data struct {
+				CommandID string `json:"command_id"`
+				State     string `json:"state"`
+			} `json:"data"`
+		} `json:"events"`
+	}
+	if code := s.api(t, "GET", "/api/v1/devices/cmdw-0001/events?kind=command", nil, &audit); code != 200 {
+		t.Fatalf("GET events: %d", code)
+	}
+	var states []string
+	for i := len(audit.Events) - 1; i >= 0; i-- { // newest first
+		if ev := audit.Events[i]; ev.Data.CommandID == w.ID {
+			states = append(states, ev.Data.State)
+		}
+	}
+	if got := strings.Join(states, ","); got != "queued,sent,delivered,succeeded" {
+		t.Errorf("audit states of the write: %s", got)
 	}
 	if got := feats.get(t, "cmdw-0001").Commands.Stats().Writes; got != 1 {
 		t.Errorf("%d register writes, want 1", got)
@@ -299,6 +321,14 @@ func TestCommandMosquitto(t *testing.T) {
 	dev := "cmdm-0001"
 	startFleet(t, s, keys, "", newFeatureSet().setup)
 	cmdWaitOnline(t, s, 1)
+	// bcrypt at its default cost takes seconds under -race on a busy
+	// machine, and the broker gives a connect 5 s: rehash the operator's
+	// password at the minimum cost so the test measures commands.
+	rdb, prefix := s.redis(t)
+	fast, _ := bcrypt.GenerateFromPassword([]byte("s3cret-pass"), bcrypt.MinCost)
+	if err := rdb.HSet(context.Background(), prefix+"op:ops", "hash", fast).Err(); err != nil {
+		t.Fatal(err)
+	}
 	host, port, _ := strings.Cut(s.MQTT, ":")
 	auth := []string{"-h", host, "-p", port, "-u", "ops", "-P", "s3cret-pass", "-V", "mqttv311"}
 
@@ -372,6 +402,54 @@ func TestCommandMosquitto(t *testing.T) {
 			}
 		case <-ctx.Done():
 			t.Fatalf("no result/rejection events; seen:\n%s", strings.Join(seen, "\n"))
+		}
+	}
+}
+
+// TestCommandHTTPBadInput: the HTTP API refuses bad commands with the
+// status, field and reason, and queues nothing.
+func TestCommandHTTPBadInput(t *testing.T) {
+	s := startServer(t, commandArgs...)
+	s.provision(t, "cmdh", 1)
+	cases := []struct {
+		name, path, body string
+		status           int
+		field            string
+	}{
+		{"unknown action", "cmdh-0001", `{"action":"melt"}`, 400, "action"},
+		{"read-only register", "cmdh-0001", `{"action":"write_register","target_register":"voltage","value":1}`, 400, "target_register"},
+		{"out of range", "cmdh-0001", `{"action":"write_register","target_register":"export_power","value":150}`, 400, "value"},
+		{"missing value", "cmdh-0001", `{"action":"write_register","target_register":"export_power"}`, 400, "value"},
+		{"unknown register", "cmdh-0001", `{"action":"read_register","target_register":"flux"}`, 400, "target_register"},
+		{"bad ttl", "cmdh-0001", `{"action":"ping","ttl":"48h"}`, 400, "ttl"},
+		{"unknown field", "cmdh-0001", `{"action":"ping","priority":1}`, 400, "priority"},
+		{"wrong type", "cmdh-0001", `{"action":"write_register","target_register":"export_power","value":"50"}`, 400, "value"},
+		{"not json", "cmdh-0001", `{"action"`, 400, ""},
+		{"unknown device", "nobody", `{"action":"ping"}`, 404, "id"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var e struct {
+				Error struct{ Code, Message, Field string }
+			}
+			code := s.api(t, "POST", "/api/v1/devices/"+tc.path+"/commands", json.RawMessage(tc.body), &e)
+			if code != tc.status || e.Error.Field != tc.field || e.Error.Message == "" {
+				t.Fatalf("status %d error %+v; want %d field %q", code, e.Error, tc.status, tc.field)
+			}
+		})
+	}
+	var page struct{ Commands []commandDoc }
+	if code := s.api(t, "GET", "/api/v1/devices/cmdh-0001/commands", nil, &page); code != 200 || len(page.Commands) != 0 {
+		t.Fatalf("list: %d, %d commands after bad input", code, len(page.Commands))
+	}
+	for path, want := range map[string]int{
+		"/api/v1/devices/cmdh-0001/commands?limit=0":  400,
+		"/api/v1/devices/cmdh-0001/commands?limit=x":  400,
+		"/api/v1/devices/nobody/commands":             404,
+		"/api/v1/commands/01JNOSUCHCOMMAND0000000000": 404,
+	} {
+		if code := s.api(t, "GET", path, nil, nil); code != want {
+			t.Errorf("GET %s: %d, want %d", path, code, want)
 		}
 	}
 }
