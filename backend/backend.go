@@ -85,6 +85,7 @@ type Service struct {
 	// dummyHash is compared against for unknown operators, so that a
 	// wrong name costs as much time as a wrong password.
 	dummyHash []byte
+	verified  verifiedPasswords
 
 	stopped chan struct{} // closed when Run returns; enqueue stops blocking
 

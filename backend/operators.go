@@ -2,8 +2,10 @@ package backend
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/ecowatt/ecowatt/topics"
 	"github.com/redis/go-redis/v9"
@@ -63,7 +65,13 @@ func (s *Service) AuthenticateOperator(ctx context.Context, name, password strin
 			role, _ = h[1].(string)
 		}
 	}
-	err := bcrypt.CompareHashAndPassword(hash, []byte(password))
+	var err error
+	if !known || !s.verified.has(hash, password) {
+		err = bcrypt.CompareHashAndPassword(hash, []byte(password))
+		if err == nil && known {
+			s.verified.add(hash, password)
+		}
+	}
 	if err != nil && !errors.Is(err, bcrypt.ErrMismatchedHashAndPassword) {
 		s.log.Error().Err(err).Str("operator", name).Msg("operator hash unreadable")
 	}
@@ -86,4 +94,44 @@ func (s *Service) OperatorRole(ctx context.Context, name string) (string, error)
 		return "", unavailable("operator role", err)
 	}
 	return role, nil
+}
+
+// verifiedPasswords remembers (stored hash, password) pairs bcrypt has
+// already accepted, so that an operator's client reconnecting does not pay
+// a bcrypt comparison (tens of milliseconds, seconds under -race) each
+// time. The key binds the stored hash: a changed password misses. Only
+// digests are kept, never passwords.
+type verifiedPasswords struct {
+	mu   sync.Mutex // guards seen
+	seen map[[sha256.Size]byte]struct{}
+}
+
+const maxVerifiedPasswords = 4096
+
+func verifiedKey(hash []byte, password string) [sha256.Size]byte {
+	h := sha256.New()
+	h.Write(hash)
+	h.Write([]byte{0})
+	h.Write([]byte(password))
+	var k [sha256.Size]byte
+	h.Sum(k[:0])
+	return k
+}
+
+func (v *verifiedPasswords) has(hash []byte, password string) bool {
+	k := verifiedKey(hash, password)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	_, ok := v.seen[k]
+	return ok
+}
+
+func (v *verifiedPasswords) add(hash []byte, password string) {
+	k := verifiedKey(hash, password)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.seen == nil || len(v.seen) >= maxVerifiedPasswords {
+		v.seen = make(map[[sha256.Size]byte]struct{})
+	}
+	v.seen[k] = struct{}{}
 }
