@@ -5,7 +5,7 @@ GO      ?= go
 ARGS    ?=
 PKGS    ?= ./...
 
-.PHONY: help run demo test test-long check bench bench-full build fuzz screenshots
+.PHONY: help run demo test test-long check bench bench-full build fuzz screenshots test-scale
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,6 +21,9 @@ build: ## build the binaries into bin/
 
 test: ## run all tests with -race against a throwaway redis-server
 	bash scripts/test.sh $(PKGS)
+
+test-scale: ## scale-out tests: Mosquitto as external broker + 2 replicas, 3-master Redis Cluster, leases
+	bash scripts/test-scale.sh
 
 test-long: ## soak and full-scale tests
 	ECOWATT_LONG=1 bash scripts/test.sh $(PKGS)

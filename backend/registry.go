@@ -29,6 +29,9 @@ type Device struct {
 	Slot          string     `json:"slot,omitempty"`
 	BirthAt       *time.Time `json:"birth_at,omitempty"`
 	CreatedAt     time.Time  `json:"created_at"`
+	// FOTA is the firmware-update progress (backend/fota); nil when the
+	// device never had an update.
+	FOTA *DeviceFOTA `json:"fota,omitempty"`
 }
 
 // Fields of the device hash (store.Keys.Device).
@@ -147,6 +150,7 @@ func (s *Service) parseDevice(id string, h map[string]string) Device {
 		Slot:            h[fSlot],
 		LastSeen:        msTime(h[fLastSeen]),
 		BirthAt:         msTime(h[fBirthAt]),
+		FOTA:            ParseDeviceFOTA(h),
 	}
 	if c := msTime(h[fCreatedAt]); c != nil {
 		d.CreatedAt = *c

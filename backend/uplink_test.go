@@ -131,6 +131,10 @@ func TestPresence(t *testing.T) {
 	if got := testGauge(t, h, "ecowatt_devices_online"); got != 1 {
 		t.Fatalf("ecowatt_devices_online = %v, want 1", got)
 	}
+	// Emit fans out in-process before it publishes on MQTT: wait a little.
+	for deadline := time.Now().Add(2 * time.Second); len(h.bus.sent(topics.Event("dev1", topics.EventPresence))) == 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if pub := h.bus.sent(topics.Event("dev1", topics.EventPresence)); len(pub) != 1 {
 		t.Fatalf("%d presence events published on MQTT, want 1", len(pub))
 	}

@@ -71,25 +71,32 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
 
 // authenticate decides who a connecting client is.
 func (s *Server) authenticate(cl *mqtt.Client, pk packets.Packet) (*identity, *Rejection, packets.Code) {
-	name, password := string(pk.Connect.Username), string(pk.Connect.Password)
 	ctx, cancel := context.WithTimeout(context.Background(), authTimeout)
 	defer cancel()
+	return authenticate(ctx, s.cfg.Devices, s.cfg.Operators, s.cfg.Now(),
+		string(pk.Connect.Username), string(pk.Connect.Password), cl.ID)
+}
+
+// authenticate applies the connect rules to a username, password and client
+// ID; it is shared by the embedded broker and Authenticator.
+func authenticate(ctx context.Context, devices DeviceAuth, operators OperatorAuth, now time.Time,
+	name, password, clientID string) (*identity, *Rejection, packets.Code) {
 	if name == "" {
 		return nil, &Rejection{Reason: ReasonUnknownDevice, Detail: "no username"}, packets.ErrBadUsernameOrPassword
 	}
-	keys, err := s.cfg.Devices.DeviceKeys(ctx, name)
+	keys, err := devices.DeviceKeys(ctx, name)
 	switch {
 	case err == nil:
-		if err := envelope.VerifyPassword(keys, name, password, s.cfg.Now()); err != nil {
+		if err := envelope.VerifyPassword(keys, name, password, now); err != nil {
 			reason := ReasonBadPassword
 			if errors.Is(err, envelope.ErrPasswordExpired) {
 				reason = ReasonExpiredPassword
 			}
 			return nil, &Rejection{Reason: reason, Detail: err.Error()}, packets.ErrBadUsernameOrPassword
 		}
-		if cl.ID != name {
+		if clientID != name {
 			return nil, &Rejection{Reason: ReasonBadClientID,
-				Detail: fmt.Sprintf("device client id %q must equal its id", cl.ID)}, packets.ErrClientIdentifierNotValid
+				Detail: fmt.Sprintf("device client id %q must equal its id", clientID)}, packets.ErrClientIdentifierNotValid
 		}
 		return &identity{device: true, name: name}, nil, packets.CodeSuccess
 	case !errors.Is(err, ErrUnknownDevice):
@@ -97,10 +104,10 @@ func (s *Server) authenticate(cl *mqtt.Client, pk packets.Packet) (*identity, *R
 	}
 
 	// Not a device: an operator, or nobody.
-	if s.cfg.Operators == nil {
+	if operators == nil {
 		return nil, &Rejection{Reason: ReasonUnknownDevice, Detail: "not a provisioned device"}, packets.ErrBadUsernameOrPassword
 	}
-	role, err := s.cfg.Operators.AuthenticateOperator(ctx, name, password)
+	role, err := operators.AuthenticateOperator(ctx, name, password)
 	if err != nil {
 		reason := ReasonBadPassword
 		if errors.Is(err, ErrUnknownOperator) {
@@ -112,10 +119,10 @@ func (s *Server) authenticate(cl *mqtt.Client, pk packets.Packet) (*identity, *R
 		return nil, &Rejection{Reason: ReasonAuthError, Detail: fmt.Sprintf("operator role %q", role)}, packets.ErrBadUsernameOrPassword
 	}
 	// An operator must not take over a device's session by using its ID.
-	switch _, err := s.cfg.Devices.DeviceKeys(ctx, cl.ID); {
+	switch _, err := devices.DeviceKeys(ctx, clientID); {
 	case err == nil:
 		return nil, &Rejection{Reason: ReasonBadClientID,
-			Detail: fmt.Sprintf("client id %q belongs to a device", cl.ID)}, packets.ErrClientIdentifierNotValid
+			Detail: fmt.Sprintf("client id %q belongs to a device", clientID)}, packets.ErrClientIdentifierNotValid
 	case !errors.Is(err, ErrUnknownDevice):
 		return nil, &Rejection{Reason: ReasonAuthError, Detail: err.Error()}, packets.ErrServerUnavailable
 	}

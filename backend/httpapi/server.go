@@ -44,6 +44,9 @@ type Deps struct {
 	// Telemetry serves telemetry queries and the latest values in the
 	// device document; nil answers them with 503.
 	Telemetry Telemetry
+	// FOTA serves firmware, device update and rollout routes; nil answers
+	// them with 503.
+	FOTA FOTA
 	// KeepAlive is the interval of event-stream keep-alive comments;
 	// default DefaultKeepAlive.
 	KeepAlive time.Duration

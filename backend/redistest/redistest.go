@@ -10,13 +10,16 @@ import (
 	"encoding/hex"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// EnvURL is the variable scripts/test.sh sets.
+// EnvURL is the variable scripts/test.sh sets. scripts/test-scale.sh sets
+// it to a Redis Cluster (redis+cluster://h1,h2,h3) to run the Redis tests
+// there as well.
 const EnvURL = "ECOWATT_TEST_REDIS_URL"
 
 // Client connects to $ECOWATT_TEST_REDIS_URL and returns the client and a
@@ -31,11 +34,10 @@ func Client(t testing.TB) (redis.UniversalClient, string) {
 		}
 		t.Skipf("%s not set; run scripts/test.sh for the Redis tests", EnvURL)
 	}
-	opt, err := redis.ParseURL(raw)
+	c, err := NewClient(raw)
 	if err != nil {
-		t.Fatalf("parse %s: %v", EnvURL, err)
+		t.Fatalf("%s: %v", EnvURL, err)
 	}
-	c := redis.NewClient(opt)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := c.Ping(ctx).Err(); err != nil {
@@ -48,6 +50,20 @@ func Client(t testing.TB) (redis.UniversalClient, string) {
 		c.Close()
 	})
 	return c, prefix
+}
+
+// NewClient connects to redis://... or, for a Redis Cluster,
+// redis+cluster://host1:port1,host2:port2.
+func NewClient(raw string) (redis.UniversalClient, error) {
+	if rest, ok := strings.CutPrefix(raw, "redis+cluster://"); ok {
+		addrs := strings.Split(strings.TrimSuffix(rest, "/"), ",")
+		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs}), nil
+	}
+	opt, err := redis.ParseURL(raw)
+	if err != nil {
+		return nil, err
+	}
+	return redis.NewClient(opt), nil
 }
 
 // Prefix returns a fresh key prefix naming the test, e.g. "t:TestFoo:3fa2c1:".
@@ -69,13 +85,25 @@ func Prefix(t testing.TB) string {
 // Keys lists every key under prefix.
 func Keys(t testing.TB, c redis.UniversalClient, prefix string) []string {
 	t.Helper()
+	var mu sync.Mutex // guards keys
 	var keys []string
 	ctx := context.Background()
-	it := c.Scan(ctx, 0, escape(prefix)+"*", 1000).Iterator()
-	for it.Next(ctx) {
-		keys = append(keys, it.Val())
+	scan := func(ctx context.Context, c redis.UniversalClient) error {
+		it := c.Scan(ctx, 0, escape(prefix)+"*", 1000).Iterator()
+		for it.Next(ctx) {
+			mu.Lock()
+			keys = append(keys, it.Val())
+			mu.Unlock()
+		}
+		return it.Err()
 	}
-	if err := it.Err(); err != nil {
+	var err error
+	if cc, ok := c.(*redis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error { return scan(ctx, n) })
+	} else {
+		err = scan(ctx, c)
+	}
+	if err != nil {
 		t.Fatalf("scan %s*: %v", prefix, err)
 	}
 	return keys

@@ -45,7 +45,9 @@ func commands() []command {
 		{"device", "provision and inspect devices (add, list, show)", runDevice},
 		{"config", "change and inspect device configuration (set, show)", runConfig},
 		{"command", "queue and inspect device commands (send, list, show, cancel)", runCommand},
+		{"fota", "firmware updates: upload, rollout, status, rollback, sign, build-image, pubkey", runFOTA},
 		{"certs", "generate development TLS material (gen)", runCerts},
+		{"keys", "generate a firmware-signing key pair (gen)", runKeys},
 	}
 }
 

@@ -38,6 +38,8 @@ type serveConfig struct {
 	logLevel, logFormat                   string
 	readyFile                             string
 	cmd                                   commandConfig
+	fota                                  fotaConfig
+	scale                                 scaleConfig
 	configSweep                           time.Duration
 	telemetryRetention                    time.Duration
 	demo                                  int
@@ -64,6 +66,8 @@ func runServe(ctx context.Context, e env, args []string) error {
 	fs.DurationVar(&c.telemetryRetention, "telemetry-retention", 7*24*time.Hour, "how long telemetry batches are kept in Redis")
 	fs.IntVar(&c.demo, "demo", 0, "provision N demo devices and run them in-process (a live dashboard at once)")
 	c.cmd.register(fs)
+	c.fota.register(fs)
+	c.scale.register(fs)
 	if _, err := parseFlags(fs, e, args); err != nil {
 		return err
 	}
@@ -93,6 +97,11 @@ func newLogger(e env, level, format string) (zerolog.Logger, error) {
 // serve runs broker, backend and HTTP server until ctx ends, then stops them
 // within a few seconds.
 func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error {
+	replica, err := c.scale.replicaIdentity()
+	if err != nil {
+		return err
+	}
+	log = log.With().Str("replica", replica).Logger()
 	if c.adminToken == "" {
 		b := make([]byte, 24)
 		if _, err := rand.Read(b); err != nil {
@@ -117,28 +126,20 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	if err := replicaInfo(reg, replica); err != nil {
+		return err
+	}
 	var svc *backend.Service
-	brk, err := broker.New(broker.Config{
-		MQTTAddr:   c.mqttAddr,
-		MQTTSAddr:  c.mqttsAddr,
-		TLSCert:    c.tlsCert,
-		TLSKey:     c.tlsKey,
-		WSAddr:     c.wsAddr,
-		Devices:    deviceAuth{&svc},
-		Operators:  operatorAuth{&svc},
-		OnReject:   func(r broker.Rejection) { svc.SecurityEvent(context.Background(), r.Username, r.Reason, r.Detail) },
-		Logger:     log.With().Str("component", "broker").Logger(),
-		Registerer: reg,
-	})
+	brk, err := newMessaging(ctx, c, replica, &svc, log, reg)
 	if err != nil {
 		return err
 	}
-	defer brk.Close()
+	defer brk.close()
 	svc, err = backend.New(backend.Config{
 		Redis:      rdb,
 		Prefix:     c.redisPrefix,
 		Vault:      vault,
-		Bus:        brokerBus{brk},
+		Bus:        brk.bus(),
 		Logger:     log.With().Str("component", "backend").Logger(),
 		Random:     rand.Reader,
 		Registerer: reg,
@@ -174,6 +175,10 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	if err != nil {
 		return err
 	}
+	fw, err := newFOTA(c.fota, c.dataDir, rdb, c.redisPrefix, replica, svc, log, reg)
+	if err != nil {
+		return err
+	}
 	if c.operator != "" {
 		name, pass, ok := strings.Cut(c.operator, ":")
 		if !ok || name == "" || pass == "" {
@@ -183,14 +188,14 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 			return err
 		}
 	}
-	if err := brk.Start(); err != nil {
+	if err := brk.start(); err != nil {
 		return err
 	}
 	ln, err := net.Listen("tcp", c.httpAddr)
 	if err != nil {
 		return fmt.Errorf("http listen: %w", err)
 	}
-	handler := httpapi.NewServer(httpapi.Deps{
+	handler := brk.handler(httpapi.NewServer(httpapi.Deps{
 		Fleet:      svc,
 		Commands:   cmds,
 		AdminToken: c.adminToken,
@@ -198,13 +203,9 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		Gatherer:   reg,
 		Configs:    cfgSvc,
 		Telemetry:  tm,
-		Ready: func() error {
-			if !brk.Listening() {
-				return errors.New("broker not listening")
-			}
-			return nil
-		},
-	})
+		FOTA:       fw,
+		Ready:      brk.ready,
+	}))
 	// Requests run under reqCtx, cancelled when shutdown starts, so that
 	// long-lived event streams end instead of holding Shutdown up.
 	reqCtx, stopRequests := context.WithCancel(context.Background())
@@ -217,8 +218,9 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	g.Go(func() error { return svc.Run(gctx) })
 	g.Go(func() error { return cmds.Run(gctx) })
 	g.Go(func() error { return cfgSvc.Run(gctx) })
+	g.Go(func() error { return fw.Run(gctx) })
 	if c.demo > 0 {
-		demo := demoFleet{n: c.demo, svc: svc, broker: "tcp://" + loopback(brk.Addr()), dataDir: c.dataDir,
+		demo := demoFleet{n: c.demo, svc: svc, broker: brk.deviceURL(), dataDir: c.dataDir,
 			log: log.With().Str("component", "demo").Logger(), setup: demoSetup}
 		g.Go(func() error { return demo.run(gctx) })
 	}
@@ -233,12 +235,10 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		hs.Shutdown(sctx)
-		return brk.Close()
+		return brk.close()
 	})
-	addrs := map[string]string{"http": ln.Addr().String(), "mqtt": brk.Addr().String()}
-	if a := brk.TLSAddr(); a != nil {
-		addrs["mqtts"] = a.String()
-	}
+	addrs := brk.addrs()
+	addrs["http"] = ln.Addr().String()
 	log.Info().Interface("addrs", addrs).Msg("ecowatt serving")
 	if c.readyFile != "" {
 		b, _ := json.Marshal(addrs)

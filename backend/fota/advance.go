@@ -1,0 +1,249 @@
+package fota
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/ecowatt/ecowatt/backend"
+	wire "github.com/ecowatt/ecowatt/topics/fota"
+	"github.com/redis/go-redis/v9"
+)
+
+// The rollout algorithm, run by the lease holder at every tick for every
+// rollout in rollouts:active:
+//
+//  1. Reconcile: every device the rollout is updating whose update has
+//     ended (its device hash is no longer active, or a newer update
+//     replaced it) becomes succeeded or failed (failed, rolled_back,
+//     timed_out, superseded). Devices of started batches still pending
+//     (a crash between starting a batch and its devices) are started.
+//  2. Threshold: when failed / (updating + succeeded + failed) exceeds
+//     max_failure_percent, the rollout aborts: every device whose batch has
+//     not started is cancelled and stays on its firmware.
+//  3. Advance: a running rollout whose started batches have all finished
+//     starts the next batch. The batch number moves by compare-and-set in
+//     Redis, so even without the lease two replicas could not start the
+//     same batch twice. After the last batch it is completed.
+//  4. An aborted or completed rollout leaves rollouts:active once none of
+//     its devices is updating.
+
+// batchScript moves a running rollout from batch ARGV[1] to the next.
+// KEYS: ro hash. ARGV: expected batch, now ms. Returns 1 when moved.
+var batchScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[1], 'batch') ~= ARGV[1] then return 0 end
+redis.call('HINCRBY', KEYS[1], 'batch', 1)
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
+return 1
+`)
+
+// advanceRollouts advances every active rollout once.
+func (s *Service) advanceRollouts(ctx context.Context) error {
+	rids, err := s.rdb.ZRange(ctx, s.roActive(), 0, -1).Result()
+	if err != nil {
+		return unavailable("advance rollouts", err)
+	}
+	var errs []error
+	for _, rid := range rids {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err := s.advance(ctx, rid); err != nil {
+			errs = append(errs, fmt.Errorf("advance rollout %s: %w", rid, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Service) advance(ctx context.Context, rid string) error {
+	r, err := s.loadRollout(ctx, rid)
+	if errors.Is(err, backend.ErrNotFound) {
+		return s.rdb.ZRem(ctx, s.roActive(), rid).Err()
+	}
+	if err != nil {
+		return err
+	}
+	if err := s.reconcile(ctx, r); err != nil {
+		return err
+	}
+	if r.State == RolloutRunning || r.State == RolloutPaused {
+		if r.overThreshold() {
+			reason := fmt.Sprintf("failure rate %.1f%% above %.4g%% (%d of %d devices failed)",
+				r.FailurePercent, r.MaxFailurePercent, r.Counts[DevFailed],
+				r.Counts[DevUpdating]+r.Counts[DevSucceeded]+r.Counts[DevFailed])
+			ok, err := s.setState(ctx, rid, RolloutAborted, reason, RolloutRunning, RolloutPaused)
+			if err != nil {
+				return err
+			}
+			if ok {
+				s.m.rollouts.WithLabelValues(ResultAborted).Inc()
+				s.log.Warn().Str("rollout", rid).Str("reason", reason).Msg("rollout aborted automatically")
+				return s.cancelPending(ctx, rid)
+			}
+			return nil
+		}
+	}
+	if r.State == RolloutRunning && r.Counts[DevUpdating] == 0 && !r.pendingStarted() {
+		if r.CurrentBatch+1 >= r.BatchCount {
+			ok, err := s.setState(ctx, rid, RolloutCompleted, "", RolloutRunning)
+			if err != nil || !ok {
+				return err
+			}
+			s.m.rollouts.WithLabelValues(ResultCompleted).Inc()
+			s.log.Info().Str("rollout", rid).Interface("counts", r.Counts).Msg("rollout completed")
+			return s.rdb.ZRem(ctx, s.roActive(), rid).Err()
+		}
+		n, err := batchScript.Run(ctx, s.rdb, []string{s.roKey(rid)}, r.CurrentBatch, s.now().UnixMilli()).Int()
+		if err != nil {
+			return unavailable("advance rollout "+rid, err)
+		}
+		if n == 1 {
+			r.CurrentBatch++
+			s.log.Info().Str("rollout", rid).Int("batch", r.CurrentBatch).Int("of", r.BatchCount).Msg("rollout batch started")
+			return s.startPending(ctx, r)
+		}
+		return nil
+	}
+	if (r.State == RolloutAborted || r.State == RolloutCompleted) && r.Counts[DevUpdating] == 0 {
+		return s.rdb.ZRem(ctx, s.roActive(), rid).Err()
+	}
+	return nil
+}
+
+// pendingStarted reports whether a started batch has a device not yet
+// started.
+func (r *rolloutState) pendingStarted() bool {
+	for _, id := range r.order[:r.startedEnd()] {
+		if r.devs[id] == DevPending {
+			return true
+		}
+	}
+	return false
+}
+
+// reconcile settles ended updates and starts pending devices of started
+// batches (after a crash between a batch's start and its devices').
+func (s *Service) reconcile(ctx context.Context, r *rolloutState) error {
+	var ids []string
+	for _, id := range r.order {
+		if r.devs[id] == DevUpdating {
+			ids = append(ids, id)
+		}
+	}
+	cmds := make([]*redis.SliceCmd, len(ids))
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range ids {
+			cmds[i] = p.HMGet(ctx, s.keys.Device(id), "id", backend.FOTAActive, backend.FOTARollout, backend.FOTAResult, backend.FOTAReason)
+		}
+		return nil
+	})
+	if err != nil {
+		return unavailable("reconcile rollout "+r.ID, err)
+	}
+	upd := map[string]string{}
+	why := map[string]string{}
+	for i, id := range ids {
+		v := cmds[i].Val()
+		str := func(j int) string { x, _ := v[j].(string); return x }
+		switch {
+		case str(0) == "":
+			upd[id], why[id] = DevFailed, "device removed"
+		case str(2) != r.ID:
+			upd[id], why[id] = DevFailed, "superseded by another update"
+		case str(1) == "1":
+			continue
+		case str(3) == ResultSucceeded:
+			upd[id] = DevSucceeded
+		default:
+			upd[id] = DevFailed
+			why[id] = str(3)
+			if rs := str(4); rs != "" {
+				why[id] += ": " + rs
+			}
+		}
+	}
+	if err := s.record(ctx, r, upd, why); err != nil {
+		return err
+	}
+	if r.State == RolloutRunning || r.State == RolloutPaused {
+		return s.startPending(ctx, r)
+	}
+	return nil
+}
+
+// startPending starts the pending devices of the started batches.
+func (s *Service) startPending(ctx context.Context, r *rolloutState) error {
+	upd := map[string]string{}
+	why := map[string]string{}
+	var errs []error
+	for _, id := range r.order[:r.startedEnd()] {
+		if r.devs[id] != DevPending {
+			continue
+		}
+		_, err := s.StartUpdate(ctx, id, r.Version, r.ID)
+		switch {
+		case err == nil:
+			upd[id] = DevUpdating
+		case errors.Is(err, wire.ErrDowngrade):
+			upd[id], why[id] = DevSkipped, "already running this version or a newer one"
+		case errors.Is(err, backend.ErrNotFound):
+			upd[id], why[id] = DevSkipped, "device removed"
+		case errors.Is(err, backend.ErrConflict):
+			upd[id], why[id] = DevSkipped, "another update in progress"
+		default:
+			errs = append(errs, err) // stays pending: tried again next tick
+		}
+	}
+	return errors.Join(s.record(ctx, r, upd, why), errors.Join(errs...))
+}
+
+// record writes device state changes of a rollout and applies them to r.
+func (s *Service) record(ctx context.Context, r *rolloutState, upd, why map[string]string) error {
+	if len(upd) == 0 {
+		return nil
+	}
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		args := make([]any, 0, 2*len(upd))
+		for id, st := range upd {
+			args = append(args, id, st)
+		}
+		p.HSet(ctx, s.roDevs(r.ID), args...)
+		if len(why) > 0 {
+			args = args[:0]
+			for id, w := range why {
+				args = append(args, id, w)
+			}
+			p.HSet(ctx, s.roWhy(r.ID), args...)
+		}
+		p.HSet(ctx, s.roKey(r.ID), "updated_at", s.now().UnixMilli())
+		return nil
+	})
+	if err != nil {
+		return unavailable("record rollout "+r.ID, err)
+	}
+	for id, st := range upd {
+		r.devs[id] = st
+		if w, ok := why[id]; ok {
+			r.why[id] = w
+		}
+	}
+	r.count()
+	return nil
+}
+
+// cancelPending marks the not-yet-started devices of an aborted rollout
+// cancelled.
+func (s *Service) cancelPending(ctx context.Context, rid string) error {
+	r, err := s.loadRollout(ctx, rid)
+	if err != nil {
+		return err
+	}
+	upd := map[string]string{}
+	for _, id := range r.order {
+		if r.devs[id] == DevPending {
+			upd[id] = DevCancelled
+		}
+	}
+	return s.record(ctx, r, upd, nil)
+}

@@ -1,0 +1,350 @@
+package fota
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+
+	"github.com/ecowatt/ecowatt/backend"
+	"github.com/ecowatt/ecowatt/topics"
+	"github.com/ecowatt/ecowatt/topics/envelope"
+	wire "github.com/ecowatt/ecowatt/topics/fota"
+	"github.com/redis/go-redis/v9"
+)
+
+// StatePending is the backend's state of an update whose manifest was sent
+// but which the device has not reported on yet.
+const StatePending = "pending"
+
+// activeKey indexes devices with an active update.
+func (s *Service) activeKey() string { return s.keys.Global("fota:active") }
+
+// startScript starts an update on a device: refused when the device does
+// not exist (0) or has an active update (-1).
+// KEYS: dev hash. ARGV: target, rollout, now ms, total chunks.
+var startScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'fota_active') == '1' then return -1 end
+redis.call('HSET', KEYS[1], 'fota_target', ARGV[1], 'fota_rollout', ARGV[2], 'fota_active', '1',
+  'fota_result', '', 'fota_state', 'pending', 'fota_version', ARGV[1], 'fota_received', '0',
+  'fota_total', ARGV[4], 'fota_reason', '', 'fota_detail', '', 'fota_started_at', ARGV[3],
+  'fota_updated_at', ARGV[3], 'fota_sent_at', ARGV[3])
+return 1
+`)
+
+// StartUpdate starts updating dev to version and sends it the manifest.
+// rollout names the rollout starting it ("" for a single update). A device
+// already running version (or a newer one, which it would refuse as a
+// downgrade) is CodeConflict, as is a device with an update in progress;
+// an unknown device or version is CodeNotFound. An offline device gets
+// the manifest when it comes back (HandleBirth).
+func (s *Service) StartUpdate(ctx context.Context, dev, version, rollout string) (backend.DeviceFOTA, error) {
+	d, err := s.fleet.Device(ctx, dev)
+	if err != nil {
+		return backend.DeviceFOTA{}, err
+	}
+	f, err := s.load(ctx, version)
+	if err != nil {
+		return backend.DeviceFOTA{}, err
+	}
+	if d.FirmwareVersion != "" {
+		if err := wire.CheckUpgrade(d.FirmwareVersion, version); err != nil {
+			return backend.DeviceFOTA{}, &backend.Error{Code: backend.CodeConflict, Field: "version", Err: err,
+				Message: fmt.Sprintf("device %s runs %s; %s is not newer (roll back instead)", dev, d.FirmwareVersion, version)}
+		}
+	}
+	now := s.now()
+	n, err := startScript.Run(ctx, s.rdb, []string{s.keys.Device(dev)}, version, rollout, now.UnixMilli(), f.Chunks).Int()
+	if err != nil {
+		return backend.DeviceFOTA{}, unavailable("start update of "+dev, err)
+	}
+	switch n {
+	case 0:
+		return backend.DeviceFOTA{}, backend.Errorf(backend.CodeNotFound, "id", "no device %q", dev)
+	case -1:
+		return backend.DeviceFOTA{}, backend.Errorf(backend.CodeConflict, "id", "device %s has a firmware update in progress", dev)
+	}
+	if err := s.rdb.ZAdd(ctx, s.activeKey(), redis.Z{Score: float64(now.UnixMilli()), Member: dev}).Err(); err != nil {
+		return backend.DeviceFOTA{}, unavailable("start update of "+dev+": index", err)
+	}
+	s.log.Info().Str("device", dev).Str("version", version).Str("rollout", rollout).Msg("firmware update started")
+	if err := s.fleet.Send(ctx, dev, topics.KindFOTAManifest, f.body); err != nil {
+		// The sweep sends it again after ManifestResend.
+		s.log.Warn().Err(err).Str("device", dev).Msg("send manifest")
+	}
+	s.emit(ctx, dev, map[string]any{"state": StatePending, "version": version, "rollout": rollout, "total_chunks": f.Chunks})
+	return s.DeviceStatus(ctx, dev)
+}
+
+// DeviceStatus returns dev's FOTA progress (zero State "idle" when the
+// device never had an update). An unknown device is CodeNotFound.
+func (s *Service) DeviceStatus(ctx context.Context, dev string) (backend.DeviceFOTA, error) {
+	d, err := s.fleet.Device(ctx, dev)
+	if err != nil {
+		return backend.DeviceFOTA{}, err
+	}
+	if d.FOTA == nil {
+		return backend.DeviceFOTA{State: string(wire.StateIdle)}, nil
+	}
+	return *d.FOTA, nil
+}
+
+// HandleRequest answers a device's fota_request with exactly the chunks
+// it names, in the order named. A request for an unknown version or an
+// index beyond the manifest is a bad body (a security event), and nothing
+// is sent.
+func (s *Service) HandleRequest(ctx context.Context, dev string, m envelope.Message) error {
+	req, err := wire.ParseRequest(m.Body)
+	if err != nil {
+		return invalid("", err, "fota_request: %v", err)
+	}
+	f, err := s.load(ctx, req.Version)
+	if errors.Is(err, backend.ErrNotFound) {
+		return invalid("", err, "fota_request for firmware %q, which is not uploaded", req.Version)
+	}
+	if err != nil {
+		return err
+	}
+	for _, c := range req.Chunks {
+		if c >= f.Chunks {
+			return backend.Errorf(backend.CodeInvalid, "", "fota_request: chunk %d of firmware %s, which has %d", c, f.Version, f.Chunks)
+		}
+	}
+	data, err := s.readChunks(ctx, f, req.Chunks)
+	if err != nil {
+		return err
+	}
+	payloads := make([][]byte, len(data))
+	for i, b := range data {
+		if payloads[i], err = wire.EncodeChunk(wire.Chunk{Version: f.Version, Index: req.Chunks[i], Data: b}); err != nil {
+			return fmt.Errorf("fota_request of %s: %w", dev, err)
+		}
+	}
+	if err := s.fleet.SendBinary(ctx, dev, topics.KindFOTAChunk, payloads...); err != nil {
+		return fmt.Errorf("fota_request of %s: %w", dev, err)
+	}
+	s.m.chunks.Add(float64(len(payloads)))
+	return nil
+}
+
+// statusScript records a fota_status in the device hash and ends the
+// active update when the status is final for its target. Returns {0} for
+// an unknown device, else {1 or 2 (update ended), previous state, previous
+// received, rollout}.
+// KEYS: dev hash. ARGV: state, version, received, total, reason, detail, now ms, final (0/1).
+var statusScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local prev = redis.call('HMGET', KEYS[1], 'fota_state', 'fota_received', 'fota_active', 'fota_target', 'fota_rollout', 'fota_version')
+redis.call('HSET', KEYS[1], 'fota_state', ARGV[1], 'fota_version', ARGV[2], 'fota_received', ARGV[3],
+  'fota_total', ARGV[4], 'fota_reason', ARGV[5], 'fota_detail', ARGV[6], 'fota_updated_at', ARGV[7])
+local ended = 1
+if ARGV[8] == '1' and prev[3] == '1' and prev[4] == ARGV[2] then
+  redis.call('HSET', KEYS[1], 'fota_active', '0', 'fota_result', ARGV[1])
+  ended = 2
+end
+local same = '0'
+if prev[6] == ARGV[2] then same = '1' end
+return {ended, prev[1] or '', prev[2] or '0', prev[5] or '', same}
+`)
+
+// HandleStatus stores a device's fota_status and emits it as an event on
+// every state change and every 5 % of progress. A succeeded, failed or
+// rolled_back status for the active update's version ends the update.
+func (s *Service) HandleStatus(ctx context.Context, dev string, m envelope.Message) error {
+	st, err := wire.ParseStatus(m.Body)
+	if err != nil {
+		return invalid("", err, "fota_status: %v", err)
+	}
+	final := "0"
+	if st.State == wire.StateSucceeded || st.State == wire.StateFailed || st.State == wire.StateRolledBack {
+		final = "1"
+	}
+	res, err := statusScript.Run(ctx, s.rdb, []string{s.keys.Device(dev)}, string(st.State), st.Version,
+		st.ChunkReceived, st.TotalChunks, st.Reason, st.Detail, s.now().UnixMilli(), final).Slice()
+	if err != nil {
+		return unavailable("fota_status of "+dev, err)
+	}
+	if len(res) < 5 {
+		return nil // the device was removed
+	}
+	ended := res[0].(int64) == 2
+	prevState, _ := res[1].(string)
+	prevRecv, _ := strconv.Atoi(fmt.Sprint(res[2]))
+	rollout, _ := res[3].(string)
+	sameVersion := res[4] == "1"
+	if ended {
+		s.m.updates.WithLabelValues(string(st.State)).Inc()
+		s.rdb.ZRem(ctx, s.activeKey(), dev)
+		s.log.Info().Str("device", dev).Str("version", st.Version).Str("result", string(st.State)).
+			Str("reason", st.Reason).Str("rollout", rollout).Msg("firmware update ended")
+	}
+	bucket := func(n int) int {
+		if st.TotalChunks == 0 {
+			return 0
+		}
+		return n * 20 / st.TotalChunks
+	}
+	if ended || string(st.State) != prevState || !sameVersion || bucket(st.ChunkReceived) != bucket(prevRecv) ||
+		st.ChunkReceived == st.TotalChunks && prevRecv != st.ChunkReceived || st.Reason != "" {
+		ev := map[string]any{"state": st.State, "version": st.Version, "chunk_received": st.ChunkReceived,
+			"total_chunks": st.TotalChunks, "running_version": st.Running}
+		if st.TotalChunks > 0 {
+			ev["percent"] = float64(int(1000*float64(st.ChunkReceived)/float64(st.TotalChunks))) / 10
+		}
+		if st.Reason != "" {
+			ev["reason"], ev["detail"] = st.Reason, st.Detail
+		}
+		if rollout != "" {
+			ev["rollout"] = rollout
+		}
+		s.emit(ctx, dev, ev)
+	}
+	return nil
+}
+
+// resendStates are the states in which a device may have lost the
+// manifest (or lost its download progress), so sending it again helps; in
+// the others the device is past the download.
+var resendStates = []string{"", StatePending, string(wire.StateIdle), string(wire.StateDownloading),
+	string(wire.StateVerifying), string(wire.StateFailed), string(wire.StateRolledBack), string(wire.StateSucceeded)}
+
+// HandleBirth sends the manifest again to a device coming back with an
+// update in progress that it has not finished downloading (resume).
+func (s *Service) HandleBirth(ctx context.Context, dev string, _ envelope.Message) error {
+	return s.resend(ctx, dev, false)
+}
+
+// resend sends the active update's manifest to dev when it is in one of
+// resendStates; with onlyStale only when it has shown no progress for
+// ManifestResend.
+func (s *Service) resend(ctx context.Context, dev string, onlyStale bool) error {
+	h, err := s.rdb.HMGet(ctx, s.keys.Device(dev), backend.FOTAActive, backend.FOTATarget, backend.FOTAState,
+		backend.FOTAVersion, backend.FOTAUpdatedAt, backend.FOTASentAt, "online", "firmware_version").Result()
+	if err != nil {
+		return unavailable("resend manifest to "+dev, err)
+	}
+	str := func(i int) string { v, _ := h[i].(string); return v }
+	active, target, state, version := str(0) == "1", str(1), str(2), str(3)
+	if !active || str(7) == target {
+		return nil
+	}
+	if version == target && !slices.Contains(resendStates, state) {
+		return nil
+	}
+	now := s.now().UnixMilli()
+	if onlyStale {
+		last := max(atoi(str(4)), atoi(str(5)))
+		if str(6) != "1" || now-last < s.cfg.ManifestResend.Milliseconds() {
+			return nil
+		}
+	}
+	f, err := s.load(ctx, target)
+	if err != nil {
+		return err
+	}
+	if err := s.rdb.HSet(ctx, s.keys.Device(dev), backend.FOTASentAt, now).Err(); err != nil {
+		return unavailable("resend manifest to "+dev, err)
+	}
+	s.log.Debug().Str("device", dev).Str("version", target).Bool("stale", onlyStale).Msg("manifest sent again")
+	return s.fleet.Send(ctx, dev, topics.KindFOTAManifest, f.body)
+}
+
+// timeoutScript ends an update that made no progress since before the
+// cutoff. KEYS: dev hash. ARGV: cutoff ms, started_at.
+var timeoutScript = redis.NewScript(`
+local h = redis.call('HMGET', KEYS[1], 'fota_active', 'fota_updated_at', 'fota_started_at')
+if h[1] ~= '1' or h[3] ~= ARGV[2] then return 0 end
+if tonumber(h[2] or '0') >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'fota_active', '0', 'fota_result', 'timed_out', 'fota_reason', 'timeout',
+  'fota_detail', 'no progress reported in time')
+return 1
+`)
+
+// sweepUpdates times out stalled updates and resends stale manifests.
+func (s *Service) sweepUpdates(ctx context.Context) error {
+	devs, err := s.rdb.ZRange(ctx, s.activeKey(), 0, -1).Result()
+	if err != nil {
+		return unavailable("fota sweep", err)
+	}
+	var errs []error
+	cutoff := s.now().Add(-s.cfg.UpdateTimeout).UnixMilli()
+	for _, dev := range devs {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		h, err := s.rdb.HMGet(ctx, s.keys.Device(dev), backend.FOTAActive, backend.FOTAStartedAt, backend.FOTATarget, backend.FOTARollout).Result()
+		if err != nil {
+			errs = append(errs, unavailable("fota sweep "+dev, err))
+			continue
+		}
+		if v, _ := h[0].(string); v != "1" {
+			s.rdb.ZRem(ctx, s.activeKey(), dev)
+			continue
+		}
+		started, _ := h[1].(string)
+		n, err := timeoutScript.Run(ctx, s.rdb, []string{s.keys.Device(dev)}, cutoff, started).Int()
+		if err != nil {
+			errs = append(errs, unavailable("fota sweep "+dev, err))
+			continue
+		}
+		if n == 1 {
+			target, _ := h[2].(string)
+			rollout, _ := h[3].(string)
+			s.m.updates.WithLabelValues(ResultTimedOut).Inc()
+			s.rdb.ZRem(ctx, s.activeKey(), dev)
+			s.log.Warn().Str("device", dev).Str("version", target).Str("rollout", rollout).Msg("firmware update timed out")
+			s.emit(ctx, dev, map[string]any{"state": ResultTimedOut, "version": target, "reason": "timeout", "rollout": rollout})
+			continue
+		}
+		if err := s.resend(ctx, dev, true); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Rollback asks dev to return to its previous firmware slot (down/rollback).
+// version, when set, must be the previous slot's version or the device
+// refuses. The device reports the outcome as a fota_status (rolled_back,
+// or failed with no_previous_slot). A device with an update in progress
+// is CodeConflict.
+func (s *Service) Rollback(ctx context.Context, dev, reason, version string) error {
+	if len(reason) > 512 {
+		return backend.Errorf(backend.CodeInvalid, "reason", "reason longer than 512 bytes")
+	}
+	if version != "" {
+		if err := wire.ValidVersion(version); err != nil {
+			return invalid("version", err, "bad version %q: %v", version, err)
+		}
+	}
+	d, err := s.fleet.Device(ctx, dev)
+	if err != nil {
+		return err
+	}
+	if d.FOTA != nil && d.FOTA.Active {
+		return backend.Errorf(backend.CodeConflict, "id", "device %s has a firmware update to %s in progress", dev, d.FOTA.Target)
+	}
+	if reason == "" {
+		reason = "operator request"
+	}
+	body := wire.RollbackBody{Rollback: &wire.Rollback{Reason: reason, Version: version}}
+	if err := s.fleet.Send(ctx, dev, topics.KindRollback, body); err != nil {
+		return fmt.Errorf("rollback %s: %w", dev, err)
+	}
+	s.log.Info().Str("device", dev).Str("reason", reason).Msg("rollback requested")
+	s.emit(ctx, dev, map[string]any{"state": "rollback_requested", "reason": reason, "version": version})
+	return nil
+}
+
+func (s *Service) emit(ctx context.Context, dev string, data map[string]any) {
+	if err := s.fleet.Emit(ctx, dev, topics.EventFOTA, data); err != nil {
+		s.log.Warn().Err(err).Str("device", dev).Msg("emit fota event")
+	}
+}
+
+func atoi(s string) int64 {
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return n
+}

@@ -1,0 +1,323 @@
+// Package fota is the backend side of firmware over the air (PROTOCOL.md
+// section 12): a firmware store, per-device update tracking and staged
+// rollouts.
+//
+//   - Firmware: an uploaded ESP32 app image is checked (app descriptor,
+//     version), split into chunks and described by a manifest signed with
+//     the server's Ed25519 key (or signed offline and verified against it).
+//     Image and manifest live in Redis, so every replica serves chunks
+//     (GETRANGE) without a shared disk.
+//   - Devices: StartUpdate sends the signed manifest; the device pulls
+//     chunks with fota_request and the service answers each request with
+//     exactly the chunks named, never more. fota_status reports are stored
+//     in the device hash (backend.DeviceFOTA) and emitted as events on
+//     ecowatt/v1/events/{id}/fota at every state change and every 5 % of
+//     progress. The manifest is sent again after a birth and when a device
+//     shows no progress for ManifestResend; an update without progress for
+//     UpdateTimeout is timed_out.
+//   - Rollouts: canary first, then batch by batch while the failure rate
+//     stays within the threshold; abort above it. See rollout.go.
+//
+// Work that must happen once (timeouts, manifest resends, rollout
+// advancement) runs only in the replica holding a Redis lease (SET NX PX,
+// renewed), so several replicas may run and a backend restart carries on
+// from the state in Redis.
+//
+// Redis layout (prefix "ecowatt:"):
+//
+//	ecowatt:{fw:V}:meta          hash    firmware V: manifest JSON, size, chunk_size, project, uploaded_at, ...
+//	ecowatt:{fw:V}:image         string  the image bytes (chunks are GETRANGE)
+//	ecowatt:firmware             zset    versions, score = upload time (ms)
+//	ecowatt:{dev:ID}:dev         hash    fota_* fields of backend.DeviceFOTA
+//	ecowatt:fota:active          zset    devices with an active update, score = start (ms)
+//	ecowatt:lease:fota           string  holder of the sweep/advance lease (backend/lease)
+//	ecowatt:{ro:RID}:ro          hash    rollout spec and state
+//	ecowatt:{ro:RID}:order       list    the rollout's devices in batch order
+//	ecowatt:{ro:RID}:devs        hash    device -> state in the rollout
+//	ecowatt:{ro:RID}:why         hash    device -> failure reason
+//	ecowatt:rollouts             zset    rollout IDs, score = creation (ms)
+//	ecowatt:rollouts:active      zset    rollouts still advancing or reconciling
+package fota
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/ecowatt/ecowatt/backend"
+	"github.com/ecowatt/ecowatt/backend/lease"
+	"github.com/ecowatt/ecowatt/backend/store"
+	"github.com/ecowatt/ecowatt/topics"
+	wire "github.com/ecowatt/ecowatt/topics/fota"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+)
+
+// Defaults of Config.
+const (
+	DefaultUpdateTimeout  = 10 * time.Minute
+	DefaultManifestResend = 30 * time.Second
+	DefaultSweepInterval  = 2 * time.Second
+	DefaultLeaseTTL       = 10 * time.Second
+)
+
+// Fleet is what the FOTA service needs from the backend; *backend.Service
+// has it.
+type Fleet interface {
+	Device(ctx context.Context, id string) (backend.Device, error)
+	Devices(ctx context.Context) ([]backend.Device, error)
+	Send(ctx context.Context, dev, kind string, body any) error
+	SendBinary(ctx context.Context, dev, kind string, payloads ...[]byte) error
+	Emit(ctx context.Context, dev, kind string, data any) error
+	Handle(kind string, h backend.UplinkHandler)
+}
+
+var _ Fleet = (*backend.Service)(nil)
+
+// Config holds a Service's dependencies. Redis, Fleet and Key are required.
+type Config struct {
+	Redis  redis.UniversalClient
+	Keys   store.Keys // zero value: store.DefaultPrefix
+	Fleet  Fleet
+	Key    ed25519.PrivateKey // firmware-signing key
+	Logger zerolog.Logger
+	Now    func() time.Time      // default time.Now
+	Random io.Reader             // rollout IDs and the lease token; default crypto/rand.Reader
+	Reg    prometheus.Registerer // default: a private registry
+	// Replica names this replica in the lease; default lease.ReplicaID.
+	Replica string
+
+	ChunkSize      int           // default chunk size of uploads; default wire.DefaultChunkSize
+	UpdateTimeout  time.Duration // no progress for this long: timed_out; default DefaultUpdateTimeout
+	ManifestResend time.Duration // no progress for this long: send the manifest again; default DefaultManifestResend
+	SweepInterval  time.Duration // how often the lease holder sweeps and advances; default DefaultSweepInterval
+	LeaseTTL       time.Duration // lifetime of the lease, renewed every sweep; default DefaultLeaseTTL
+}
+
+// Service stores firmware, drives device updates and advances rollouts.
+// Create it with New, wire it with Attach and start it with Run.
+type Service struct {
+	rdb   redis.UniversalClient
+	keys  store.Keys
+	fleet Fleet
+	key   ed25519.PrivateKey
+	pub   ed25519.PublicKey
+	log   zerolog.Logger
+	now   func() time.Time
+	cfg   Config
+	m     *metrics
+	lease *lease.Lease // owns sweeps and rollout advancement
+
+	randMu sync.Mutex // guards random
+	random io.Reader
+
+	mu      sync.Mutex           // guards fw, running
+	fw      map[string]*firmware // immutable once uploaded, so cached
+	running bool
+}
+
+// New checks cfg and builds a Service, registering its metrics.
+func New(cfg Config) (*Service, error) {
+	if cfg.Redis == nil || cfg.Fleet == nil {
+		return nil, errors.New("new fota: Redis and Fleet are required")
+	}
+	if len(cfg.Key) != ed25519.PrivateKeySize {
+		return nil, errors.New("new fota: an Ed25519 firmware-signing key is required")
+	}
+	if cfg.Keys.Prefix() == "" {
+		k, err := store.NewKeys(store.DefaultPrefix)
+		if err != nil {
+			return nil, fmt.Errorf("new fota: %w", err)
+		}
+		cfg.Keys = k
+	}
+	if cfg.ChunkSize == 0 {
+		cfg.ChunkSize = wire.DefaultChunkSize
+	}
+	if err := checkChunkSize(cfg.ChunkSize); err != nil {
+		return nil, fmt.Errorf("new fota: %w", err)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Random == nil {
+		cfg.Random = rand.Reader
+	}
+	if cfg.Reg == nil {
+		cfg.Reg = prometheus.NewRegistry()
+	}
+	if cfg.UpdateTimeout <= 0 {
+		cfg.UpdateTimeout = DefaultUpdateTimeout
+	}
+	if cfg.ManifestResend <= 0 {
+		cfg.ManifestResend = DefaultManifestResend
+	}
+	if cfg.SweepInterval <= 0 {
+		cfg.SweepInterval = DefaultSweepInterval
+	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = DefaultLeaseTTL
+	}
+	m, err := newMetrics(cfg.Reg)
+	if err != nil {
+		return nil, fmt.Errorf("new fota: %w", err)
+	}
+	s := &Service{
+		rdb:    cfg.Redis,
+		keys:   cfg.Keys,
+		fleet:  cfg.Fleet,
+		key:    cfg.Key,
+		pub:    cfg.Key.Public().(ed25519.PublicKey),
+		log:    cfg.Logger.With().Str("component", "fota").Logger(),
+		now:    cfg.Now,
+		cfg:    cfg,
+		m:      m,
+		random: cfg.Random,
+		fw:     make(map[string]*firmware),
+	}
+	if cfg.Replica == "" {
+		cfg.Replica = lease.ReplicaID(s.random)
+	}
+	s.lease, err = lease.New(lease.Config{
+		Redis: cfg.Redis, Key: cfg.Keys.Global("lease:fota"), Replica: cfg.Replica, TTL: cfg.LeaseTTL,
+		Random: s.random, Now: cfg.Now, Logger: s.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("new fota: %w", err)
+	}
+	return s, nil
+}
+
+// PublicKey returns the firmware-signing public key devices verify with.
+func (s *Service) PublicKey() ed25519.PublicKey { return s.pub }
+
+// Attach registers the device handlers: chunk requests, status reports and
+// births (to resend the manifest of an interrupted update).
+func (s *Service) Attach() {
+	s.fleet.Handle(topics.KindFOTARequest, s.HandleRequest)
+	s.fleet.Handle(topics.KindFOTAStatus, s.HandleStatus)
+	s.fleet.Handle(topics.KindBirth, s.HandleBirth)
+}
+
+// Run holds or waits for the lease and, while holding it, sweeps device
+// updates and advances rollouts every SweepInterval, until ctx is done. It
+// releases the lease on the way out. Run may be called once.
+func (s *Service) Run(ctx context.Context) error {
+	s.mu.Lock()
+	if s.running {
+		s.mu.Unlock()
+		return errors.New("fota run: already running")
+	}
+	s.running = true
+	s.mu.Unlock()
+
+	t := time.NewTicker(s.cfg.SweepInterval)
+	defer t.Stop()
+	held := false
+	defer func() {
+		if held {
+			rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			if _, err := s.lease.Release(rctx); err != nil {
+				s.log.Warn().Err(err).Msg("release fota lease")
+			}
+		}
+	}()
+	for {
+		ok, err := s.Tick(ctx)
+		if err != nil && ctx.Err() == nil {
+			s.log.Error().Err(err).Msg("fota sweep")
+		}
+		if ok != held {
+			s.log.Info().Bool("held", ok).Str("token", s.lease.Token()).Msg("fota lease")
+			held = ok
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// Tick takes or renews the lease and, when this replica holds it, sweeps
+// active updates and advances every active rollout once. It reports
+// whether the lease is held. Run calls it; tests call it directly.
+func (s *Service) Tick(ctx context.Context) (bool, error) {
+	ok, err := s.lease.Acquire(ctx) // renews when already ours
+	if err != nil || !ok {
+		return false, err
+	}
+	return true, errors.Join(s.sweepUpdates(ctx), s.advanceRollouts(ctx))
+}
+
+func (s *Service) randomHex(n int) (string, error) {
+	b := make([]byte, n)
+	s.randMu.Lock()
+	_, err := io.ReadFull(s.random, b)
+	s.randMu.Unlock()
+	if err != nil {
+		return "", fmt.Errorf("read random: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}
+
+func unavailable(op string, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return &backend.Error{Code: backend.CodeUnavailable, Message: "storage unavailable", Err: fmt.Errorf("%s: %w", op, err)}
+}
+
+// Results of ecowatt_fota_updates_total and ecowatt_rollouts_total.
+const (
+	ResultSucceeded  = "succeeded"
+	ResultFailed     = "failed"
+	ResultRolledBack = "rolled_back"
+	ResultTimedOut   = "timed_out"
+	ResultCompleted  = "completed"
+	ResultAborted    = "aborted"
+)
+
+// metrics are the service's Prometheus collectors.
+type metrics struct {
+	chunks   prometheus.Counter
+	updates  *prometheus.CounterVec
+	rollouts *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		chunks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ecowatt_fota_chunks_sent_total",
+			Help: "Firmware chunks sent to devices, each in answer to a request naming it.",
+		}),
+		updates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ecowatt_fota_updates_total",
+			Help: "Device firmware updates ended, by result (succeeded, failed, rolled_back, timed_out).",
+		}, []string{"result"}),
+		rollouts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ecowatt_rollouts_total",
+			Help: "Rollouts ended, by result (completed, aborted).",
+		}, []string{"result"}),
+	}
+	for _, c := range []prometheus.Collector{m.chunks, m.updates, m.rollouts} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	for _, r := range []string{ResultSucceeded, ResultFailed, ResultRolledBack, ResultTimedOut} {
+		m.updates.WithLabelValues(r)
+	}
+	for _, r := range []string{ResultCompleted, ResultAborted} {
+		m.rollouts.WithLabelValues(r)
+	}
+	return m, nil
+}

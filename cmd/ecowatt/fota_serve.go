@@ -1,0 +1,66 @@
+package main
+
+import (
+	"crypto/rand"
+	"flag"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+
+	"github.com/ecowatt/ecowatt/backend"
+	"github.com/ecowatt/ecowatt/backend/fota"
+	"github.com/ecowatt/ecowatt/backend/store"
+	wire "github.com/ecowatt/ecowatt/topics/fota"
+)
+
+// fotaConfig are serve's flags for firmware updates.
+type fotaConfig struct {
+	chunkSize      int
+	updateTimeout  time.Duration
+	manifestResend time.Duration
+	sweep          time.Duration
+	leaseTTL       time.Duration
+}
+
+func (c *fotaConfig) register(fs *flag.FlagSet) {
+	fs.IntVar(&c.chunkSize, "chunk-size", wire.DefaultChunkSize, "firmware chunk size in bytes of manifests the server builds (1024-32768)")
+	fs.DurationVar(&c.updateTimeout, "fota-update-timeout", fota.DefaultUpdateTimeout, "a device update without progress for this long fails (timed_out)")
+	fs.DurationVar(&c.manifestResend, "fota-manifest-resend", fota.DefaultManifestResend, "a device update without progress for this long gets its manifest again")
+	fs.DurationVar(&c.sweep, "fota-sweep", fota.DefaultSweepInterval, "how often rollouts advance and stalled updates are looked for")
+	fs.DurationVar(&c.leaseTTL, "fota-lease", fota.DefaultLeaseTTL, "lifetime of the Redis lease that makes one replica advance rollouts")
+}
+
+// newFOTA loads (or on first start creates) the firmware-signing key in
+// dataDir and builds the FOTA service on svc with its handlers attached.
+func newFOTA(c fotaConfig, dataDir string, rdb redis.UniversalClient, prefix, replica string, svc *backend.Service, log zerolog.Logger, reg prometheus.Registerer) (*fota.Service, error) {
+	if c.chunkSize < wire.MinChunkSize || c.chunkSize > wire.MaxChunkSize {
+		return nil, usageError{fmt.Sprintf("--chunk-size %d: want %d-%d bytes", c.chunkSize, wire.MinChunkSize, wire.MaxChunkSize)}
+	}
+	key, created, err := fota.LoadOrCreateKey(dataDir, rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		log.Warn().Str("private", filepath.Join(dataDir, wire.PrivateKeyFile)).Str("public", filepath.Join(dataDir, wire.PublicKeyFile)).
+			Msg("generated a firmware-signing key pair; give devices the public key (ecowatt fota pubkey) and back up the private key")
+	}
+	keys, err := store.NewKeys(prefix)
+	if err != nil {
+		return nil, fmt.Errorf("fota: %w", err)
+	}
+	f, err := fota.New(fota.Config{
+		Redis: rdb, Keys: keys, Fleet: svc, Key: key, Reg: reg, Replica: replica,
+		Logger:    log.With().Str("component", "fota").Logger(),
+		ChunkSize: c.chunkSize, UpdateTimeout: c.updateTimeout, ManifestResend: c.manifestResend,
+		SweepInterval: c.sweep, LeaseTTL: c.leaseTTL,
+	})
+	if err != nil {
+		return nil, err
+	}
+	f.Attach()
+	return f, nil
+}

@@ -1,0 +1,30 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+
+	wire "github.com/ecowatt/ecowatt/topics/fota"
+)
+
+func runKeys(_ context.Context, e env, args []string) error {
+	if len(args) == 0 || args[0] != "gen" {
+		return usageError{"usage: ecowatt keys gen --out DIR"}
+	}
+	fs := newFlags(e, "keys gen", "keys gen --out DIR")
+	out := fs.String("out", "keys", "directory for "+wire.PrivateKeyFile+" and "+wire.PublicKeyFile)
+	if _, err := parseFlags(fs, e, args[1:]); err != nil {
+		return err
+	}
+	_, priv, err := wire.GenerateKey(rand.Reader)
+	if err != nil {
+		return fmt.Errorf("keys gen: %w", err)
+	}
+	privPath, pubPath, err := wire.WriteKeyPair(*out, priv)
+	if err != nil {
+		return fmt.Errorf("keys gen: %w", err)
+	}
+	fmt.Fprintf(e.stdout, "wrote the Ed25519 firmware-signing key %s (keep it private; a server uses it from --data-dir)\nand its public key %s (give it to devices: devicesim --fota-pubkey)\n", privPath, pubPath)
+	return nil
+}

@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/ecowatt/ecowatt/backend"
+	"github.com/ecowatt/ecowatt/backend/lease"
+	"github.com/ecowatt/ecowatt/backend/mqttbus"
+	"github.com/ecowatt/ecowatt/broker"
+	"github.com/ecowatt/ecowatt/broker/authhttp"
+)
+
+// scaleConfig are serve's flags for running as one of several replicas
+// behind an external broker.
+type scaleConfig struct {
+	brokerURL, brokerUser, brokerPassword, brokerCA string
+	replicaID                                       string
+}
+
+func (c *scaleConfig) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.brokerURL, "broker-url", "", "external MQTT broker (tcp://, ssl://, ws://, wss://); set: no embedded broker, the backend joins the shared subscription and serves /mqtt/ auth callbacks")
+	fs.StringVar(&c.brokerUser, "broker-user", "", "the replicas' account on the external broker (a superuser for the /mqtt/ auth callbacks)")
+	fs.StringVar(&c.brokerPassword, "broker-password", "", "password of --broker-user")
+	fs.StringVar(&c.brokerCA, "broker-ca", "", "PEM CA bundle to verify the external broker's TLS certificate")
+	fs.StringVar(&c.replicaID, "replica-id", "", "this replica's identity in logs, /metrics and leases (default: host name and a random suffix)")
+}
+
+// replicaIdentity returns the configured replica ID or a generated one.
+func (c *scaleConfig) replicaIdentity() (string, error) {
+	if c.replicaID == "" {
+		return lease.ReplicaID(rand.Reader), nil
+	}
+	if strings.ContainsAny(c.replicaID, " \t\n/+#") || len(c.replicaID) > 128 {
+		return "", usageError{fmt.Sprintf("--replica-id %q: no spaces, '/', '+' or '#', at most 128 characters", c.replicaID)}
+	}
+	return c.replicaID, nil
+}
+
+// replicaInfo is ecowatt_replica_info{replica="..."} 1.
+func replicaInfo(reg prometheus.Registerer, replica string) error {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "ecowatt_replica_info",
+		Help:        "Identity of this backend replica (always 1).",
+		ConstLabels: prometheus.Labels{"replica": replica},
+	})
+	g.Set(1)
+	if err := reg.Register(g); err != nil {
+		return fmt.Errorf("register replica info: %w", err)
+	}
+	return nil
+}
+
+// messaging is serve's broker side: the embedded mochi broker, or an
+// external broker reached through mqttbus.
+type messaging struct {
+	brk  *broker.Server // embedded mode
+	ext  *mqttbus.Bus   // external mode
+	url  string         // external mode
+	auth http.Handler   // external mode: the broker's auth/ACL callbacks
+}
+
+// newMessaging builds the broker side. svc is filled in later (the
+// backend needs the bus first); the callbacks only run after serving.
+func newMessaging(ctx context.Context, c serveConfig, replica string, svc **backend.Service, log zerolog.Logger, reg prometheus.Registerer) (*messaging, error) {
+	onReject := func(r broker.Rejection) { (*svc).SecurityEvent(context.Background(), r.Username, r.Reason, r.Detail) }
+	if c.scale.brokerURL == "" {
+		brk, err := broker.New(broker.Config{
+			MQTTAddr:   c.mqttAddr,
+			MQTTSAddr:  c.mqttsAddr,
+			TLSCert:    c.tlsCert,
+			TLSKey:     c.tlsKey,
+			WSAddr:     c.wsAddr,
+			Devices:    deviceAuth{svc},
+			Operators:  operatorAuth{svc},
+			OnReject:   onReject,
+			Logger:     log.With().Str("component", "broker").Logger(),
+			Registerer: reg,
+		})
+		if err != nil {
+			return nil, err
+		}
+		return &messaging{brk: brk}, nil
+	}
+	if (c.scale.brokerUser == "") != (c.scale.brokerPassword == "") {
+		return nil, usageError{"--broker-user and --broker-password go together"}
+	}
+	auth, err := authhttp.Handler(authhttp.Config{
+		Auth:      broker.Authenticator{Devices: deviceAuth{svc}, Operators: operatorAuth{svc}},
+		Roles:     operatorRoles{svc},
+		Superuser: c.scale.brokerUser, SuperuserPassword: c.scale.brokerPassword,
+		OnReject: onReject,
+		Logger:   log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	bus, err := mqttbus.Dial(ctx, mqttbus.Config{
+		URL:      c.scale.brokerURL,
+		Username: c.scale.brokerUser,
+		Password: c.scale.brokerPassword,
+		CAFile:   c.scale.brokerCA,
+		ClientID: "ecowatt-" + replica,
+		Logger:   log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	log.Info().Str("broker", c.scale.brokerURL).Msg("external broker mode: no embedded broker; auth callbacks under /mqtt/")
+	return &messaging{ext: bus, url: c.scale.brokerURL, auth: auth}, nil
+}
+
+func (m *messaging) bus() backend.Bus {
+	if m.ext != nil {
+		return m.ext
+	}
+	return brokerBus{m.brk}
+}
+
+// start opens the embedded broker's listeners.
+func (m *messaging) start() error {
+	if m.brk != nil {
+		return m.brk.Start()
+	}
+	return nil
+}
+
+func (m *messaging) ready() error {
+	switch {
+	case m.ext != nil && !m.ext.Connected():
+		return errors.New("external broker not connected")
+	case m.brk != nil && !m.brk.Listening():
+		return errors.New("broker not listening")
+	}
+	return nil
+}
+
+func (m *messaging) close() error {
+	if m.ext != nil {
+		return m.ext.Close()
+	}
+	return m.brk.Close()
+}
+
+// addrs are the MQTT addresses for the ready file and the log.
+func (m *messaging) addrs() map[string]string {
+	if m.ext != nil {
+		return map[string]string{"broker": m.url}
+	}
+	a := map[string]string{"mqtt": m.brk.Addr().String()}
+	if t := m.brk.TLSAddr(); t != nil {
+		a["mqtts"] = t.String()
+	}
+	return a
+}
+
+// deviceURL is where in-process demo devices connect.
+func (m *messaging) deviceURL() string {
+	if m.ext != nil {
+		return m.url
+	}
+	return "tcp://" + loopback(m.brk.Addr())
+}
+
+// handler adds the external broker's auth callbacks (under /mqtt/) to api.
+func (m *messaging) handler(api http.Handler) http.Handler {
+	if m.auth == nil {
+		return api
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/mqtt/", m.auth)
+	mux.Handle("/", api)
+	return mux
+}
+
+// operatorRoles adapts the backend to authhttp.Roles.
+type operatorRoles struct{ svc **backend.Service }
+
+func (r operatorRoles) OperatorRole(ctx context.Context, name string) (broker.Role, error) {
+	role, err := (*r.svc).OperatorRole(ctx, name)
+	if errors.Is(err, backend.ErrNotFound) || backend.ErrorCode(err) == backend.CodeNotFound {
+		return "", fmt.Errorf("%w: %s", broker.ErrUnknownOperator, name)
+	}
+	return broker.Role(role), err
+}
