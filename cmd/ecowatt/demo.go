@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -98,10 +99,13 @@ func (d demoFleet) run(ctx context.Context) error {
 }
 
 // demoSetup gives demo devices every feature, sampling every 5 s and
-// uploading every 15 s (the simulator defaults).
-func demoSetup(d *devicesim.Device) error {
-	_, err := devicesim.AttachFeatures(d, devicesim.FeatureOptions{})
-	return err
+// uploading every 15 s (the simulator defaults), and the server's
+// firmware-signing public key so that rollouts work from the dashboard.
+func demoSetup(pub ed25519.PublicKey) func(*devicesim.Device) error {
+	return func(d *devicesim.Device) error {
+		_, err := devicesim.AttachFeatures(d, devicesim.FeatureOptions{FOTA: devicesim.FOTAOptions{PublicKey: pub}})
+		return err
+	}
 }
 
 // loopback turns a listener address such as [::]:1883 into one a local

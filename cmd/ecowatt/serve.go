@@ -40,7 +40,7 @@ type serveConfig struct {
 	cmd                                   commandConfig
 	fota                                  fotaConfig
 	scale                                 scaleConfig
-	configSweep                           time.Duration
+	configSweep, configLease              time.Duration
 	telemetryRetention                    time.Duration
 	demo                                  int
 }
@@ -62,6 +62,7 @@ func runServe(ctx context.Context, e env, args []string) error {
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "console", "console or json")
 	fs.DurationVar(&c.configSweep, "config-sweep", 30*time.Second, "how often unacknowledged config versions are sent again to online devices")
+	fs.DurationVar(&c.configLease, "config-lease", 0, "lifetime of the Redis lease that makes one replica run the config sweep (default: 3 --config-sweep)")
 	fs.StringVar(&c.readyFile, "ready-file", "", "write the bound addresses as JSON to this file once serving (for scripts and tests)")
 	fs.DurationVar(&c.telemetryRetention, "telemetry-retention", 7*24*time.Hour, "how long telemetry batches are kept in Redis")
 	fs.IntVar(&c.demo, "demo", 0, "provision N demo devices and run them in-process (a live dashboard at once)")
@@ -152,6 +153,8 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		Logger:        log.With().Str("component", "config").Logger(),
 		Registerer:    reg,
 		SweepInterval: c.configSweep,
+		Replica:       replica,
+		LeaseTTL:      c.configLease,
 	})
 	if err != nil {
 		return err
@@ -171,7 +174,7 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		return err
 	}
 	svc.Handle(topics.KindTelemetry, tm.Ingest)
-	cmds, err := newCommands(c.cmd, rdb, c.redisPrefix, svc, log, reg)
+	cmds, err := newCommands(c.cmd, rdb, c.redisPrefix, replica, svc, log, reg)
 	if err != nil {
 		return err
 	}
@@ -221,7 +224,7 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	g.Go(func() error { return fw.Run(gctx) })
 	if c.demo > 0 {
 		demo := demoFleet{n: c.demo, svc: svc, broker: brk.deviceURL(), dataDir: c.dataDir,
-			log: log.With().Str("component", "demo").Logger(), setup: demoSetup}
+			log: log.With().Str("component", "demo").Logger(), setup: demoSetup(fw.PublicKey())}
 		g.Go(func() error { return demo.run(gctx) })
 	}
 	g.Go(func() error {
