@@ -58,7 +58,7 @@ func runServe(ctx context.Context, e env, args []string) error {
 	fs.StringVar(&c.redisPrefix, "redis-prefix", "ecowatt:", "prefix of every Redis key")
 	fs.StringVar(&c.dataDir, "data-dir", "./data", "directory for the master key (and firmware keys)")
 	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token for the HTTP API; generated and printed when empty")
-	fs.StringVar(&c.operator, "operator", "", "bootstrap MQTT operator account NAME:PASSWORD (admin role)")
+	fs.StringVar(&c.operator, "operator", "", "bootstrap MQTT operator accounts: NAME:PASSWORD[:admin|viewer], comma-separated (default role admin)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "console", "console or json")
 	fs.DurationVar(&c.configSweep, "config-sweep", 30*time.Second, "how often unacknowledged config versions are sent again to online devices")
@@ -182,12 +182,12 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	if err != nil {
 		return err
 	}
-	if c.operator != "" {
-		name, pass, ok := strings.Cut(c.operator, ":")
-		if !ok || name == "" || pass == "" {
-			return usageError{"--operator / ECOWATT_OPERATOR must be NAME:PASSWORD"}
-		}
-		if err := svc.EnsureOperator(ctx, name, pass, string(broker.RoleAdmin)); err != nil {
+	ops, err := parseOperators(c.operator)
+	if err != nil {
+		return err
+	}
+	for _, op := range ops {
+		if err := svc.EnsureOperator(ctx, op.name, op.password, op.role); err != nil {
 			return err
 		}
 	}
@@ -252,6 +252,32 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	err = g.Wait()
 	log.Info().Msg("ecowatt stopped")
 	return err
+}
+
+type operatorSpec struct{ name, password, role string }
+
+// parseOperators reads "alice:secret,bob:pw:viewer". A trailing ":admin" or
+// ":viewer" is the role; anything else after the first colon is the
+// password (which may hold colons but not commas).
+func parseOperators(s string) ([]operatorSpec, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var out []operatorSpec
+	for _, item := range strings.Split(s, ",") {
+		name, rest, ok := strings.Cut(item, ":")
+		op := operatorSpec{name: name, password: rest, role: string(broker.RoleAdmin)}
+		for _, r := range []broker.Role{broker.RoleAdmin, broker.RoleViewer} {
+			if p, found := strings.CutSuffix(rest, ":"+string(r)); found {
+				op.password, op.role = p, string(r)
+			}
+		}
+		if !ok || op.name == "" || op.password == "" {
+			return nil, usageError{"--operator / ECOWATT_OPERATOR: want NAME:PASSWORD[:admin|viewer], comma-separated"}
+		}
+		out = append(out, op)
+	}
+	return out, nil
 }
 
 // deviceAuth and operatorAuth adapt the backend to the broker's interfaces;
