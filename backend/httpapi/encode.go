@@ -76,13 +76,35 @@ func encode(w http.ResponseWriter, st int, v any) {
 // decode reads one JSON object of at most MaxBodySize bytes into v,
 // refusing unknown fields and trailing data.
 func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	body, err := readBody(w, r)
+	if err != nil {
+		return err
+	}
+	return decodeBytes(body, v)
+}
+
+// decodeOptional is decode for routes whose body may be empty (however it
+// was sent: no Content-Length, or chunked with no data); v is then left alone.
+func decodeOptional(w http.ResponseWriter, r *http.Request, v any) error {
+	body, err := readBody(w, r)
+	if err != nil || len(bytes.TrimSpace(body)) == 0 {
+		return err
+	}
+	return decodeBytes(body, v)
+}
+
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodySize))
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return backend.Errorf(backend.CodeTooLarge, "", "request body over %d bytes", MaxBodySize)
+			return nil, backend.Errorf(backend.CodeTooLarge, "", "request body over %d bytes", MaxBodySize)
 		}
-		return backend.Errorf(backend.CodeInvalid, "", "request body unreadable")
+		return nil, backend.Errorf(backend.CodeInvalid, "", "request body unreadable")
 	}
+	return body, nil
+}
+
+func decodeBytes(body []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {

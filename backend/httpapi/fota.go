@@ -201,10 +201,8 @@ func handleDeviceRollback(log zerolog.Logger, f FOTA) http.Handler {
 			Reason  string `json:"reason"`
 			Version string `json:"version"`
 		}
-		if r.ContentLength != 0 {
-			if err := decode(w, r, &req); err != nil {
-				return nil, err
-			}
+		if err := decodeOptional(w, r, &req); err != nil {
+			return nil, err
 		}
 		dev := r.PathValue("id")
 		if err := f.Rollback(r.Context(), dev, req.Reason, req.Version); err != nil {
