@@ -85,14 +85,7 @@ func (c *client) doRaw(ctx context.Context, method, path, contentType string, bo
 		return fmt.Errorf("%s %s: read response: %w", method, path, err)
 	}
 	if resp.StatusCode >= 300 {
-		var wrapped struct {
-			Error apiError `json:"error"`
-		}
-		if json.Unmarshal(raw, &wrapped) == nil && wrapped.Error.Message != "" {
-			wrapped.Error.Status = resp.StatusCode
-			return &wrapped.Error
-		}
-		return &apiError{Status: resp.StatusCode, Code: http.StatusText(resp.StatusCode), Message: strings.TrimSpace(string(raw))}
+		return parseAPIError(resp.StatusCode, raw)
 	}
 	if out == nil {
 		return nil
@@ -101,6 +94,24 @@ func (c *client) doRaw(ctx context.Context, method, path, contentType string, bo
 		return fmt.Errorf("%s %s: decode response: %w", method, path, err)
 	}
 	return nil
+}
+
+// parseAPIError turns an error response into an *apiError, verbatim.
+func parseAPIError(status int, raw []byte) error {
+	var wrapped struct {
+		Error apiError `json:"error"`
+	}
+	if json.Unmarshal(raw, &wrapped) == nil && wrapped.Error.Message != "" {
+		wrapped.Error.Status = status
+		return &wrapped.Error
+	}
+	return &apiError{Status: status, Code: http.StatusText(status), Message: strings.TrimSpace(string(raw))}
+}
+
+// decodeError reads an error response whose body was not consumed.
+func (c *client) decodeError(resp *http.Response) error {
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return parseAPIError(resp.StatusCode, raw)
 }
 
 // printJSON writes v indented.

@@ -13,7 +13,7 @@ import (
 
 func runDevice(ctx context.Context, e env, args []string) error {
 	if len(args) == 0 {
-		return usageError{"usage: ecowatt device add|list|show ..."}
+		return usageError{"usage: ecowatt device add|list|show|events ..."}
 	}
 	switch args[0] {
 	case "add":
@@ -22,8 +22,10 @@ func runDevice(ctx context.Context, e env, args []string) error {
 		return deviceList(ctx, e, args[1:])
 	case "show":
 		return deviceShow(ctx, e, args[1:])
+	case "events":
+		return deviceEvents(ctx, e, args[1:])
 	}
-	return usageError{fmt.Sprintf("unknown device subcommand %q (want add, list or show)", args[0])}
+	return usageError{fmt.Sprintf("unknown device subcommand %q (want add, list, show or events)", args[0])}
 }
 
 type provisioned struct {

@@ -42,7 +42,9 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"serve", "run broker, backend and HTTP API in one process", runServe},
-		{"device", "provision and inspect devices (add, list, show)", runDevice},
+		{"device", "provision and inspect devices (add, list, show, events)", runDevice},
+		{"telemetry", "show a device's telemetry as a table", runTelemetry},
+		{"events", "follow the live event stream (config, commands, FOTA, security, presence)", runEvents},
 		{"config", "change and inspect device configuration (set, show)", runConfig},
 		{"command", "queue and inspect device commands (send, list, show, cancel)", runCommand},
 		{"fota", "firmware updates: upload, rollout, status, rollback, sign, build-image, pubkey", runFOTA},

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -145,5 +148,45 @@ func TestTelemetryFaultsAccounted(t *testing.T) {
 			t.Errorf("%s: %d readings stored + %d reported failures != %d slots (%d samples x 3 registers)",
 				id, stored, d.Counters.ReadFailures, slots, d.Counters.Samples)
 		}
+	}
+}
+
+// TestCLIObserve: the telemetry, device events and events commands show
+// what a running fleet does.
+func TestCLIObserve(t *testing.T) {
+	s := startServer(t)
+	keys := s.provision(t, "ob", 2)
+
+	// Follow the live stream before the devices come up.
+	ctx, cancel := context.WithCancel(context.Background())
+	var stream syncBuffer
+	env := map[string]string{"ECOWATT_SERVER": s.HTTP, "ECOWATT_ADMIN_TOKEN": s.Token}
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"events", "--kind", "presence"}, func(k string) string { return env[k] }, &stream, io.Discard)
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("events: %v", err)
+		}
+	}()
+	time.Sleep(300 * time.Millisecond) // let the stream subscribe
+
+	startFleet(t, s, keys, "", fastTelemetry(inverter.Faults{}, 3))
+	eventually(t, 30*time.Second, "telemetry table", func() (bool, string) {
+		out, err := s.cli(t, "telemetry", "ob-0001", "--registers", "voltage,output_power")
+		return err == nil && strings.Contains(out, "voltage (V)") && strings.Count(out, "\n") >= 3, out
+	})
+	out, err := s.cli(t, "device", "events", "ob-0002")
+	if err != nil || !strings.Contains(out, "presence") {
+		t.Fatalf("device events: %v\n%s", err, out)
+	}
+	eventually(t, 10*time.Second, "presence events on the live stream", func() (bool, string) {
+		got := stream.String()
+		return strings.Contains(got, "ob-0001") && strings.Contains(got, "ob-0002"), got
+	})
+	if _, err := s.cli(t, "telemetry", "ob-0001", "--registers", "nope"); err == nil || !strings.Contains(err.Error(), "nope") {
+		t.Fatalf("unknown register: %v", err)
 	}
 }
