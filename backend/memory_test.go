@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ecowatt/ecowatt/backend/backendtest"
 	"github.com/ecowatt/ecowatt/backend/keyvault"
 	"github.com/ecowatt/ecowatt/backend/store"
 	"github.com/ecowatt/ecowatt/topics"
@@ -29,7 +30,7 @@ func TestZeroSetupStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bus := &memBus{}
+	bus := backendtest.Bus[Message](t)
 	s, err := New(Config{Redis: rdb, Vault: vault, Bus: bus, Logger: zerolog.New(zerolog.NewTestWriter(t)),
 		Registerer: prometheus.NewRegistry(), BcryptCost: bcrypt.MinCost, Workers: 2})
 	if err != nil {
@@ -44,9 +45,7 @@ func TestZeroSetupStore(t *testing.T) {
 			t.Error(err)
 		}
 	}()
-	for bus.numSubs() < 2 {
-		time.Sleep(5 * time.Millisecond)
-	}
+	bus.WaitSubscribed(t, 2, 5*time.Second)
 
 	psk, err := s.Provision(ctx, "m1")
 	if err != nil {
@@ -69,18 +68,18 @@ func TestZeroSetupStore(t *testing.T) {
 	}
 	topic := topics.DeviceUp("m1", topics.KindBirth)
 	birth, _ := envelope.Seal(&k, topic, 5, time.Now(), []byte(birthBody), false, nil)
-	bus.deliver(Message{Topic: topic, Payload: birth})
+	bus.Deliver(Message{Topic: topic, Payload: birth})
 	if ev := next(); ev.Kind != topics.EventPresence || ev.ID == "" {
 		t.Fatalf("birth: %+v", ev)
 	}
-	bus.deliver(Message{Topic: topic, Payload: birth})
+	bus.Deliver(Message{Topic: topic, Payload: birth})
 	if ev := next(); ev.Kind != topics.EventSecurity || !strings.Contains(string(ev.Data), ReasonReplay) {
 		t.Fatalf("replay: %+v %s", ev, ev.Data)
 	}
 	if d, _ := s.Device(ctx, "m1"); !d.Online {
 		t.Fatal("not online after birth")
 	}
-	bus.deliver(Message{Topic: topic, Payload: []byte(`{"online":false}`)})
+	bus.Deliver(Message{Topic: topic, Payload: []byte(`{"online":false}`)})
 	if ev := next(); !strings.Contains(string(ev.Data), `"online":false`) {
 		t.Fatalf("will: %s", ev.Data)
 	}

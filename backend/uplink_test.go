@@ -72,9 +72,8 @@ func TestUplinkRejections(t *testing.T) {
 					t.Errorf("a message from an unknown device created %s", k)
 				}
 			}
-			if got := h.bus.sent(topics.Event("ghost", topics.EventSecurity)); len(got) == 0 {
-				t.Error("no security event published on MQTT")
-			}
+			// Emit fans out in-process before it publishes on MQTT.
+			h.bus.WaitSent(t, topics.Event("ghost", topics.EventSecurity), 1, 2*time.Second)
 		})
 	}
 
@@ -131,11 +130,9 @@ func TestPresence(t *testing.T) {
 	if got := testGauge(t, h, "ecowatt_devices_online"); got != 1 {
 		t.Fatalf("ecowatt_devices_online = %v, want 1", got)
 	}
-	// Emit fans out in-process before it publishes on MQTT: wait a little.
-	for deadline := time.Now().Add(2 * time.Second); len(h.bus.sent(topics.Event("dev1", topics.EventPresence))) == 0 && time.Now().Before(deadline); {
-		time.Sleep(5 * time.Millisecond)
-	}
-	if pub := h.bus.sent(topics.Event("dev1", topics.EventPresence)); len(pub) != 1 {
+	// Emit fans out in-process before it publishes on MQTT: wait for it.
+	h.bus.WaitSent(t, topics.Event("dev1", topics.EventPresence), 1, 2*time.Second)
+	if pub := h.bus.Sent(topics.Event("dev1", topics.EventPresence)); len(pub) != 1 {
 		t.Fatalf("%d presence events published on MQTT, want 1", len(pub))
 	}
 
@@ -155,7 +152,7 @@ func TestPresence(t *testing.T) {
 	})
 	t.Run("will of an unknown device changes nothing", func(t *testing.T) {
 		h := h.with(t)
-		h.bus.deliver(Message{Topic: topics.DeviceUp("ghost", topics.KindBirth), Payload: []byte(`{"online":false}`)})
+		h.bus.Deliver(Message{Topic: topics.DeviceUp("ghost", topics.KindBirth), Payload: []byte(`{"online":false}`)})
 		// A later message on the same shard proves the will was processed.
 		h.birth(k, "dev1", 2, birthBody)
 		after := h.snapshot()
@@ -194,7 +191,7 @@ func TestHandlersAndOps(t *testing.T) {
 		return nil
 	})
 	topic := topics.DeviceUp("d1", topics.KindTelemetry)
-	h.bus.deliver(Message{Topic: topic, Payload: h.seal(k, topic, 1, `{"v":1}`), Username: "d1"})
+	h.bus.Deliver(Message{Topic: topic, Payload: h.seal(k, topic, 1, `{"v":1}`), Username: "d1"})
 	select {
 	case s := <-got:
 		if s != `d1 {"v":1}` {
@@ -232,7 +229,7 @@ func TestSend(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	msgs := h.bus.sent(topics.DeviceDown("d1", topics.KindConfig))
+	msgs := h.bus.Sent(topics.DeviceDown("d1", topics.KindConfig))
 	if len(msgs) != 3 {
 		t.Fatalf("%d messages sent, want 3", len(msgs))
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/ecowatt/ecowatt/backend/backendtest"
 	"github.com/ecowatt/ecowatt/backend/keyvault"
 	"github.com/ecowatt/ecowatt/backend/redistest"
 	"github.com/ecowatt/ecowatt/topics/envelope"
@@ -35,7 +36,7 @@ func TestReplayScriptMatchesWindow(t *testing.T) {
 func testWindowEquivalence(t *testing.T, rdb redis.UniversalClient, prefix string, seqs, steps int) {
 	master := make([]byte, keyvault.KeySize)
 	vault, _ := keyvault.New(master, crand.Reader)
-	s, err := New(Config{Redis: rdb, Prefix: prefix, Vault: vault, Bus: &memBus{}, Logger: zerolog.Nop(), BcryptCost: bcrypt.MinCost})
+	s, err := New(Config{Redis: rdb, Prefix: prefix, Vault: vault, Bus: backendtest.Bus[Message](t), Logger: zerolog.Nop(), BcryptCost: bcrypt.MinCost})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,17 +1,13 @@
 package commands
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/json"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/ecowatt/ecowatt/backend"
-	"github.com/ecowatt/ecowatt/backend/keyvault"
+	"github.com/ecowatt/ecowatt/backend/backendtest"
 	"github.com/ecowatt/ecowatt/backend/redistest"
 	"github.com/ecowatt/ecowatt/backend/store"
 	"github.com/ecowatt/ecowatt/topics"
@@ -22,120 +18,30 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-// memBus is an in-memory MQTT fan-out that records what is published.
-type memBus struct {
-	mu        sync.Mutex // guards subs and published
-	subs      []memSub
-	published []backend.Message
-}
-
-type memSub struct {
-	filter string
-	h      func(backend.Message)
-}
-
-func (b *memBus) Publish(_ context.Context, topic string, payload []byte, _ byte) error {
-	b.mu.Lock()
-	b.published = append(b.published, backend.Message{Topic: topic, Payload: bytes.Clone(payload)})
-	var hs []func(backend.Message)
-	for _, s := range b.subs {
-		if match(s.filter, topic) {
-			hs = append(hs, s.h)
-		}
-	}
-	b.mu.Unlock()
-	for _, h := range hs {
-		h(backend.Message{Topic: topic, Payload: payload})
-	}
-	return nil
-}
-
-func (b *memBus) Subscribe(filter string, h func(backend.Message)) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.subs = append(b.subs, memSub{filter, h})
-	return nil
-}
-
-func (b *memBus) numSubs() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return len(b.subs)
-}
-
-// sent returns the published messages whose topic starts with prefix.
-func (b *memBus) sent(prefix string) []backend.Message {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []backend.Message
-	for _, m := range b.published {
-		if strings.HasPrefix(m.Topic, prefix) {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
-func match(filter, topic string) bool {
-	f, t := strings.Split(filter, "/"), strings.Split(topic, "/")
-	for i, p := range f {
-		if p == "#" {
-			return true
-		}
-		if i >= len(t) || (p != "+" && p != t[i]) {
-			return false
-		}
-	}
-	return len(f) == len(t)
-}
-
-// fakeClock is the injected clock.
-type fakeClock struct {
-	mu sync.Mutex // guards t
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 type harness struct {
 	t      *testing.T
 	ctx    context.Context
 	rdb    redis.UniversalClient
 	prefix string
-	bus    *memBus
+	bus    *backendtest.TestBus[backend.Message]
 	fleet  *backend.Service
 	svc    *Service
-	clk    *fakeClock
+	clk    *backendtest.Clock
 	keys   map[string]envelope.Keys
 	cfg    Config
 }
 
-// newHarness builds a backend on the test Redis and an in-memory bus, and
+// newHarness builds a backend on the test Redis and a real broker, and
 // a commands Service on a fake clock (not running: tests drive deliver and
 // sweep themselves unless they call run).
 func newHarness(t *testing.T) *harness {
 	t.Helper()
 	rdb, prefix := redistest.Client(t)
-	master := make([]byte, keyvault.KeySize)
-	rand.Read(master)
-	vault, err := keyvault.New(master, rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &harness{t: t, ctx: context.Background(), rdb: rdb, prefix: prefix, bus: &memBus{},
-		clk: &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}, keys: map[string]envelope.Keys{}}
+	var err error
+	h := &harness{t: t, ctx: context.Background(), rdb: rdb, prefix: prefix, bus: backendtest.Bus[backend.Message](t),
+		clk: backendtest.NewClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)), keys: map[string]envelope.Keys{}}
 	h.fleet, err = backend.New(backend.Config{
-		Redis: rdb, Prefix: prefix, Vault: vault, Bus: h.bus,
+		Redis: rdb, Prefix: prefix, Vault: backendtest.Vault(t), Bus: h.bus,
 		Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), BcryptCost: bcrypt.MinCost,
 	})
 	if err != nil {
@@ -249,7 +155,7 @@ func (h *harness) downlinks(dev string) []topics.Command {
 	h.t.Helper()
 	k := h.keys[dev]
 	var out []topics.Command
-	for _, m := range h.bus.sent(topics.DeviceDown(dev, topics.KindCommand)) {
+	for _, m := range h.bus.Sent(topics.DeviceDown(dev, topics.KindCommand)) {
 		msg, err := envelope.Open(&k, m.Topic, m.Payload)
 		if err != nil {
 			h.t.Fatal(err)
@@ -266,7 +172,7 @@ func (h *harness) downlinks(dev string) []topics.Command {
 // events returns the command events published for dev, decoded.
 func (h *harness) events(dev string) []map[string]any {
 	var out []map[string]any
-	for _, m := range h.bus.sent(topics.Event(dev, topics.EventCommand)) {
+	for _, m := range h.bus.Sent(topics.Event(dev, topics.EventCommand)) {
 		var ev backend.Event
 		json.Unmarshal(m.Payload, &ev)
 		var d map[string]any
@@ -276,36 +182,15 @@ func (h *harness) events(dev string) []map[string]any {
 	return out
 }
 
-// snapshot dumps every key under the test prefix except audit streams.
+// snapshot dumps every key under the test prefix.
 func (h *harness) snapshot() map[string]string {
 	h.t.Helper()
-	out := map[string]string{}
-	for _, k := range redistest.Keys(h.t, h.rdb, h.prefix) {
-		if strings.HasSuffix(k, ":audit") || strings.HasSuffix(k, "security") {
-			continue
-		}
-		v, err := h.rdb.Dump(h.ctx, k).Result()
-		if err != nil {
-			h.t.Fatalf("dump %s: %v", k, err)
-		}
-		out[k] = v
-	}
-	return out
+	return backendtest.Snapshot(h.t, h.rdb, h.prefix)
 }
 
+// assertUnchanged checks that no key but the audit and security logs
+// changed since before.
 func (h *harness) assertUnchanged(t *testing.T, before map[string]string) {
 	t.Helper()
-	after := h.snapshot()
-	for k, v := range after {
-		if bv, ok := before[k]; !ok {
-			t.Errorf("key %s was created", k)
-		} else if bv != v {
-			t.Errorf("key %s changed", k)
-		}
-	}
-	for k := range before {
-		if _, ok := after[k]; !ok {
-			t.Errorf("key %s was deleted", k)
-		}
-	}
+	backendtest.AssertUnchanged(t, h.rdb, h.prefix, before, ":audit", h.svc.keys.Security())
 }

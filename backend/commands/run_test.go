@@ -108,21 +108,12 @@ func TestOpsOverBus(t *testing.T) {
 	h.svc.Attach()
 	h.run("backend run", h.fleet.Run)
 	h.run("commands run", h.svc.Run)
-	deadline := time.Now().Add(5 * time.Second)
-	for h.bus.numSubs() < 2 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
+	h.bus.WaitSubscribed(t, 2, 5*time.Second)
+	h.bus.Deliver(backend.Message{Topic: topics.Ops("dev-1", topics.KindCommand), Payload: []byte(`{"action":"read_register","target_register":"export_power","request_id":"q1"}`)})
+	h.bus.WaitSent(t, topics.DeviceDown("dev-1", topics.KindCommand), 1, 5*time.Second)
+	if d := h.downlinks("dev-1"); len(d) != 1 || d[0].Action != topics.ActionReadRegister || d[0].TargetRegister != "export_power" {
+		t.Fatalf("downlinks %+v, want one read_register of export_power", d)
 	}
-	h.bus.Publish(h.ctx, topics.Ops("dev-1", topics.KindCommand), []byte(`{"action":"read_register","target_register":"export_power","request_id":"q1"}`), 1)
-	for time.Now().Before(deadline) {
-		if d := h.downlinks("dev-1"); len(d) == 1 {
-			if d[0].Action != topics.ActionReadRegister || d[0].TargetRegister != "export_power" {
-				t.Fatalf("downlink %+v", d[0])
-			}
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatal("ops command not delivered")
 }
 
 func waitState(t *testing.T, s *Service, cid, want string) {

@@ -1,17 +1,13 @@
 package config
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/json"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/ecowatt/ecowatt/backend"
-	"github.com/ecowatt/ecowatt/backend/keyvault"
+	"github.com/ecowatt/ecowatt/backend/backendtest"
 	"github.com/ecowatt/ecowatt/backend/redistest"
 	"github.com/ecowatt/ecowatt/topics"
 	"github.com/ecowatt/ecowatt/topics/envelope"
@@ -20,105 +16,15 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-// memBus is an in-memory MQTT fan-out that records what is published.
-type memBus struct {
-	mu        sync.Mutex // guards subs and published
-	subs      []memSub
-	published []backend.Message
-}
-
-type memSub struct {
-	filter string
-	h      func(backend.Message)
-}
-
-func (b *memBus) Publish(_ context.Context, topic string, payload []byte, _ byte) error {
-	b.mu.Lock()
-	b.published = append(b.published, backend.Message{Topic: topic, Payload: bytes.Clone(payload)})
-	b.mu.Unlock()
-	b.deliver(backend.Message{Topic: topic, Payload: payload})
-	return nil
-}
-
-func (b *memBus) Subscribe(filter string, h func(backend.Message)) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.subs = append(b.subs, memSub{filter, h})
-	return nil
-}
-
-func (b *memBus) deliver(m backend.Message) {
-	b.mu.Lock()
-	var hs []func(backend.Message)
-	for _, s := range b.subs {
-		if match(s.filter, m.Topic) {
-			hs = append(hs, s.h)
-		}
-	}
-	b.mu.Unlock()
-	for _, h := range hs {
-		h(m)
-	}
-}
-
-func (b *memBus) sent(topic string) []backend.Message {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []backend.Message
-	for _, m := range b.published {
-		if m.Topic == topic {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
-func (b *memBus) numSubs() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return len(b.subs)
-}
-
-func match(filter, topic string) bool {
-	f, t := strings.Split(filter, "/"), strings.Split(topic, "/")
-	for i, p := range f {
-		if p == "#" {
-			return true
-		}
-		if i >= len(t) || (p != "+" && p != t[i]) {
-			return false
-		}
-	}
-	return len(f) == len(t)
-}
-
-// fakeClock is a settable time source.
-type fakeClock struct {
-	mu sync.Mutex // guards t
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 type harness struct {
 	t      *testing.T
 	ctx    context.Context
 	b      *backend.Service
 	s      *Service
-	bus    *memBus
+	bus    *backendtest.TestBus[backend.Message]
 	rdb    redis.UniversalClient
 	prefix string
-	clock  *fakeClock
+	clock  *backendtest.Clock
 	keys   map[string]*envelope.Keys
 	nonce  map[string]uint64
 }
@@ -126,17 +32,12 @@ type harness struct {
 func newHarness(t *testing.T) *harness {
 	t.Helper()
 	rdb, prefix := redistest.Client(t)
-	master := make([]byte, keyvault.KeySize)
-	rand.Read(master)
-	vault, err := keyvault.New(master, rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &harness{t: t, ctx: context.Background(), bus: &memBus{}, rdb: rdb, prefix: prefix,
-		clock: &fakeClock{t: time.Now()}, keys: map[string]*envelope.Keys{}, nonce: map[string]uint64{}}
+	var err error
+	h := &harness{t: t, ctx: context.Background(), bus: backendtest.Bus[backend.Message](t), rdb: rdb, prefix: prefix,
+		clock: backendtest.NewClock(time.Now()), keys: map[string]*envelope.Keys{}, nonce: map[string]uint64{}}
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 	h.b, err = backend.New(backend.Config{
-		Redis: rdb, Prefix: prefix, Vault: vault, Bus: h.bus, Logger: log,
+		Redis: rdb, Prefix: prefix, Vault: backendtest.Vault(t), Bus: h.bus, Logger: log,
 		BcryptCost: bcrypt.MinCost, Workers: 2, Now: h.clock.Now,
 	})
 	if err != nil {
@@ -157,12 +58,7 @@ func newHarness(t *testing.T) *harness {
 			t.Error("backend Run did not return")
 		}
 	})
-	for deadline := time.Now().Add(5 * time.Second); h.bus.numSubs() < 2; {
-		if time.Now().After(deadline) {
-			t.Fatal("backend did not subscribe")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	h.bus.WaitSubscribed(t, 2, 5*time.Second)
 	return h
 }
 
@@ -199,7 +95,7 @@ func (h *harness) uplink(dev, kind string, body any, eventKind string) backend.E
 	}
 	ch, cancel := h.b.SubscribeEvents(backend.EventFilter{Device: dev, Kind: eventKind})
 	defer cancel()
-	h.bus.deliver(backend.Message{Topic: topic, Payload: env, Username: dev})
+	h.bus.Deliver(backend.Message{Topic: topic, Payload: env, Username: dev})
 	select {
 	case ev := <-ch:
 		return ev
@@ -214,7 +110,7 @@ func (h *harness) ops(dev, operator, body string) map[string]any {
 	h.t.Helper()
 	ch, cancel := h.b.SubscribeEvents(backend.EventFilter{Device: dev, Kind: topics.EventConfig})
 	defer cancel()
-	h.bus.deliver(backend.Message{Topic: topics.Ops(dev, topics.KindConfig), Payload: []byte(body), Username: operator})
+	h.bus.Deliver(backend.Message{Topic: topics.Ops(dev, topics.KindConfig), Payload: []byte(body), Username: operator})
 	select {
 	case ev := <-ch:
 		var m map[string]any
@@ -239,7 +135,7 @@ func (h *harness) downlinks(dev string) []topics.ConfigUpdate {
 	h.t.Helper()
 	topic := topics.DeviceDown(dev, topics.KindConfig)
 	var out []topics.ConfigUpdate
-	for _, m := range h.bus.sent(topic) {
+	for _, m := range h.bus.Sent(topic) {
 		msg, err := envelope.Open(h.keys[dev], topic, m.Payload)
 		if err != nil {
 			h.t.Fatalf("open downlink: %v", err)
@@ -272,39 +168,17 @@ func (h *harness) get(dev string) State {
 	return st
 }
 
-// snapshot dumps every key under the prefix except the audit and security
-// logs.
+// snapshot dumps every key under the test prefix.
 func (h *harness) snapshot() map[string]string {
 	h.t.Helper()
-	out := map[string]string{}
-	for _, k := range redistest.Keys(h.t, h.rdb, h.prefix) {
-		if strings.HasSuffix(k, ":audit") || strings.HasSuffix(k, "security") {
-			continue
-		}
-		v, err := h.rdb.Dump(h.ctx, k).Result()
-		if err != nil {
-			h.t.Fatalf("dump %s: %v", k, err)
-		}
-		out[k] = v
-	}
-	return out
+	return backendtest.Snapshot(h.t, h.rdb, h.prefix)
 }
 
+// assertUnchanged checks that no key but the audit and security logs
+// changed since before.
 func (h *harness) assertUnchanged(t *testing.T, before map[string]string) {
 	t.Helper()
-	after := h.snapshot()
-	for k, v := range after {
-		if bv, ok := before[k]; !ok {
-			t.Errorf("key %s was created", k)
-		} else if bv != v {
-			t.Errorf("key %s changed", k)
-		}
-	}
-	for k := range before {
-		if _, ok := after[k]; !ok {
-			t.Errorf("key %s was deleted", k)
-		}
-	}
+	backendtest.AssertUnchanged(t, h.rdb, h.prefix, before, ":audit", h.s.keys.Security())
 }
 
 func ackBody(a topics.ConfigAck) topics.ConfigAckBody { return topics.ConfigAckBody{ConfigAck: &a} }
@@ -312,15 +186,6 @@ func ackBody(a topics.ConfigAck) topics.ConfigAckBody { return topics.ConfigAckB
 // waitDownlinks waits until n config messages have been sent to dev.
 func (h *harness) waitDownlinks(dev string, n int) []topics.ConfigUpdate {
 	h.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		ups := h.downlinks(dev)
-		if len(ups) >= n {
-			return ups
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("%d config messages sent to %s, want %d", len(ups), dev, n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	h.bus.WaitSent(h.t, topics.DeviceDown(dev, topics.KindConfig), n, 5*time.Second)
+	return h.downlinks(dev)
 }

@@ -105,7 +105,7 @@ func TestStatusTracking(t *testing.T) {
 	if _, err := h.svc.StartUpdate(h.ctx, "d1", "1.0.4", ""); err != nil {
 		t.Fatal(err)
 	}
-	h.bus.reset()
+	h.bus.Reset()
 	for i := 0; i <= 100; i++ {
 		h.status("d1", wire.Status{Version: "1.0.4", State: wire.StateDownloading, ChunkReceived: i, TotalChunks: 100, Running: "1.0.0"})
 	}
@@ -217,7 +217,7 @@ func TestRollback(t *testing.T) {
 		t.Fatal(err)
 	}
 	k := h.keys["d1"]
-	sent := h.bus.sent("ecowatt/v1/dev/d1/down/rollback")
+	sent := h.bus.Sent("ecowatt/v1/dev/d1/down/rollback")
 	if len(sent) != 1 {
 		t.Fatalf("%d rollback messages", len(sent))
 	}

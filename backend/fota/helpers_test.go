@@ -1,18 +1,16 @@
 package fota
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/ecowatt/ecowatt/backend"
-	"github.com/ecowatt/ecowatt/backend/keyvault"
+	"github.com/ecowatt/ecowatt/backend/backendtest"
 	"github.com/ecowatt/ecowatt/backend/redistest"
 	"github.com/ecowatt/ecowatt/backend/store"
 	"github.com/ecowatt/ecowatt/topics"
@@ -24,87 +22,30 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-// memBus is an in-memory MQTT bus that records what is published.
-type memBus struct {
-	mu        sync.Mutex // guards published
-	published []backend.Message
-}
-
-func (b *memBus) Publish(_ context.Context, topic string, payload []byte, _ byte) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.published = append(b.published, backend.Message{Topic: topic, Payload: bytes.Clone(payload)})
-	return nil
-}
-
-func (b *memBus) Subscribe(string, func(backend.Message)) error { return nil }
-
-// sent returns the published messages on topic.
-func (b *memBus) sent(topic string) []backend.Message {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []backend.Message
-	for _, m := range b.published {
-		if m.Topic == topic {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
-func (b *memBus) reset() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.published = nil
-}
-
-// fakeClock is the injected clock.
-type fakeClock struct {
-	mu sync.Mutex // guards t
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 type harness struct {
 	t      *testing.T
 	ctx    context.Context
 	rdb    redis.UniversalClient
 	prefix string
-	bus    *memBus
+	bus    *backendtest.TestBus[backend.Message]
 	fleet  *backend.Service
 	svc    *Service
-	clk    *fakeClock
+	clk    *backendtest.Clock
 	key    ed25519.PrivateKey
 	keys   map[string]envelope.Keys
 	cfg    Config
 }
 
-// newHarness builds a backend on the test Redis and an in-memory bus and a
+// newHarness builds a backend on the test Redis and a real broker and a
 // FOTA service on a fake clock; tests drive Tick themselves.
 func newHarness(t *testing.T) *harness {
 	t.Helper()
 	rdb, prefix := redistest.Client(t)
-	master := make([]byte, keyvault.KeySize)
-	rand.Read(master)
-	vault, err := keyvault.New(master, rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &harness{t: t, ctx: context.Background(), rdb: rdb, prefix: prefix, bus: &memBus{},
-		clk: &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}, keys: map[string]envelope.Keys{}}
+	var err error
+	h := &harness{t: t, ctx: context.Background(), rdb: rdb, prefix: prefix, bus: backendtest.Bus[backend.Message](t),
+		clk: backendtest.NewClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)), keys: map[string]envelope.Keys{}}
 	h.fleet, err = backend.New(backend.Config{
-		Redis: rdb, Prefix: prefix, Vault: vault, Bus: h.bus, Now: h.clk.Now,
+		Redis: rdb, Prefix: prefix, Vault: backendtest.Vault(t), Bus: h.bus, Now: h.clk.Now,
 		Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), BcryptCost: bcrypt.MinCost,
 	})
 	if err != nil {
@@ -182,7 +123,7 @@ func (h *harness) manifests(dev string) []wire.Manifest {
 	h.t.Helper()
 	k := h.keys[dev]
 	var out []wire.Manifest
-	for _, m := range h.bus.sent(topics.DeviceDown(dev, topics.KindFOTAManifest)) {
+	for _, m := range h.bus.Sent(topics.DeviceDown(dev, topics.KindFOTAManifest)) {
 		msg, err := envelope.Open(&k, m.Topic, m.Payload)
 		if err != nil {
 			h.t.Fatal(err)
@@ -201,7 +142,7 @@ func (h *harness) chunks(dev string) []wire.Chunk {
 	h.t.Helper()
 	k := h.keys[dev]
 	var out []wire.Chunk
-	for _, m := range h.bus.sent(topics.DeviceDown(dev, topics.KindFOTAChunk)) {
+	for _, m := range h.bus.Sent(topics.DeviceDown(dev, topics.KindFOTAChunk)) {
 		msg, err := envelope.OpenBinary(&k, m.Topic, m.Payload)
 		if err != nil {
 			h.t.Fatal(err)
@@ -218,7 +159,7 @@ func (h *harness) chunks(dev string) []wire.Chunk {
 // events returns the FOTA events published for dev, decoded.
 func (h *harness) events(dev string) []map[string]any {
 	var out []map[string]any
-	for _, m := range h.bus.sent(topics.Event(dev, topics.EventFOTA)) {
+	for _, m := range h.bus.Sent(topics.Event(dev, topics.EventFOTA)) {
 		var ev backend.Event
 		json.Unmarshal(m.Payload, &ev)
 		var d map[string]any
@@ -247,38 +188,17 @@ func (h *harness) tick(s *Service) bool {
 	return ok
 }
 
-// snapshot dumps every key under the test prefix except audit streams.
+// snapshot dumps every key under the test prefix.
 func (h *harness) snapshot() map[string]string {
 	h.t.Helper()
-	out := map[string]string{}
-	for _, k := range redistest.Keys(h.t, h.rdb, h.prefix) {
-		if strings.HasSuffix(k, ":audit") || strings.HasSuffix(k, "security") {
-			continue
-		}
-		v, err := h.rdb.Dump(h.ctx, k).Result()
-		if err != nil {
-			h.t.Fatalf("dump %s: %v", k, err)
-		}
-		out[k] = v
-	}
-	return out
+	return backendtest.Snapshot(h.t, h.rdb, h.prefix)
 }
 
+// assertUnchanged checks that no key but the audit and security logs
+// changed since before.
 func (h *harness) assertUnchanged(t *testing.T, before map[string]string) {
 	t.Helper()
-	after := h.snapshot()
-	for k, v := range after {
-		if bv, ok := before[k]; !ok {
-			t.Errorf("key %s was created", k)
-		} else if bv != v {
-			t.Errorf("key %s changed", k)
-		}
-	}
-	for k := range before {
-		if _, ok := after[k]; !ok {
-			t.Errorf("key %s was deleted", k)
-		}
-	}
+	backendtest.AssertUnchanged(t, h.rdb, h.prefix, before, ":audit", h.svc.keys.Security())
 }
 
 func wantCode(t *testing.T, err error, code, contains string) {

@@ -3,10 +3,10 @@ package telemetry
 import (
 	"encoding/binary"
 	"encoding/json"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/ecowatt/ecowatt/backend/backendtest"
 	"github.com/ecowatt/ecowatt/backend/redistest"
 	"github.com/ecowatt/ecowatt/backend/store"
 	"github.com/ecowatt/ecowatt/topics/envelope"
@@ -19,30 +19,12 @@ import (
 // t0 is 2025-06-01T12:00:00Z, the test clock's start.
 var t0 = time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
 
-// fakeClock is an injectable Now.
-type fakeClock struct {
-	mu sync.Mutex // guards t
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
-
 // env bundles a Store under test with its Redis, key prefix and clock.
 type env struct {
 	st     *Store
 	rdb    redis.UniversalClient
 	prefix string
-	clock  *fakeClock
+	clock  *backendtest.Clock
 	reg    *prometheus.Registry
 }
 
@@ -54,7 +36,7 @@ func newEnv(t testing.TB, mod func(*Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{rdb: rdb, prefix: prefix, clock: &fakeClock{t: t0.Add(time.Minute)}, reg: prometheus.NewRegistry()}
+	e := &env{rdb: rdb, prefix: prefix, clock: backendtest.NewClock(t0.Add(time.Minute)), reg: prometheus.NewRegistry()}
 	cfg := Config{
 		Redis: rdb, Keys: keys, Now: e.clock.Now, Registerer: e.reg,
 		Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/ecowatt/ecowatt/backend/backendtest"
 	"github.com/ecowatt/ecowatt/backend/store"
 	wire "github.com/ecowatt/ecowatt/topics/telemetry"
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,7 +24,7 @@ func TestMiniredis(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clock := &fakeClock{t: t0.Add(time.Minute)}
+	clock := backendtest.NewClock(t0.Add(time.Minute))
 	st, err := New(Config{Redis: rdb, Keys: keys, Now: clock.Now, Registerer: prometheus.NewRegistry(), Retention: time.Hour})
 	if err != nil {
 		t.Fatal(err)
