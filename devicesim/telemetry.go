@@ -86,6 +86,12 @@ func AttachTelemetry(d *Device, opt TelemetryOptions) (*Telemetry, error) {
 		}
 		return nil
 	})
+	// A backlog held through an outage goes out as soon as the link is back.
+	d.OnConnect(func(context.Context) {
+		if s := t.Scheduler(); s != nil {
+			s.Reconnected()
+		}
+	})
 	return t, nil
 }
 

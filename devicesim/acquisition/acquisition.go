@@ -144,6 +144,10 @@ type Scheduler struct {
 	dropped uint64             // slots lost not yet reported in a batch
 	seq     uint64             // next batch's sequence number
 
+	kickMu sync.Mutex         // guards kicked and wake
+	kicked bool               // Reconnected was called: upload the backlog now
+	wake   context.CancelFunc // ends Run's current wait; nil when not waiting
+
 	mu    sync.Mutex // guards next and stats
 	next  *Config    // config waiting for the next boundary
 	stats Stats
@@ -175,6 +179,18 @@ func New(opt Options) (*Scheduler, error) {
 	}
 	s.setConfig(opt.Config.clone())
 	return s, nil
+}
+
+// Reconnected tells Run that the uplink is back, so that a backlog held
+// through an outage goes out at once rather than at the next upload
+// boundary. It never blocks.
+func (s *Scheduler) Reconnected() {
+	s.kickMu.Lock()
+	defer s.kickMu.Unlock()
+	s.kicked = true
+	if s.wake != nil {
+		s.wake()
+	}
 }
 
 func (s *Scheduler) setConfig(cfg Config) {

@@ -28,6 +28,7 @@ type rig struct {
 	mu       sync.Mutex
 	down     func(time.Time) bool
 	uploaded []telemetry.Batch
+	at       []time.Time // when each batch was uploaded
 	attempts int
 }
 
@@ -65,6 +66,7 @@ func (r *rig) upload(_ context.Context, b telemetry.Batch) error {
 		return err
 	}
 	r.uploaded = append(r.uploaded, got)
+	r.at = append(r.at, r.clk.Now())
 	return nil
 }
 
@@ -173,6 +175,32 @@ func TestOutageBacklog(t *testing.T) {
 	st := r.sched.Stats()
 	if n != 21 || st.Dropped != 0 || st.UploadErrors != 5 || st.Uploaded != 7 || st.Backlog != 0 {
 		t.Fatalf("%d samples delivered; stats %+v", n, st)
+	}
+}
+
+// TestReconnectedUploadsBacklog: the backlog goes out as soon as the link
+// is back, not at the next upload boundary.
+func TestReconnectedUploadsBacklog(t *testing.T) {
+	r := newRig(t, DefaultConfig(), inverter.Faults{}, 0)
+	r.down = func(now time.Time) bool {
+		return now.After(t0.Add(20*time.Second)) && now.Before(t0.Add(95*time.Second))
+	}
+	back := t0.Add(97 * time.Second) // between the 90 s and 105 s boundaries
+	r.clk.AfterFunc(back.Sub(t0), r.sched.Reconnected)
+	r.run(t, 2*time.Minute)
+	checkSeq(t, r.batches())
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// Batches of the 30, 45, 60, 75 and 90 s boundaries waited in the
+	// backlog; they go out at the reconnect, not at the 105 s boundary.
+	early := 0
+	for _, at := range r.at {
+		if at.Equal(back) {
+			early++
+		}
+	}
+	if early != 5 || len(r.at) != 7 {
+		t.Fatalf("%d of %d batches uploaded at the reconnect (%s), want 5 of 7; upload times %v", early, len(r.at), back, r.at)
 	}
 }
 

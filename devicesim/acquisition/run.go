@@ -26,11 +26,11 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		if nextUpload.Before(due) {
 			due = nextUpload
 		}
-		if err := s.clk.Sleep(ctx, due.Sub(s.clk.Now())); err != nil {
+		if kicked, err := s.wait(ctx, due); err != nil {
 			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
+		} else if kicked {
+			s.flush(ctx)
+			continue
 		}
 		if !nextUpload.After(due) {
 			s.closeBatch()
@@ -58,6 +58,36 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// wait sleeps until due and reports whether Reconnected cut it short.
+// Reconnected cancels the sleep's context itself, synchronously, so a fake
+// clock driving the scheduler sees the sleeper leave at once.
+func (s *Scheduler) wait(ctx context.Context, due time.Time) (kicked bool, err error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.kickMu.Lock()
+	if s.kicked {
+		s.kicked = false
+		s.kickMu.Unlock()
+		return true, nil
+	}
+	s.wake = cancel
+	s.kickMu.Unlock()
+
+	err = s.clk.Sleep(wctx, due.Sub(s.clk.Now()))
+
+	s.kickMu.Lock()
+	s.wake = nil
+	kicked, s.kicked = s.kicked, false
+	s.kickMu.Unlock()
+	if ctx.Err() != nil {
+		return false, ctx.Err()
+	}
+	if kicked {
+		return true, nil
+	}
+	return false, err
 }
 
 // align returns the first multiple of d at or after t.
