@@ -113,7 +113,7 @@ func (s *Service) Submit(ctx context.Context, dev, operator string, c topics.Ops
 	}
 	s.log.Info().Str("device", dev).Str("command", cid).Str("action", c.Action).Str("operator", operator).Msg("command queued")
 	s.emit(ctx, cmd, "")
-	s.kick(dev, false)
+	s.kick(ctx, dev, false)
 	return cmd, true, nil
 }
 

@@ -18,8 +18,23 @@
 // no receipt goes from sent to its final state in one step (delivered_at is
 // then the result's arrival). A sent command without a receipt is sent
 // again every Config.ResendAfter while the device is online, and at once
-// when the device reconnects; the device answers a repeated ID from its
-// flash without executing again.
+// when the device reconnects; a delivered command without a result is sent
+// again every Config.ResultResend (its result may have been lost, e.g. in
+// the queue of a replica that died). The device answers a repeated ID from
+// its flash without executing again.
+//
+// Several replicas may run at once. Delivery runs only in the replica
+// holding the Redis lease <prefix>lease:command-delivery, so one device's
+// commands leave in order from one process; the expiry, timeout and resend
+// sweep only in the holder of <prefix>lease:command-sweep (backend/lease).
+// A lease outlives a dead holder by Config.LeaseTTL, then another replica
+// takes it; a new delivery holder first sends every unfinished command
+// again, in queue order (the last holder may have lost sends or results
+// on the way), so a device's commands still arrive in order. Queueing a
+// command or a device coming online records the device in
+// <prefix>cmdwake, whichever replica handles it; the delivery holder
+// reads that at once when it was the one, else at its next
+// Config.DeliveryTick.
 //
 // Redis layout, per device under its hash tag (store.Keys.Dev):
 //
@@ -33,6 +48,10 @@
 //
 //	<prefix>cmdidx:CID              string  CID -> device ID (expires with the command)
 //	<prefix>cmdactive               zset    devices with non-final commands (for the sweep)
+//	<prefix>cmdwake                 hash    devices to look at, for the delivery lease holder
+//	                                        (value "1": resend everything unfinished)
+//	<prefix>lease:command-delivery  string  holder of the delivery lease
+//	<prefix>lease:command-sweep     string  holder of the sweep lease
 //
 // Nothing is held only in memory: Run's sweep finds every device with
 // pending commands after a restart.
@@ -48,6 +67,7 @@ import (
 	"time"
 
 	"github.com/ecowatt/ecowatt/backend"
+	"github.com/ecowatt/ecowatt/backend/lease"
 	"github.com/ecowatt/ecowatt/backend/store"
 	"github.com/ecowatt/ecowatt/topics"
 	"github.com/prometheus/client_golang/prometheus"
@@ -84,6 +104,7 @@ const (
 	DefaultResultTimeout = 2 * time.Minute
 	DefaultResendAfter   = 15 * time.Second
 	DefaultSweepInterval = 5 * time.Second
+	DefaultDeliveryTick  = 500 * time.Millisecond
 	DefaultRetention     = 30 * 24 * time.Hour
 	DefaultMaxHistory    = 1000
 	DefaultPageSize      = 50
@@ -121,10 +142,25 @@ type Config struct {
 	// SweepInterval is how often Run looks for expired, timed-out and
 	// undelivered commands; default DefaultSweepInterval.
 	SweepInterval time.Duration
+	// ResultResend is how long a delivered command waits for its result
+	// before it is sent again (the device answers from flash); default
+	// ResultTimeout/2.
+	ResultResend time.Duration
 	// Retention is how long a final command is kept; default DefaultRetention.
 	Retention time.Duration
 	// MaxHistory caps each device's history index; default DefaultMaxHistory.
 	MaxHistory int
+
+	// Replica names this replica in the leases; default lease.ReplicaID.
+	Replica string
+	// LeaseTTL is the lifetime of the delivery and sweep leases: how long
+	// a dead replica's work waits before another takes it over; default
+	// the larger of lease.DefaultTTL and 3 SweepIntervals.
+	LeaseTTL time.Duration
+	// DeliveryTick is how often the delivery lease holder reads the
+	// devices other replicas woke, and a replica without the lease tries
+	// to take it; default DefaultDeliveryTick.
+	DeliveryTick time.Duration
 }
 
 // Service queues, delivers and tracks commands. Create it with New, wire
@@ -141,10 +177,12 @@ type Service struct {
 	idMu   sync.Mutex // guards random (ULID entropy)
 	random io.Reader
 
-	mu      sync.Mutex      // guards pending, running
-	pending map[string]bool // devices waiting for the deliverer; true = resend everything unfinished
+	delivery *lease.Lease // owns sending: one replica delivers at a time
+	sweeper  *lease.Lease // owns the expiry, timeout and resend sweep
+
+	mu      sync.Mutex // guards running
 	running bool
-	wake    chan struct{} // capacity 1: the deliverer has work
+	wake    chan struct{} // capacity 1: this replica's deliverer has work in cmdwake
 }
 
 // New checks cfg and builds a Service, registering its metrics.
@@ -177,28 +215,53 @@ func New(cfg Config) (*Service, error) {
 	if cfg.SweepInterval <= 0 {
 		cfg.SweepInterval = DefaultSweepInterval
 	}
+	if cfg.ResultResend <= 0 {
+		cfg.ResultResend = cfg.ResultTimeout / 2
+	}
 	if cfg.Retention <= 0 {
 		cfg.Retention = DefaultRetention
 	}
 	if cfg.MaxHistory <= 0 {
 		cfg.MaxHistory = DefaultMaxHistory
 	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = max(lease.DefaultTTL, 3*cfg.SweepInterval)
+	}
+	if cfg.DeliveryTick <= 0 {
+		cfg.DeliveryTick = DefaultDeliveryTick
+	}
+	if cfg.Replica == "" {
+		cfg.Replica = lease.ReplicaID(cfg.Random)
+	}
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("new commands: %w", err)
 	}
-	return &Service{
-		rdb:     cfg.Redis,
-		keys:    cfg.Keys,
-		fleet:   cfg.Fleet,
-		log:     cfg.Logger.With().Str("component", "commands").Logger(),
-		now:     cfg.Now,
-		cfg:     cfg,
-		m:       m,
-		random:  cfg.Random,
-		pending: make(map[string]bool),
-		wake:    make(chan struct{}, 1),
-	}, nil
+	s := &Service{
+		rdb:    cfg.Redis,
+		keys:   cfg.Keys,
+		fleet:  cfg.Fleet,
+		log:    cfg.Logger.With().Str("component", "commands").Logger(),
+		now:    cfg.Now,
+		cfg:    cfg,
+		m:      m,
+		random: cfg.Random,
+		wake:   make(chan struct{}, 1),
+	}
+	// The leases run on real time, not on cfg.Now: their expiry is Redis's.
+	for _, l := range []struct {
+		to   **lease.Lease
+		name string
+	}{{&s.delivery, "lease:command-delivery"}, {&s.sweeper, "lease:command-sweep"}} {
+		*l.to, err = lease.New(lease.Config{
+			Redis: cfg.Redis, Key: cfg.Keys.Global(l.name), Replica: cfg.Replica, TTL: cfg.LeaseTTL,
+			Random: cfg.Random, Logger: s.log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("new commands: %w", err)
+		}
+	}
+	return s, nil
 }
 
 // Attach registers the service's handlers on the fleet: device results
@@ -211,9 +274,12 @@ func (s *Service) Attach() {
 }
 
 // Run drives delivery and the sweep until ctx is done: one goroutine sends
-// queued commands to online devices (in order, per device), another expires
-// and times out commands and finds undelivered ones (at once, then every
-// SweepInterval). It returns after both have exited. Run may be called once.
+// queued commands to online devices (in order, per device) while this
+// replica holds the delivery lease, another expires and times out commands
+// and finds undelivered ones (at once, then every SweepInterval) while it
+// holds the sweep lease. Each tries to take its lease at start and again
+// while another replica holds it. Run releases the leases and returns
+// after both have exited. Run may be called once.
 func (s *Service) Run(ctx context.Context) error {
 	s.mu.Lock()
 	if s.running {

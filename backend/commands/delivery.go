@@ -12,45 +12,11 @@ import (
 // maxBatch bounds how many of one device's commands one pass looks at.
 const maxBatch = 1000
 
-// kick asks the deliverer to look at dev; all also repeats every command
-// that is sent or delivered but not finished (after a reconnect).
-func (s *Service) kick(dev string, all bool) {
-	s.mu.Lock()
-	s.pending[dev] = s.pending[dev] || all
-	s.mu.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-}
-
-// deliverLoop is the only goroutine of this process that sends commands,
-// so one device's commands leave in queue order.
-func (s *Service) deliverLoop(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.wake:
-		}
-		s.mu.Lock()
-		batch := s.pending
-		s.pending = make(map[string]bool)
-		s.mu.Unlock()
-		for dev, all := range batch {
-			if ctx.Err() != nil {
-				return
-			}
-			if err := s.deliver(ctx, dev, all); err != nil {
-				s.log.Error().Err(err).Str("device", dev).Msg("command delivery")
-			}
-		}
-	}
-}
-
 // deliver sends dev's queued commands in order when it is online, expires
 // those past their TTL, re-sends sent ones that got no receipt within
-// ResendAfter, and with all re-sends every unfinished one.
+// ResendAfter and delivered ones without a result for ResultResend, and
+// with all re-sends every unfinished one. Only the delivery lease holder
+// calls it (deliverLoop), so that commands leave in order.
 func (s *Service) deliver(ctx context.Context, dev string, all bool) error {
 	d, err := s.fleet.Device(ctx, dev)
 	if err != nil {
@@ -81,8 +47,8 @@ func (s *Service) deliver(ctx context.Context, dev string, all bool) error {
 				err = s.send(ctx, c, StateSent)
 			}
 		case StateDelivered:
-			if all { // the device answers a known ID from its flash
-				err = s.fleet.Send(ctx, dev, topics.KindCommand, body(c))
+			if all || resultOverdue(c, now, s.cfg.ResultResend) {
+				err = s.resendDelivered(ctx, c)
 			}
 		}
 		if err != nil {
@@ -100,6 +66,39 @@ func (s *Service) send(ctx context.Context, c Command, from string) error {
 		return err
 	}
 	return s.fleet.Send(ctx, c.Device, topics.KindCommand, body(c))
+}
+
+// resendDelivered sends a delivered command again, recording when, so
+// that a lost result is asked for again; the device answers a known ID
+// from its flash without executing it again.
+func (s *Service) resendDelivered(ctx context.Context, c Command) error {
+	ok, err := resendScript.Run(ctx, s.rdb, []string{s.cmdKey(c.Device, c.ID)}, StateDelivered, s.now().UnixMilli()).Int()
+	if err != nil {
+		return unavailable("resend "+c.ID, err)
+	}
+	if ok == 0 {
+		return nil // finished meanwhile
+	}
+	return s.fleet.Send(ctx, c.Device, topics.KindCommand, body(c))
+}
+
+// resendScript records a resend of a command still in state ARGV[1].
+// KEYS: cmd hash. ARGV: state, now ms. Returns 1 when recorded.
+var resendScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'last_sent_at', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+return 1
+`)
+
+// resultOverdue reports whether delivered command c has waited longer
+// than after for its result since it was last sent or acknowledged.
+func resultOverdue(c Command, now time.Time, after time.Duration) bool {
+	last := c.DeliveredAt
+	if c.LastSentAt != nil && (last == nil || c.LastSentAt.After(*last)) {
+		last = c.LastSentAt
+	}
+	return last != nil && now.Sub(*last) >= after
 }
 
 func body(c Command) topics.CommandBody {
@@ -139,23 +138,6 @@ func (s *Service) active(ctx context.Context, dev string) ([]Command, error) {
 	return cmds, nil
 }
 
-// sweepLoop sweeps at once (so a restarted backend picks up where the last
-// one stopped) and then every SweepInterval.
-func (s *Service) sweepLoop(ctx context.Context) {
-	t := time.NewTicker(s.cfg.SweepInterval)
-	defer t.Stop()
-	for {
-		if err := s.sweep(ctx); err != nil && ctx.Err() == nil {
-			s.log.Error().Err(err).Msg("command sweep")
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
 // sweep visits every device with unfinished commands.
 func (s *Service) sweep(ctx context.Context) error {
 	it := s.rdb.ZScan(ctx, s.activeDevices(), 0, "", 1000).Iterator()
@@ -176,7 +158,8 @@ func (s *Service) sweep(ctx context.Context) error {
 }
 
 // sweepDevice expires and times out dev's commands and hands the device
-// to the deliverer when something is waiting to go out.
+// to the deliverer (through cmdwake, as the delivery lease may be another
+// replica's) when something is waiting to go out.
 func (s *Service) sweepDevice(ctx context.Context, dev string) error {
 	cmds, err := s.active(ctx, dev)
 	if err != nil {
@@ -197,7 +180,9 @@ func (s *Service) sweepDevice(ctx context.Context, dev string) error {
 				wait = true
 			}
 		case StateDelivered:
-			if c.DeliveredAt != nil && now.Sub(*c.DeliveredAt) >= s.cfg.ResultTimeout {
+			if c.DeliveredAt == nil || now.Sub(*c.DeliveredAt) < s.cfg.ResultTimeout {
+				wait = wait || resultOverdue(c, now, s.cfg.ResultResend)
+			} else {
 				_, ok, err := s.transition(ctx, dev, c.ID, []string{StateDelivered}, StateTimedOut,
 					map[string]any{fError: fmt.Sprintf("no result within %v of delivery", s.cfg.ResultTimeout)})
 				if err != nil {
@@ -210,7 +195,7 @@ func (s *Service) sweepDevice(ctx context.Context, dev string) error {
 		}
 	}
 	if wait {
-		s.kick(dev, false)
+		s.kick(ctx, dev, false)
 	}
 	return nil
 }

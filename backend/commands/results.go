@@ -124,7 +124,7 @@ func (s *Service) HandleBirth(ctx context.Context, dev string, m envelope.Messag
 		return &backend.Error{Code: backend.CodeInvalid, Message: "birth body is not valid JSON", Err: err}
 	}
 	if b.Online {
-		s.kick(dev, true)
+		s.kick(ctx, dev, true)
 	}
 	return nil
 }

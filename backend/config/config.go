@@ -23,15 +23,24 @@
 //	<prefix>cfgpending        zset    devices with an unacknowledged version,
 //	                                  score = when it was created (unix ms); the
 //	                                  sweep's work list, written after the device
+//	<prefix>lease:config-sweep
+//	                          string  holder of the sweep lease (backend/lease)
+//
+// With several replicas, only the one holding the lease:config-sweep lease
+// sweeps; a dead holder's lease expires after LeaseTTL and another replica
+// takes the sweep over. Deliveries at birth and at a change happen in
+// whichever replica handles them.
 package config
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/ecowatt/ecowatt/backend"
+	"github.com/ecowatt/ecowatt/backend/lease"
 	"github.com/ecowatt/ecowatt/backend/store"
 	"github.com/ecowatt/ecowatt/topics"
 	"github.com/prometheus/client_golang/prometheus"
@@ -71,6 +80,11 @@ type Config struct {
 	SweepInterval time.Duration
 	HistoryMaxLen int64 // approximate cap of each device's history stream
 	SweepBatch    int   // devices read per pipelined round trip in a sweep
+	// Replica names this replica in the sweep lease; default lease.ReplicaID.
+	Replica string
+	// LeaseTTL is the sweep lease's lifetime: how long a dead replica's
+	// sweep waits before another replica takes it; default 3 SweepIntervals.
+	LeaseTTL time.Duration
 }
 
 // Service manages desired and reported configuration. Create it with New
@@ -84,6 +98,8 @@ type Service struct {
 	now  func() time.Time
 	cfg  Config
 	m    metrics
+
+	sweeper *lease.Lease // owns the redelivery sweep
 }
 
 type metrics struct {
@@ -122,6 +138,12 @@ func New(cfg Config) (*Service, error) {
 	if cfg.SweepBatch <= 0 {
 		cfg.SweepBatch = DefaultSweepBatch
 	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = 3 * cfg.SweepInterval
+	}
+	if cfg.Replica == "" {
+		cfg.Replica = lease.ReplicaID(rand.Reader)
+	}
 	s := &Service{
 		b:    cfg.Backend,
 		rdb:  cfg.Backend.Redis(),
@@ -144,6 +166,14 @@ func New(cfg Config) (*Service, error) {
 			}),
 		},
 	}
+	// Real time, not cfg.Now: the lease's expiry is Redis's.
+	sweeper, err := lease.New(lease.Config{
+		Redis: s.rdb, Key: s.keys.Global("lease:config-sweep"), Replica: cfg.Replica, TTL: cfg.LeaseTTL, Logger: s.log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("new config service: %w", err)
+	}
+	s.sweeper = sweeper
 	for _, c := range []prometheus.Collector{s.m.versions, s.m.acks, s.m.redeliveries} {
 		if err := cfg.Registerer.Register(c); err != nil {
 			return nil, fmt.Errorf("new config service: %w", err)
@@ -193,18 +223,48 @@ const (
 )
 
 // Run redelivers pending versions to online devices every SweepInterval
-// until ctx is done. It starts no other goroutine.
+// while this replica holds the sweep lease, trying to take it every
+// SweepInterval while another replica holds it, until ctx is done. It
+// returns once the lease is released and its renewer has ended.
 func (s *Service) Run(ctx context.Context) error {
 	t := time.NewTicker(s.cfg.SweepInterval)
 	defer t.Stop()
+	log := s.log.With().Str("lease", "config-sweep").Str("token", s.sweeper.Token()).Logger()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			if _, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
-				s.log.Error().Err(err).Msg("config sweep failed")
+		}
+		held, release, err := s.sweeper.Hold(ctx)
+		switch {
+		case errors.Is(err, lease.ErrHeld):
+			continue
+		case err != nil:
+			if ctx.Err() == nil {
+				log.Warn().Err(err).Msg("take lease")
 			}
+			continue
+		}
+		log.Info().Msg("lease taken: this replica sweeps")
+		s.sweepWhileHeld(held, t.C)
+		release()
+		if ctx.Err() == nil {
+			log.Warn().Msg("lease lost: another replica sweeps")
+		}
+	}
+}
+
+// sweepWhileHeld sweeps at once and then at every tick until held ends.
+func (s *Service) sweepWhileHeld(held context.Context, tick <-chan time.Time) {
+	for {
+		if _, err := s.Sweep(held); err != nil && held.Err() == nil {
+			s.log.Error().Err(err).Msg("config sweep failed")
+		}
+		select {
+		case <-held.Done():
+			return
+		case <-tick:
 		}
 	}
 }

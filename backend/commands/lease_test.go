@@ -1,0 +1,203 @@
+package commands
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ecowatt/ecowatt/backend/lease"
+	"github.com/ecowatt/ecowatt/backend/redistest"
+	"github.com/ecowatt/ecowatt/topics"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
+
+// replica is one Service of a two-replica test, with its own Redis
+// connection so that a crash can be faked by closing it.
+type replica struct {
+	name   string
+	svc    *Service
+	rdb    redis.UniversalClient
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func (h *harness) startReplica(name string) *replica {
+	h.t.Helper()
+	rdb, err := redistest.NewClient(os.Getenv(redistest.EnvURL))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	cfg := h.cfg
+	cfg.Redis, cfg.Replica, cfg.Registerer = rdb, name, prometheus.NewRegistry()
+	cfg.LeaseTTL, cfg.DeliveryTick = 300*time.Millisecond, 20*time.Millisecond
+	s, err := New(cfg)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &replica{name: name, svc: s, rdb: rdb, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- s.Run(ctx) }()
+	h.t.Cleanup(func() { r.stop(h.t); rdb.Close() })
+	return r
+}
+
+// stop cancels the replica's Run and waits for it.
+func (r *replica) stop(t *testing.T) {
+	t.Helper()
+	if r.cancel == nil {
+		return
+	}
+	r.cancel()
+	r.cancel = nil
+	select {
+	case <-r.done:
+	case <-time.After(5 * time.Second):
+		t.Errorf("replica %s did not stop within 5 s", r.name)
+	}
+}
+
+// holder returns the replica holding lease name ("" when free).
+func (h *harness) holder(name string) string {
+	h.t.Helper()
+	tok, err := h.rdb.Get(h.ctx, h.svc.keys.Global(name)).Result()
+	if err == redis.Nil {
+		return ""
+	}
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return lease.ReplicaOf(tok)
+}
+
+func (h *harness) waitDownlinks(dev string, n int) {
+	h.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(h.downlinks(dev)) < n {
+		if time.Now().After(deadline) {
+			h.t.Fatalf("%d downlinks to %s, want %d", len(h.downlinks(dev)), dev, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestLeaseTakeover: two replicas on one Redis; one holds the delivery
+// lease and one the sweep lease, the holders do not change while both
+// run, and commands queued on either go out once each, in order. When
+// the delivery lease holder stops (cleanly, releasing its leases) or
+// crashes (its Redis connection gone: its leases expire after LeaseTTL),
+// the other replica takes both leases, sends the unfinished commands
+// again in order, and delivers what is queued next.
+func TestLeaseTakeover(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		crash bool
+	}{{"stop", false}, {"crash", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			h.device("dev-1", true)
+			reps := []*replica{h.startReplica("rep-a"), h.startReplica("rep-b")}
+			var ids []string
+			for i := range 6 {
+				c, err := reps[i%2].svc.Parse([]byte(`{"action":"ping"}`))
+				if err != nil {
+					t.Fatal(err)
+				}
+				cmd, _, err := reps[i%2].svc.Submit(h.ctx, "dev-1", "tester", c)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ids = append(ids, cmd.ID)
+			}
+			h.waitDownlinks("dev-1", len(ids))
+
+			deliverer, sweeper := h.holder("lease:command-delivery"), h.holder("lease:command-sweep")
+			for range 10 { // ten sweep intervals and more delivery ticks
+				time.Sleep(h.cfg.SweepInterval)
+				if d, s := h.holder("lease:command-delivery"), h.holder("lease:command-sweep"); d != deliverer || s != sweeper || d == "" || s == "" {
+					t.Fatalf("lease holders moved while both replicas ran: delivery %q -> %q, sweep %q -> %q", deliverer, d, sweeper, s)
+				}
+			}
+			var victim, survivor *replica
+			for _, r := range reps {
+				if r.name == deliverer {
+					victim = r
+				} else {
+					survivor = r
+				}
+			}
+			stopped := time.Now()
+			if tc.crash {
+				victim.rdb.Close() // no renewal, no release: the leases must expire
+			}
+			victim.stop(t)
+			for _, l := range []string{"lease:command-delivery", "lease:command-sweep"} {
+				deadline := time.Now().Add(5 * time.Second)
+				for h.holder(l) != survivor.name {
+					if time.Now().After(deadline) {
+						t.Fatalf("%s held by %q 5 s after %s stopped", l, h.holder(l), victim.name)
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+			took := time.Since(stopped)
+			if tc.crash && took < survivor.svc.cfg.LeaseTTL/3 {
+				t.Errorf("took over %s after a crash, before the lease (ttl %s) could have expired", took, survivor.svc.cfg.LeaseTTL)
+			}
+			for range 3 {
+				c, _ := survivor.svc.Parse([]byte(`{"action":"ping"}`))
+				cmd, _, err := survivor.svc.Submit(h.ctx, "dev-1", "tester", c)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ids = append(ids, cmd.ID)
+			}
+			// The new holder sends everything unfinished again, in order
+			// (the old one may have lost it), then what is new.
+			want := strings.Join(append(ids[:6:6], ids...), ",")
+			h.waitDownlinks("dev-1", 6+len(ids))
+			time.Sleep(5 * h.cfg.SweepInterval)
+			if got := idsOf(h.downlinks("dev-1")); got != want {
+				t.Fatalf("sent %s\nwant %s (each once, then all again in order at the takeover)", got, want)
+			}
+			for _, id := range ids {
+				h.wantState(id, StateSent)
+			}
+		})
+	}
+}
+
+// TestResultResend: a delivered command whose result does not come is
+// sent again after ResultResend (the device answers from its flash), not
+// before, and times out after ResultTimeout as before.
+func TestResultResend(t *testing.T) {
+	h := newHarness(t)
+	h.device("dev-1", true)
+	c := h.submit("dev-1", `{"action":"ping"}`)
+	h.svc.deliver(h.ctx, "dev-1", false)
+	h.result("dev-1", topics.CommandResult{ID: c.ID, Status: topics.ResultDelivered})
+	h.clk.Add(h.svc.cfg.ResultResend - time.Second)
+	h.svc.deliver(h.ctx, "dev-1", false)
+	if n := len(h.downlinks("dev-1")); n != 1 {
+		t.Fatalf("%d downlinks before ResultResend, want 1", n)
+	}
+	h.clk.Add(time.Second)
+	h.svc.deliver(h.ctx, "dev-1", false)
+	if n := len(h.downlinks("dev-1")); n != 2 {
+		t.Fatalf("%d downlinks at ResultResend, want 2", n)
+	}
+	if got := h.wantState(c.ID, StateDelivered); got.Attempts != 2 {
+		t.Errorf("attempts %d, want 2", got.Attempts)
+	}
+	h.svc.deliver(h.ctx, "dev-1", false)
+	if n := len(h.downlinks("dev-1")); n != 2 {
+		t.Fatalf("%d downlinks right after a resend, want 2", n)
+	}
+	h.clk.Add(h.svc.cfg.ResultTimeout)
+	if err := h.svc.sweep(h.ctx); err != nil {
+		t.Fatal(err)
+	}
+	h.wantState(c.ID, StateTimedOut)
+}

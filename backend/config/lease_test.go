@@ -1,0 +1,130 @@
+package config
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/ecowatt/ecowatt/backend/lease"
+	"github.com/ecowatt/ecowatt/backend/redistest"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+	"github.com/rs/zerolog"
+)
+
+// ownRedis is the harness's backend with a replica's own Redis connection,
+// so that a crash can be faked by closing it.
+type ownRedis struct {
+	Backend
+	rdb redis.UniversalClient
+}
+
+func (o ownRedis) Redis() redis.UniversalClient { return o.rdb }
+
+type sweepReplica struct {
+	name   string
+	s      *Service
+	rdb    redis.UniversalClient
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func (h *harness) startSweeper(name string) *sweepReplica {
+	h.t.Helper()
+	rdb, err := redistest.NewClient(os.Getenv(redistest.EnvURL))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	s, err := New(Config{
+		Backend: ownRedis{h.b, rdb}, Replica: name,
+		Logger:        zerolog.New(zerolog.NewTestWriter(h.t)).Level(zerolog.ErrorLevel),
+		SweepInterval: 50 * time.Millisecond, LeaseTTL: 300 * time.Millisecond,
+	})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &sweepReplica{name: name, s: s, rdb: rdb, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- s.Run(ctx) }()
+	h.t.Cleanup(func() { r.stop(h.t); rdb.Close() })
+	return r
+}
+
+func (r *sweepReplica) stop(t *testing.T) {
+	t.Helper()
+	if r.cancel == nil {
+		return
+	}
+	r.cancel()
+	r.cancel = nil
+	select {
+	case <-r.done:
+	case <-time.After(5 * time.Second):
+		t.Errorf("replica %s did not stop within 5 s", r.name)
+	}
+}
+
+func (r *sweepReplica) redeliveries() float64 { return testutil.ToFloat64(r.s.m.redeliveries) }
+
+// TestSweepLease: with two replicas running, only the holder of the sweep
+// lease redelivers (one sweep per tick, not two); when it stops cleanly
+// or crashes (no release: the lease expires after LeaseTTL), the other
+// replica takes the lease and the sweep over.
+func TestSweepLease(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		crash bool
+	}{{"stop", false}, {"crash", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			h.device("on")
+			if err := h.rdb.HSet(h.ctx, h.s.keys.Device("on"), "online", "1").Err(); err != nil {
+				t.Fatal(err)
+			}
+			h.set("on", `{"sampling_interval":10,"upload_interval":30}`) // pending until acked: every sweep resends
+			reps := []*sweepReplica{h.startSweeper("rep-a"), h.startSweeper("rep-b")}
+
+			var victim, survivor *sweepReplica
+			deadline := time.Now().Add(5 * time.Second)
+			for victim == nil {
+				if time.Now().After(deadline) {
+					t.Fatal("no replica swept within 5 s")
+				}
+				time.Sleep(10 * time.Millisecond)
+				for i, r := range reps {
+					if r.redeliveries() >= 5 {
+						victim, survivor = r, reps[1-i]
+					}
+				}
+			}
+			if n := survivor.redeliveries(); n != 0 {
+				t.Fatalf("both replicas swept: %s %v, %s %v", victim.name, victim.redeliveries(), survivor.name, n)
+			}
+			tok, _ := h.rdb.Get(h.ctx, h.s.keys.Global("lease:config-sweep")).Result()
+			if lease.ReplicaOf(tok) != victim.name {
+				t.Fatalf("lease held by %q, but %s swept", tok, victim.name)
+			}
+
+			stopped := time.Now()
+			if tc.crash {
+				victim.rdb.Close()
+			}
+			victim.stop(t)
+			before := victim.redeliveries()
+			deadline = time.Now().Add(5 * time.Second)
+			for survivor.redeliveries() < 3 {
+				if time.Now().After(deadline) {
+					t.Fatalf("%s did not take the sweep over within 5 s", survivor.name)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			if took := time.Since(stopped); tc.crash && took < survivor.s.cfg.LeaseTTL/3 {
+				t.Errorf("took over %s after a crash, before the lease (ttl %s) could have expired", took, survivor.s.cfg.LeaseTTL)
+			}
+			if n := victim.redeliveries(); n != before {
+				t.Errorf("stopped replica still swept: %v -> %v", before, n)
+			}
+		})
+	}
+}
