@@ -108,7 +108,11 @@ func (r record) state(dev string) State {
 	}
 	if r.reported != nil {
 		st.Reported = &Reported{Config: r.reported.Clone(), Version: r.reportedVer, At: msTime(r.h[fReportedAt])}
-		st.Drift = drift(r.desired, *r.reported)
+		// With no desired version yet, the device's own config is what the
+		// operator wants: nothing drifts.
+		if r.version > 0 {
+			st.Drift = drift(r.desired, *r.reported)
+		}
 	}
 	if r.lastAck != nil {
 		st.LastAck = &LastAck{ConfigAck: *r.lastAck, At: msTime(r.h[fLastAckAt])}
