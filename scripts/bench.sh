@@ -7,6 +7,12 @@
 #             process, device auth + ACL) and against Mosquitto (a free
 #             port, password file + ACL file), same devices, topics,
 #             payloads and client counts, in the same run
+#   fleet, commands, fota, redis
+#             `ecowatt serve` as its own process on a throwaway
+#             redis-server, loaded by devicesim devices run inside
+#             ecowatt-bench (their flash on tmpfs, so that fsyncs of the
+#             simulated devices do not pace the server); its RSS and CPU
+#             are read from /proc/PID
 #
 # ECOWATT_BENCH_MOSQ_QUEUE sets Mosquitto's max_queued_messages (default 0,
 # no limit; Debian ships 1000, with which Mosquitto drops under fan-in).
@@ -21,32 +27,45 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 need_pkg mosquitto mosquitto
 need_pkg mosquitto_passwd mosquitto
+need_pkg redis-server redis-server
+need_pkg redis-cli redis-tools
+
+# Each simulated device holds a socket in ecowatt-bench, and the server one
+# per device: lift the soft open-files limit to the hard one.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 if [ -n "${ECOWATT_BENCH_FULL:-}" ]; then
 	size=full command="make bench-full (ECOWATT_BENCH_FULL=1 bash scripts/bench.sh)"
 	suite_flags=(--full --repeat 5 --budget 40m) bench_flags=(-benchtime 300ms) bench_rounds=20
-	latest=docs/bench/latest-full.json
+	latest=docs/bench/latest-full.json devices=10000
 else
 	size=quick command="make bench (bash scripts/bench.sh)"
 	suite_flags=(--repeat 5 --budget 8m) bench_flags=(-benchtime 200ms) bench_rounds=10
-	latest=docs/bench/latest.json
+	latest=docs/bench/latest.json devices=1000
 fi
 
 WORK=$(mktemp -d -t ecowatt-bench.XXXXXX)
-BROKER_PID= MOSQ_PID=
+# The simulated devices' flash: tmpfs where there is one.
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then STATE=$(mktemp -d -p /dev/shm ecowatt-bench-state.XXXXXX); else STATE=$WORK/state; fi
+BROKER_PID= MOSQ_PID= SERVE_PID=
 cleanup() {
-	if [ -s "$WORK/broker.log" ]; then
-		echo "bench.sh: ecowatt broker log (last lines):" >&2
-		tail -n 20 "$WORK/broker.log" >&2
-	fi
+	for log in broker serve; do
+		if [ -s "$WORK/$log.log" ]; then
+			echo "bench.sh: $log log (last lines):" >&2
+			tail -n 20 "$WORK/$log.log" >&2
+		fi
+	done
 	[ -n "$BROKER_PID" ] && kill "$BROKER_PID" 2>/dev/null && wait "$BROKER_PID" 2>/dev/null
 	[ -n "$MOSQ_PID" ] && kill "$MOSQ_PID" 2>/dev/null && wait "$MOSQ_PID" 2>/dev/null
-	rm -rf "$WORK"
+	[ -n "$SERVE_PID" ] && kill "$SERVE_PID" 2>/dev/null && wait "$SERVE_PID" 2>/dev/null
+	stop_redis
+	rm -rf "$WORK" "$STATE"
 }
 trap cleanup EXIT INT TERM
 
-echo "bench.sh: $size run; building ecowatt-bench"
+echo "bench.sh: $size run; building ecowatt-bench and ecowatt"
 go build -o "$WORK/ecowatt-bench" ./cmd/ecowatt-bench
+go build -o "$WORK/ecowatt" ./cmd/ecowatt
 
 # Rounds, each measuring both sides, so that each ratio compares figures
 # taken seconds apart; the suite keeps the median ratio.
@@ -86,6 +105,25 @@ for _ in $(seq 1 100); do
 done
 mosq_version=$(mosquitto -h 2>/dev/null | head -1 || true)
 
+echo "bench.sh: starting redis-server and ecowatt serve (its own process), $devices devices"
+start_redis
+trap cleanup EXIT INT TERM # start_redis set its own
+redis_url="redis://127.0.0.1:$REDIS_PORT/0"
+admin_token=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+"$WORK/ecowatt" serve --redis "$redis_url" --mqtt-addr 127.0.0.1:0 --mqtts-addr "" --http-addr 127.0.0.1:0 \
+	--data-dir "$WORK/data" --admin-token "$admin_token" --ready-file "$WORK/serve-ready.json" \
+	--log-level warn 2>"$WORK/serve.log" >&2 &
+SERVE_PID=$!
+for _ in $(seq 1 100); do
+	[ -s "$WORK/serve-ready.json" ] && break
+	kill -0 "$SERVE_PID" 2>/dev/null || { cat "$WORK/serve.log" >&2; exit 1; }
+	sleep 0.1
+done
+serve_http=$(sed -n 's/.*"http": *"\([^"]*\)".*/\1/p' "$WORK/serve-ready.json")
+[ -n "$serve_http" ] || { echo "bench.sh: ecowatt serve did not start" >&2; exit 1; }
+ECOWATT_ADMIN_TOKEN="$admin_token" timeout 120 "$WORK/ecowatt" device add --server "http://$serve_http" \
+	--count "$devices" --prefix fleet --keys-out "$WORK/fleet-keys.json" | tail -n 1
+
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 [ -n "$(git status --porcelain 2>/dev/null | head -1)" ] && commit="$commit + uncommitted changes"
 
@@ -98,6 +136,8 @@ echo "bench.sh: broker scenarios: ecowatt tcp://$ecowatt_addr vs mosquitto tcp:/
 	--mosquitto-url "tcp://127.0.0.1:$mosq_port" --mosquitto-creds "$WORK/mosquitto/devices.txt" \
 	--mosquitto-sub-password "$sub_password" \
 	--security "$WORK/security.txt" \
+	--server-ready "$WORK/serve-ready.json" --server-pid "$SERVE_PID" --server-token "$admin_token" \
+	--server-keys "$WORK/fleet-keys.json" --server-redis "$redis_url" --state-dir "$STATE" \
 	--out "results/bench-$(date -u +%Y%m%d-%H%M%S)-$size.json" --latest "$latest" \
 	--md docs/BENCHMARKS.md --compare "$previous" \
 	--command "$command" --commit "$commit" --mosquitto-version "$mosq_version"

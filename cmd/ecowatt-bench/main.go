@@ -9,6 +9,10 @@
 //	ecowatt-bench suite           every scenario on both brokers: JSON + docs/BENCHMARKS.md
 //	ecowatt-bench compare         the change between two recorded runs
 //
+// The suite's fleet, commands, fota and redis parts load a running
+// `ecowatt serve` (its own process, on Redis) with devicesim devices run in
+// this process, and read the server's RSS and CPU from /proc.
+//
 // scripts/bench.sh (make bench) wires them together. Every figure the suite
 // records is also given as a ratio against a reference measured in the same
 // run (Mosquitto, a bare HMAC), because the machine is shared and noisy.

@@ -67,6 +67,7 @@ func (r *report) markdownLatest() string {
 			fmt.Fprintf(&b, "| %s | %.0f | %.0f | %d | **%.2f×** | %s |\n", c.Case, c.SealOpenNs, c.BareHMACNs, c.Rounds, c.Ratio, metIf(c.Ratio <= 5))
 		}
 	}
+	b.WriteString(r.markdownServer())
 	return b.String()
 }
 
@@ -92,11 +93,28 @@ func (r *report) historyRow() string {
 	if commit == "" {
 		commit = "—"
 	}
-	return fmt.Sprintf("| %s | %s | %s | %s | %s | %s |", r.Date.Format("2006-01-02 15:04"), commit, size, ratio, loss, seal)
+	online, rss, p99, share := "—", "—", "—", "—"
+	if f := r.Fleet; f != nil && f.Online > 0 {
+		online = fmt.Sprintf("%s in %.1f", thousands(float64(f.Online)), f.OnlineSecs)
+		rss = fmt.Sprintf("%.1f", f.RSSPerDeviceKiB)
+	}
+	if c := r.Commands; c != nil {
+		for _, st := range c.Steps {
+			if st.Rate == 500 {
+				p99 = fmt.Sprintf("%.0f", st.P99Ms)
+			}
+		}
+	}
+	if f := r.FOTA; f != nil && f.RawMBps > 0 {
+		share = fmt.Sprintf("%.1f%%", 100*f.Fraction)
+	}
+	return fmt.Sprintf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |", r.Date.Format("2006-01-02 15:04"), commit, size, ratio, loss, seal,
+		online, rss, p99, share)
 }
 
-const historyHeader = "| date (UTC) | source | size | ecowatt / mosquitto msgs/s | QoS 1 loss | seal+open / HMAC (plain) |\n" +
-	"|---|---|---|---|---|---|\n"
+const historyHeader = "| date (UTC) | source | size | ecowatt / mosquitto msgs/s | QoS 1 loss | seal+open / HMAC (plain) " +
+	"| fleet online (s) | KiB/device | command p99 at 500/s (ms) | fota goodput / raw |\n" +
+	"|---|---|---|---|---|---|---|---|---|---|\n"
 
 // updateMarkdown rewrites the generated sections of path (targets, latest)
 // and adds r to the history, newest first. Sections missing from the file
@@ -235,6 +253,7 @@ func compareReports(w io.Writer, old, cur *report) (regressions int) {
 				c.Case, o.SealOpenNs, c.SealOpenNs, o.Ratio, c.Ratio, pct(o.Ratio, c.Ratio), mark)
 		}
 	}
+	regressions += compareServer(w, old, cur)
 	if regressions == 0 {
 		fmt.Fprintf(w, "No regression beyond the ±%.0f%% noise band.\n", 100*regressionBand)
 	} else {

@@ -21,15 +21,21 @@ import (
 // report is one suite run, as recorded in results/bench-*.json and
 // docs/bench/latest.json.
 type report struct {
-	Date     time.Time   `json:"date"`
-	Command  string      `json:"command"`
-	Commit   string      `json:"commit,omitempty"`
-	Full     bool        `json:"full"`
-	Repeat   int         `json:"repeat"`
-	Machine  machine     `json:"machine"`
-	Broker   []brokerRow `json:"broker,omitempty"`
-	Security *security   `json:"security,omitempty"`
-	Targets  []targetRow `json:"targets"`
+	Date     time.Time         `json:"date"`
+	Command  string            `json:"command"`
+	Commit   string            `json:"commit,omitempty"`
+	Full     bool              `json:"full"`
+	Repeat   int               `json:"repeat"`
+	Machine  machine           `json:"machine"`
+	Broker   []brokerRow       `json:"broker,omitempty"`
+	Security *security         `json:"security,omitempty"`
+	Server   *serverInfo       `json:"server,omitempty"` // what the fleet, commands, fota and redis parts loaded
+	Fleet    *fleetResult      `json:"fleet,omitempty"`
+	Commands *commandsResult   `json:"commands,omitempty"`
+	FOTA     *fotaResult       `json:"fota,omitempty"`
+	Redis    *redisResult      `json:"redis,omitempty"`
+	Errors   map[string]string `json:"errors,omitempty"` // parts that failed, by name
+	Targets  []targetRow       `json:"targets"`
 }
 
 // machine is where a run happened.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"time"
@@ -47,12 +49,15 @@ type suite struct {
 	repeat  int
 	secFile string // `go test -bench` output of the security scenario
 	only    map[string]bool
+	srv     *server        // ecowatt serve, for the fleet, commands, fota and redis parts
+	sizes   map[string]int // --PART-devices overrides; 0: the quick or full size
+	bench   *target        // the bench broker (fota's raw throughput reference)
 }
 
 // part is one scenario family of issue 8. Families not built yet have a nil
-// run; their targets are reported as "not yet measured". To add one (fleet,
-// commands, fota), give it a run that fills its field of report and a
-// targetRow in targets.go.
+// run; their targets are reported as "not yet measured". To add one, give
+// it a run that fills its field of report and a targetRow in targets.go;
+// parts that load `ecowatt serve` say so in serverParts.
 type part struct {
 	name string
 	run  func(s *suite, ctx context.Context, rep *report) error
@@ -62,11 +67,15 @@ func parts() []part {
 	return []part{
 		{"broker", (*suite).runBroker},
 		{"security", (*suite).runSecurity},
-		{"fleet", nil},    // 10,000 devices online, RSS per device, ingest, CPU
-		{"commands", nil}, // command latency at increasing rates
-		{"fota", nil},     // 1 MiB to 1,000 devices, goodput vs raw 16 KiB QoS 1 throughput
+		{"fleet", (*suite).runFleet},       // 10,000 devices online, RSS per device, ingest, CPU
+		{"commands", (*suite).runCommands}, // command latency at increasing rates
+		{"fota", (*suite).runFOTA},         // 1 MiB to 1,000 devices, goodput vs raw 16 KiB QoS 1 throughput
+		{"redis", (*suite).runRedis},       // Redis commands per device message, by kind
 	}
 }
+
+// serverParts load `ecowatt serve` (and its Redis) rather than the bench broker.
+var serverParts = []string{"fleet", "commands", "fota", "redis"}
 
 // runSuite is `ecowatt-bench suite`.
 func runSuite(ctx context.Context, e env, args []string) error {
@@ -85,10 +94,19 @@ func runSuite(ctx context.Context, e env, args []string) error {
 	commit := fs.String("commit", "", "the source revision to record")
 	mosqVersion := fs.String("mosquitto-version", "", "Mosquitto's version, to record")
 	budget := fs.Duration("budget", 9*time.Minute, "bound on the whole suite")
+	sf := addServerFlags(fs)
+	sizes := map[string]*int{}
+	for _, p := range []string{"fleet", "commands", "fota"} {
+		sizes[p] = fs.Int(p+"-devices", 0, "devices in the "+p+" part (default: its quick or full size)")
+	}
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process (the load side: devices, clients) here")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	s := &suite{e: e, full: *full, repeat: max(*repeat, 1), secFile: *secFile, only: map[string]bool{}}
+	s := &suite{e: e, full: *full, repeat: max(*repeat, 1), secFile: *secFile, only: map[string]bool{}, sizes: map[string]int{}}
+	for p, n := range sizes {
+		s.sizes[p] = *n
+	}
 	for _, p := range strings.Split(*only, ",") {
 		if p = strings.TrimSpace(p); p != "" {
 			if !slices.ContainsFunc(parts(), func(q part) bool { return q.name == p }) {
@@ -97,25 +115,50 @@ func runSuite(ctx context.Context, e env, args []string) error {
 			s.only[p] = true
 		}
 	}
-	if s.wants("broker") {
+	if s.wants("broker") || s.wants("fota") && *ef.url != "" {
 		et, err := ef.target(e, nameEcowatt)
 		if err != nil {
 			return err
 		}
+		s.bench = &et
+	}
+	if s.wants("broker") {
 		mt, err := mf.target(e, nameMosquitto)
 		if err != nil {
 			return err
 		}
-		s.targets = []target{et, mt}
+		s.targets = []target{*s.bench, mt}
 	}
 	if s.wants("security") && s.secFile == "" {
 		return usageError{"suite: the security part needs --security FILE (or --only broker)"}
 	}
 
-	ctx, cancel := context.WithTimeout(ctx, *budget)
-	defer cancel()
 	rep := &report{Date: e.now().UTC().Truncate(time.Second), Command: *command, Commit: *commit, Full: *full,
 		Repeat: s.repeat, Machine: probeMachine(*mosqVersion)}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("suite: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("suite: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	ctx, cancel := context.WithTimeout(ctx, *budget)
+	defer cancel()
+	if slices.ContainsFunc(serverParts, s.wants) {
+		srv, err := sf.server(ctx)
+		if err != nil {
+			return err
+		}
+		s.srv = srv
+		rep.Server = &serverInfo{Devices: len(srv.ids), FileLimit: fileLimit()}
+		if s.wants("fota") {
+			s.srv.fotaKey = waitFOTAKey(ctx, e, srv)
+		}
+	}
 	for _, p := range parts() {
 		switch {
 		case !s.wants(p.name):
@@ -125,7 +168,17 @@ func runSuite(ctx context.Context, e env, args []string) error {
 			continue
 		}
 		fmt.Fprintf(e.stderr, "== %s\n", p.name)
-		if err := p.run(s, ctx, rep); err != nil {
+		err := p.run(s, ctx, rep)
+		if err != nil && slices.Contains(serverParts, p.name) {
+			// One server part failing leaves the others' figures worth recording.
+			fmt.Fprintf(e.stderr, "== %s failed: %v\n", p.name, err)
+			if rep.Errors == nil {
+				rep.Errors = map[string]string{}
+			}
+			rep.Errors[p.name] = err.Error()
+			continue
+		}
+		if err != nil {
 			return fmt.Errorf("suite: %s: %w", p.name, err)
 		}
 	}
@@ -161,6 +214,14 @@ func runSuite(ctx context.Context, e env, args []string) error {
 		compareReports(e.stdout, old, rep)
 	}
 	return nil
+}
+
+// size is n unless --PART-devices overrides it.
+func (s *suite) size(part string, n int) int {
+	if v := s.sizes[part]; v > 0 {
+		return v
+	}
+	return n
 }
 
 func (s *suite) wants(name string) bool { return len(s.only) == 0 || s.only[name] }
@@ -236,5 +297,25 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 		return true
 	case <-ctx.Done():
 		return false
+	}
+}
+
+// waitFOTAKey fetches the server's firmware-signing key, polling for up to
+// --fota-wait while the FOTA API is not there; nil if it never comes.
+func waitFOTAKey(ctx context.Context, e env, srv *server) []byte {
+	deadline := time.Now().Add(srv.fotaWait)
+	for {
+		k, err := srv.fotaPublicKey(ctx)
+		if err == nil && k != nil {
+			return k
+		}
+		if time.Now().After(deadline) {
+			fmt.Fprintf(e.stderr, "== fota: no firmware key from the server (%v)\n", err)
+			return nil
+		}
+		fmt.Fprintf(e.stderr, "== fota: waiting for the server's FOTA API (%v)\n", err)
+		if !sleepCtx(ctx, 10*time.Second) {
+			return nil
+		}
 	}
 }
