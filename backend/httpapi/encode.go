@@ -14,10 +14,16 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// codeMethodNotAllowed is the API's own error code for a known path asked
+// with a method it does not serve; the backend never returns it.
+const codeMethodNotAllowed = "method_not_allowed"
+
 // status maps a backend error code to its HTTP status. It is the only such
 // mapping.
 func status(code string) int {
 	switch code {
+	case codeMethodNotAllowed:
+		return http.StatusMethodNotAllowed
 	case backend.CodeInvalid:
 		return http.StatusBadRequest
 	case backend.CodeNotFound:

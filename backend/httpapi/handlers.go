@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/ecowatt/ecowatt/backend"
@@ -82,8 +83,23 @@ func handleDeviceGet(log zerolog.Logger, f Fleet, t Telemetry) http.Handler {
 	})
 }
 
-func handleNotFound(log zerolog.Logger) http.Handler {
+// handleNotFound answers requests no route took: 405 with an Allow header
+// when the path exists under other methods, else 404.
+func handleNotFound(log zerolog.Logger, mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var allowed []string
+		for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete} {
+			probe := r.Clone(r.Context())
+			probe.Method = m
+			if _, pattern := mux.Handler(probe); pattern != "" && pattern != "/api/" {
+				allowed = append(allowed, m)
+			}
+		}
+		if len(allowed) > 0 {
+			w.Header().Set("Allow", strings.Join(allowed, ", "))
+			writeError(w, log, backend.Errorf(codeMethodNotAllowed, "", "%s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allowed, ", ")))
+			return
+		}
 		writeError(w, log, backend.Errorf(backend.CodeNotFound, "", "no route %s %s", r.Method, r.URL.Path))
 	})
 }

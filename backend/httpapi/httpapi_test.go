@@ -240,3 +240,22 @@ func TestInternalErrorsDoNotLeak(t *testing.T) {
 		t.Fatalf("= %d %s", rec.Code, rec.Body)
 	}
 }
+func TestMethodNotAllowed(t *testing.T) {
+	f := newFixture(t)
+	auth := "Bearer " + token
+	r := f.do(t, "DELETE", "/api/v1/devices", auth, "")
+	if r.status != http.StatusMethodNotAllowed || r.header.Get("Allow") != "GET, POST" {
+		t.Fatalf("DELETE /api/v1/devices = %d Allow=%q %s", r.status, r.header.Get("Allow"), r.body)
+	}
+	if e := errorOf(t, r); e.Code != codeMethodNotAllowed {
+		t.Fatalf("code %q", e.Code)
+	}
+	if r := f.do(t, "GET", "/api/v1/nothing", auth, ""); r.status != http.StatusNotFound {
+		t.Fatalf("GET unknown path = %d", r.status)
+	}
+	// Without the token the answer is 401 whatever the route: nothing about
+	// the routes leaks.
+	if r := f.do(t, "DELETE", "/api/v1/devices", "", ""); r.status != http.StatusUnauthorized {
+		t.Fatalf("unauthenticated DELETE = %d", r.status)
+	}
+}

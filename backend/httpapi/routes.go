@@ -44,7 +44,7 @@ func addRoutes(mux *http.ServeMux, d Deps) {
 	api.Handle("POST /api/v1/rollouts/{rid}/pause", handleRolloutAction(log, d.FOTA, "pause"))
 	api.Handle("POST /api/v1/rollouts/{rid}/resume", handleRolloutAction(log, d.FOTA, "resume"))
 	api.Handle("POST /api/v1/rollouts/{rid}/abort", handleRolloutAction(log, d.FOTA, "abort"))
-	api.Handle("/api/", handleNotFound(log))
+	api.Handle("/api/", handleNotFound(log, api))
 	mux.Handle("/api/", requireAdmin(log, d.AdminToken, api))
 	// The live event stream also takes ?token= (EventSource sends no headers).
 	mux.Handle("GET /api/v1/events", tokenFromQuery(requireAdmin(log, d.AdminToken, handleEventStream(log, d.Events, d.KeepAlive))))
