@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 
@@ -107,10 +108,13 @@ func (s *Service) Submit(ctx context.Context, dev, operator string, c topics.Ops
 		s.log.Error().Err(err).Str("device", dev).Str("command", cid).Msg("command indexes not written")
 	}
 	s.m.total.WithLabelValues(StateQueued).Inc()
-	cmd, err = s.load(ctx, dev, cid)
-	if err != nil {
-		return Command{}, false, err
+	// The command is what the script wrote: no need to read it back.
+	h := make(map[string]string, len(fields)/2+1)
+	for i := 0; i+1 < len(fields); i += 2 {
+		h[fields[i].(string)] = fmt.Sprint(fields[i+1])
 	}
+	h[fSeq] = val
+	cmd = parse(h)
 	s.log.Info().Str("device", dev).Str("command", cid).Str("action", c.Action).Str("operator", operator).Msg("command queued")
 	s.emit(ctx, cmd, "")
 	s.kick(ctx, dev, false)
@@ -159,14 +163,14 @@ func (s *Service) Cancel(ctx context.Context, cid string) (Command, error) {
 	if err != nil {
 		return Command{}, err
 	}
-	cur, ok, err := s.transition(ctx, dev, cid, []string{StateQueued}, StateCancelled, nil)
+	cmd, cur, ok, err := s.transition(ctx, dev, cid, []string{StateQueued}, StateCancelled, nil)
 	if err != nil {
 		return Command{}, err
 	}
 	if !ok {
 		return Command{}, backend.Errorf(backend.CodeConflict, "state", "command %s is %s; only a queued command can be cancelled", cid, cur)
 	}
-	return s.load(ctx, dev, cid)
+	return cmd, nil
 }
 
 // Page is one page of a device's command history, newest first. Next,

@@ -25,15 +25,18 @@
 //
 // Several replicas may run at once. Delivery runs only in the replica
 // holding the Redis lease <prefix>lease:command-delivery, so one device's
-// commands leave in order from one process; the expiry, timeout and resend
-// sweep only in the holder of <prefix>lease:command-sweep (backend/lease).
+// commands leave in order from one process; there a bounded pool of
+// Config.DeliveryWorkers workers, sharded by device, delivers to several
+// devices at once, each device always on the same worker. The expiry,
+// timeout and resend sweep runs only in the holder of
+// <prefix>lease:command-sweep (backend/lease).
 // A lease outlives a dead holder by Config.LeaseTTL, then another replica
 // takes it; a new delivery holder first sends every unfinished command
 // again, in queue order (the last holder may have lost sends or results
 // on the way), so a device's commands still arrive in order. Queueing a
-// command or a device coming online records the device in
-// <prefix>cmdwake, whichever replica handles it; the delivery holder
-// reads that at once when it was the one, else at its next
+// command or a device coming online on the delivery holder hands the
+// device to its worker at once; on another replica it records the device
+// in <prefix>cmdwake, which the holder reads at its next
 // Config.DeliveryTick.
 //
 // Redis layout, per device under its hash tag (store.Keys.Dev):
@@ -105,6 +108,7 @@ const (
 	DefaultResendAfter   = 15 * time.Second
 	DefaultSweepInterval = 5 * time.Second
 	DefaultDeliveryTick  = 500 * time.Millisecond
+	DefaultDeliveryWork  = 16
 	DefaultRetention     = 30 * 24 * time.Hour
 	DefaultMaxHistory    = 1000
 	DefaultPageSize      = 50
@@ -161,6 +165,10 @@ type Config struct {
 	// devices other replicas woke, and a replica without the lease tries
 	// to take it; default DefaultDeliveryTick.
 	DeliveryTick time.Duration
+	// DeliveryWorkers is how many devices the delivery lease holder
+	// delivers to at once (one worker per shard of devices); default
+	// DefaultDeliveryWork.
+	DeliveryWorkers int
 }
 
 // Service queues, delivers and tracks commands. Create it with New, wire
@@ -183,6 +191,9 @@ type Service struct {
 	mu      sync.Mutex // guards running
 	running bool
 	wake    chan struct{} // capacity 1: this replica's deliverer has work in cmdwake
+
+	shardMu sync.Mutex // guards shards
+	shards  shards     // the delivery workers' queues while this replica holds the delivery lease, else nil
 }
 
 // New checks cfg and builds a Service, registering its metrics.
@@ -229,6 +240,9 @@ func New(cfg Config) (*Service, error) {
 	}
 	if cfg.DeliveryTick <= 0 {
 		cfg.DeliveryTick = DefaultDeliveryTick
+	}
+	if cfg.DeliveryWorkers <= 0 {
+		cfg.DeliveryWorkers = DefaultDeliveryWork
 	}
 	if cfg.Replica == "" {
 		cfg.Replica = lease.ReplicaID(cfg.Random)

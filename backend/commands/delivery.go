@@ -16,8 +16,13 @@ const maxBatch = 1000
 // those past their TTL, re-sends sent ones that got no receipt within
 // ResendAfter and delivered ones without a result for ResultResend, and
 // with all re-sends every unfinished one. Only the delivery lease holder
-// calls it (deliverLoop), so that commands leave in order.
+// calls it, and only from dev's delivery shard (deliverLoop), so that
+// commands leave in order.
 func (s *Service) deliver(ctx context.Context, dev string, all bool) error {
+	cids, err := s.activeIDs(ctx, dev)
+	if err != nil || len(cids) == 0 { // nothing to do: spare the device lookup
+		return err
+	}
 	d, err := s.fleet.Device(ctx, dev)
 	if err != nil {
 		return fmt.Errorf("deliver to %s: %w", dev, err)
@@ -25,7 +30,7 @@ func (s *Service) deliver(ctx context.Context, dev string, all bool) error {
 	if !d.Online {
 		return nil
 	}
-	cmds, err := s.active(ctx, dev)
+	cmds, err := s.loadActive(ctx, dev, cids)
 	if err != nil {
 		return err
 	}
@@ -62,7 +67,7 @@ func (s *Service) deliver(ctx context.Context, dev string, all bool) error {
 // state changed meanwhile is left alone. When the publish fails the
 // command stays sent and goes again after ResendAfter.
 func (s *Service) send(ctx context.Context, c Command, from string) error {
-	if _, ok, err := s.transition(ctx, c.Device, c.ID, []string{from}, StateSent, nil); err != nil || !ok {
+	if _, _, ok, err := s.transition(ctx, c.Device, c.ID, []string{from}, StateSent, nil); err != nil || !ok {
 		return err
 	}
 	return s.fleet.Send(ctx, c.Device, topics.KindCommand, body(c))
@@ -112,7 +117,7 @@ func expired(c Command, now time.Time) bool {
 }
 
 func (s *Service) expire(ctx context.Context, c Command) {
-	_, ok, err := s.transition(ctx, c.Device, c.ID, []string{StateQueued, StateSent}, StateExpired,
+	_, _, ok, err := s.transition(ctx, c.Device, c.ID, []string{StateQueued, StateSent}, StateExpired,
 		map[string]any{fError: "ttl passed before the device confirmed delivery"})
 	if err != nil {
 		s.log.Error().Err(err).Str("device", c.Device).Str("command", c.ID).Msg("expire command")
@@ -123,17 +128,31 @@ func (s *Service) expire(ctx context.Context, c Command) {
 
 // active returns dev's unfinished commands in queue order.
 func (s *Service) active(ctx context.Context, dev string) ([]Command, error) {
-	k := s.devKeys(dev)
-	cids, err := s.rdb.ZRange(ctx, k.active, 0, maxBatch-1).Result()
+	cids, err := s.activeIDs(ctx, dev)
+	if err != nil {
+		return nil, err
+	}
+	return s.loadActive(ctx, dev, cids)
+}
+
+// activeIDs returns the IDs of dev's unfinished commands in queue order.
+func (s *Service) activeIDs(ctx context.Context, dev string) ([]string, error) {
+	cids, err := s.rdb.ZRange(ctx, s.devKeys(dev).active, 0, maxBatch-1).Result()
 	if err != nil {
 		return nil, unavailable("active commands of "+dev, err)
 	}
+	return cids, nil
+}
+
+// loadActive reads dev's unfinished commands cids, dropping from the
+// queue those that are gone.
+func (s *Service) loadActive(ctx context.Context, dev string, cids []string) ([]Command, error) {
 	cmds, gone, err := s.loadMany(ctx, dev, cids)
 	if err != nil {
 		return nil, err
 	}
 	if len(gone) > 0 {
-		s.rdb.ZRem(ctx, k.active, toAny(gone)...)
+		s.rdb.ZRem(ctx, s.devKeys(dev).active, toAny(gone)...)
 	}
 	return cmds, nil
 }
@@ -183,7 +202,7 @@ func (s *Service) sweepDevice(ctx context.Context, dev string) error {
 			if c.DeliveredAt == nil || now.Sub(*c.DeliveredAt) < s.cfg.ResultTimeout {
 				wait = wait || resultOverdue(c, now, s.cfg.ResultResend)
 			} else {
-				_, ok, err := s.transition(ctx, dev, c.ID, []string{StateDelivered}, StateTimedOut,
+				_, _, ok, err := s.transition(ctx, dev, c.ID, []string{StateDelivered}, StateTimedOut,
 					map[string]any{fError: fmt.Sprintf("no result within %v of delivery", s.cfg.ResultTimeout)})
 				if err != nil {
 					return err

@@ -2,6 +2,7 @@ package commands
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -200,4 +201,86 @@ func TestResultResend(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.wantState(c.ID, StateTimedOut)
+}
+
+// TestShardedDelivery: the delivery lease holder delivers through a pool
+// of workers sharded by device: commands queued on the holder go out at
+// once (no cmdwake, no tick), each device's in queue order, several
+// devices sharing a shard; commands queued on another replica arrive
+// through cmdwake.
+func TestShardedDelivery(t *testing.T) {
+	h := newHarness(t)
+	h.cfg.DeliveryWorkers = 3
+	devs := []string{"dev-1", "dev-2", "dev-3", "dev-4", "dev-5", "dev-6", "dev-7"}
+	for _, d := range devs {
+		h.device(d, true)
+	}
+	a, b := h.startReplica("rep-a"), h.startReplica("rep-b")
+	deadline := time.Now().Add(5 * time.Second)
+	for h.holder("lease:command-delivery") == "" {
+		if time.Now().After(deadline) {
+			t.Fatal("nobody took the delivery lease")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	holder, other := a, b
+	if h.holder("lease:command-delivery") == b.name {
+		holder, other = b, a
+	}
+	for !holder.svc.delivering() { // the shards are up once the takeover scan is done
+		time.Sleep(time.Millisecond)
+	}
+	want := map[string][]string{}
+	for i := range 5 {
+		for _, d := range devs {
+			r := holder
+			if i == 4 {
+				r = other // the last of each device through cmdwake
+			}
+			c, _ := r.svc.Parse([]byte(`{"action":"ping"}`))
+			cmd, _, err := r.svc.Submit(h.ctx, d, "tester", c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want[d] = append(want[d], cmd.ID)
+		}
+	}
+	for _, d := range devs {
+		h.waitDownlinks(d, len(want[d]))
+		if got := idsOf(h.downlinks(d)); got != strings.Join(want[d], ",") {
+			t.Errorf("%s: sent %s\nwant %s", d, got, strings.Join(want[d], ","))
+		}
+	}
+}
+
+// delivering reports whether s's delivery shards are up.
+func (s *Service) delivering() bool {
+	s.shardMu.Lock()
+	defer s.shardMu.Unlock()
+	return s.shards != nil
+}
+
+// TestShardQueue: a device is queued once per shard, keeping "resend all"
+// when woken again, first come first served.
+func TestShardQueue(t *testing.T) {
+	sh := newShards(1)
+	sh.add("a", false)
+	sh.add("b", true)
+	sh.add("a", true)
+	sh.add("b", false)
+	var got []string
+	for {
+		dev, all, ok := sh[0].next()
+		if !ok {
+			break
+		}
+		got = append(got, fmt.Sprint(dev, all))
+	}
+	if s := strings.Join(got, " "); s != "atrue btrue" {
+		t.Fatalf("got %s, want atrue btrue", s)
+	}
+	sh.add("c", false)
+	if left := sh.drain(); len(left) != 1 || left["c"] {
+		t.Fatalf("drained %v, want c (not all)", left)
+	}
 }

@@ -23,20 +23,13 @@ func (s *Service) HandleResult(ctx context.Context, dev string, m envelope.Messa
 	if err != nil {
 		return err
 	}
-	cmd, err := s.load(ctx, dev, r.ID)
-	if backend.ErrorCode(err) == backend.CodeNotFound {
-		return backend.Errorf(backend.CodeInvalid, "id", "command_result for unknown command %q", r.ID)
-	}
-	if err != nil {
-		return err
-	}
 	log := s.log.With().Str("device", dev).Str("command", r.ID).Str("status", r.Status).Bool("duplicate", r.Duplicate).Logger()
 	if r.Status == topics.ResultDelivered {
-		_, ok, err := s.transition(ctx, dev, r.ID, []string{StateQueued, StateSent}, StateDelivered, nil)
+		cmd, _, ok, err := s.transition(ctx, dev, r.ID, []string{StateQueued, StateSent}, StateDelivered, nil)
 		if err == nil && !ok {
 			log.Debug().Str("state", cmd.State).Msg("receipt ignored: command past sent")
 		}
-		return err
+		return unknownResult(err, r.ID)
 	}
 	to, fields := StateSucceeded, resultFields(r)
 	if r.Status == topics.ResultFailed {
@@ -46,11 +39,11 @@ func (s *Service) HandleResult(ctx context.Context, dev string, m envelope.Messa
 			to = StateExpired
 		}
 	}
-	cur, ok, err := s.transition(ctx, dev, r.ID, []string{StateQueued, StateSent, StateDelivered}, to, fields)
+	cmd, cur, ok, err := s.transition(ctx, dev, r.ID, []string{StateQueued, StateSent, StateDelivered}, to, fields)
 	if err != nil || ok {
-		return err
+		return unknownResult(err, r.ID)
 	}
-	// Already ended.
+	// Already ended (cmd is the command as it was: the script changed nothing).
 	if cur == to || cmd.Result != nil && cmd.Result.Status == r.Status {
 		log.Debug().Str("state", cur).Msg("repeated result ignored")
 		return nil
@@ -59,14 +52,24 @@ func (s *Service) HandleResult(ctx context.Context, dev string, m envelope.Messa
 	if r.Value != nil {
 		late = append(late, fLateValue, *r.Value)
 	}
-	if err := lateScript.Run(ctx, s.rdb, []string{s.cmdKey(dev, r.ID)}, late...).Err(); err != nil {
+	res, err := lateScript.Run(ctx, s.rdb, []string{s.cmdKey(dev, r.ID)}, late...).Slice()
+	if err != nil {
 		return unavailable("late result "+r.ID, err)
 	}
 	log.Warn().Str("state", cur).Msg("result arrived after the command ended; kept as late_result")
-	if c, err := s.load(ctx, dev, r.ID); err == nil {
-		s.emit(ctx, c, cur)
+	if len(res) > 0 {
+		s.emit(ctx, parse(flatHash(res)), cur)
 	}
 	return nil
+}
+
+// unknownResult makes a result for a command dev does not have
+// CodeInvalid (a security event); other errors pass unchanged.
+func unknownResult(err error, cid string) error {
+	if backend.ErrorCode(err) == backend.CodeNotFound {
+		return backend.Errorf(backend.CodeInvalid, "id", "command_result for unknown command %q", cid)
+	}
+	return err
 }
 
 func resultFields(r topics.CommandResult) map[string]any {

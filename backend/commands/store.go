@@ -128,7 +128,9 @@ return {1, tostring(seq)}
 // "sent" -> "sent" is a resend. Entering succeeded or failed sets
 // delivered_at if no receipt came. A final state sets finished_at, leaves
 // the active queue and starts the retention clock.
-// Returns {1, old state} done, {0, current state} refused, {-1, ”} no command.
+// Returns {1, old state, hash} done, {0, current state, hash} refused,
+// {-1, ”} no command; hash is the command as it now is (HGETALL), so
+// that the caller need not read it again.
 var transitionScript = redis.NewScript(`
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {-1, ''} end
@@ -136,7 +138,7 @@ local ok = false
 for st in string.gmatch(ARGV[1], '%S+') do
   if st == cur then ok = true end
 end
-if not ok then return {0, cur} end
+if not ok then return {0, cur, redis.call('HGETALL', KEYS[1])} end
 local to, now = ARGV[2], ARGV[3]
 redis.call('HSET', KEYS[1], 'state', to, unpack(ARGV, 5))
 if to == 'sent' then
@@ -151,21 +153,24 @@ if to == 'succeeded' or to == 'failed' or to == 'expired' or to == 'timed_out' o
   redis.call('ZREM', KEYS[2], redis.call('HGET', KEYS[1], 'id'))
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
-return {1, cur}
+return {1, cur, redis.call('HGETALL', KEYS[1])}
 `)
 
 // lateScript records a result for a command that has already ended.
-// KEYS: cmd hash. ARGV: field, value, ... Returns 0 when there is no command.
+// KEYS: cmd hash. ARGV: field, value, ... Returns the command as it now is
+// (HGETALL), empty when there is no command.
 var lateScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 redis.call('HSET', KEYS[1], unpack(ARGV))
-return 1
+return redis.call('HGETALL', KEYS[1])
 `)
 
 // transition moves command cid of dev from one of from to to, with extra
-// fields, and on success counts it, emits the event and returns the
-// previous state. ok is false when the command was in another state (cur).
-func (s *Service) transition(ctx context.Context, dev, cid string, from []string, to string, extra map[string]any) (prev string, ok bool, err error) {
+// fields, and on success counts it and emits the event. It returns the
+// command as the script left it (one round trip: the script returns the
+// hash) and the previous state; ok is false when the command was in
+// another state (then c is the command unchanged, in that state).
+func (s *Service) transition(ctx context.Context, dev, cid string, from []string, to string, extra map[string]any) (c Command, prev string, ok bool, err error) {
 	now := s.now()
 	args := []any{strings.Join(from, " "), to, now.UnixMilli(), s.cfg.Retention.Milliseconds()}
 	for k, v := range extra {
@@ -173,26 +178,35 @@ func (s *Service) transition(ctx context.Context, dev, cid string, from []string
 	}
 	res, err := transitionScript.Run(ctx, s.rdb, []string{s.cmdKey(dev, cid), s.devKeys(dev).active}, args...).Slice()
 	if err != nil {
-		return "", false, unavailable("command "+cid+" -> "+to, err)
+		return Command{}, "", false, unavailable("command "+cid+" -> "+to, err)
 	}
 	code, _ := res[0].(int64)
 	cur, _ := res[1].(string)
-	switch code {
-	case -1:
-		return "", false, backend.Errorf(backend.CodeNotFound, "id", "no command %q", cid)
-	case 0:
-		return cur, false, nil
+	if code == -1 || len(res) < 3 {
+		return Command{}, "", false, backend.Errorf(backend.CodeNotFound, "id", "no command %q", cid)
+	}
+	c = parse(flatHash(res[2]))
+	if code == 0 {
+		return c, cur, false, nil
 	}
 	s.m.total.WithLabelValues(to).Inc()
-	c, err := s.load(ctx, dev, cid)
-	if err != nil {
-		return cur, true, err
-	}
 	if Final(to) {
 		s.m.latency.Observe(now.Sub(c.CreatedAt).Seconds())
 	}
 	s.emit(ctx, c, cur)
-	return cur, true, nil
+	return c, cur, true, nil
+}
+
+// flatHash turns a script's HGETALL reply (field, value, ...) into a map.
+func flatHash(v any) map[string]string {
+	xs, _ := v.([]any)
+	h := make(map[string]string, len(xs)/2)
+	for i := 0; i+1 < len(xs); i += 2 {
+		k, _ := xs[i].(string)
+		v, _ := xs[i+1].(string)
+		h[k] = v
+	}
+	return h
 }
 
 // emit publishes c's state as an event on ecowatt/v1/events/{dev}/command
