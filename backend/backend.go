@@ -56,7 +56,7 @@ type Config struct {
 	Random     io.Reader             // default crypto/rand.Reader
 	Registerer prometheus.Registerer // default: a private registry
 
-	Workers         int // uplink worker shards; default 4×GOMAXPROCS
+	Workers         int // uplink worker shards; default 16×GOMAXPROCS (they mostly wait on Redis)
 	QueueSize       int // per-shard queue; default 256
 	KeyCacheSize    int // derived keys kept in memory; default 65536
 	KeyCacheTTL     time.Duration
@@ -125,7 +125,7 @@ func New(cfg Config) (*Service, error) {
 		cfg.Registerer = prometheus.NewRegistry()
 	}
 	if cfg.Workers <= 0 {
-		cfg.Workers = 4 * runtime.GOMAXPROCS(0)
+		cfg.Workers = 16 * runtime.GOMAXPROCS(0)
 	}
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = 256
