@@ -94,6 +94,15 @@ type Config struct {
 	MaxPacketSize       int           // bytes; default DefaultMaxPacketSize
 	MaxSessionExpiry    time.Duration // cap on persistent sessions; default DefaultMaxSessionExpiry
 	ClientWritesPending int           // per-client outbound queue; default DefaultClientWritesPending
+	// ClientReadBuffer is the size of each connection's read buffer
+	// (bufio.Reader, allocated per client for the life of the connection;
+	// larger packets are read through it in several reads); default
+	// DefaultClientReadBuffer.
+	ClientReadBuffer int
+	// ClientWriteBuffer is the most bytes of queued outbound packets
+	// coalesced before a write (the buffer exists only while packets are
+	// queued); default DefaultClientWriteBuffer.
+	ClientWriteBuffer int
 	// SlowClientTimeout is how long a publisher waits for a subscriber that
 	// does not read before that subscriber is disconnected; default
 	// DefaultSlowClientTimeout.
@@ -114,6 +123,8 @@ const (
 	DefaultMaxPacketSize       = 256 << 10 // an envelope (envelope.MaxSize) plus headers fits
 	DefaultMaxSessionExpiry    = 24 * time.Hour
 	DefaultClientWritesPending = 256
+	DefaultClientReadBuffer    = 1 << 10 // device messages are mostly small; mochi's default is 2 KiB
+	DefaultClientWriteBuffer   = 2 << 10 // mochi's default
 	DefaultSlowClientTimeout   = 30 * time.Second
 )
 
@@ -159,6 +170,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.SlowClientTimeout <= 0 {
 		cfg.SlowClientTimeout = DefaultSlowClientTimeout
 	}
+	if cfg.ClientReadBuffer <= 0 {
+		cfg.ClientReadBuffer = DefaultClientReadBuffer
+	}
+	if cfg.ClientWriteBuffer <= 0 {
+		cfg.ClientWriteBuffer = DefaultClientWriteBuffer
+	}
 	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
 		return nil, errors.New("broker: TLSCert and TLSKey must be given together")
 	}
@@ -179,10 +196,12 @@ func New(cfg Config) (*Server, error) {
 		tls:    cfg.MQTTSListener,
 	}
 	s.mochi = mqtt.New(&mqtt.Options{
-		Capabilities:           caps,
-		InlineClient:           true,
-		Logger:                 newSlogLogger(log.With().Str("component", "mochi").Logger()),
-		SysTopicResendInterval: 10,
+		Capabilities:             caps,
+		ClientNetReadBufferSize:  cfg.ClientReadBuffer,
+		ClientNetWriteBufferSize: cfg.ClientWriteBuffer,
+		InlineClient:             true,
+		Logger:                   newSlogLogger(log.With().Str("component", "mochi").Logger()),
+		SysTopicResendInterval:   10,
 	})
 	m, err := newMetrics(cfg.Registerer, s.mochi.Info)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/ecowatt/ecowatt/backend"
 	wire "github.com/ecowatt/ecowatt/topics/fota"
@@ -172,29 +173,53 @@ func (s *Service) reconcile(ctx context.Context, r *rolloutState) error {
 	return nil
 }
 
+// startWorkers bounds the devices startPending starts at once: each start
+// is a few Redis round trips and a manifest publish, so a batch of 1,000
+// started one by one waited on about 7,000 round trips.
+const startWorkers = 16
+
 // startPending starts the pending devices of the started batches.
 func (s *Service) startPending(ctx context.Context, r *rolloutState) error {
-	upd := map[string]string{}
-	why := map[string]string{}
-	var errs []error
+	var ids []string
 	for _, id := range r.order[:r.startedEnd()] {
-		if r.devs[id] != DevPending {
-			continue
-		}
-		_, err := s.StartUpdate(ctx, id, r.Version, r.ID)
-		switch {
-		case err == nil:
-			upd[id] = DevUpdating
-		case errors.Is(err, wire.ErrDowngrade):
-			upd[id], why[id] = DevSkipped, "already running this version or a newer one"
-		case errors.Is(err, backend.ErrNotFound):
-			upd[id], why[id] = DevSkipped, "device removed"
-		case errors.Is(err, backend.ErrConflict):
-			upd[id], why[id] = DevSkipped, "another update in progress"
-		default:
-			errs = append(errs, err) // stays pending: tried again next tick
+		if r.devs[id] == DevPending {
+			ids = append(ids, id)
 		}
 	}
+	var (
+		mu   sync.Mutex // guards upd, why, errs
+		upd  = map[string]string{}
+		why  = map[string]string{}
+		errs []error
+		wg   sync.WaitGroup
+	)
+	next := make(chan string)
+	for range min(startWorkers, len(ids)) {
+		wg.Go(func() {
+			for id := range next {
+				_, err := s.StartUpdate(ctx, id, r.Version, r.ID)
+				mu.Lock()
+				switch {
+				case err == nil:
+					upd[id] = DevUpdating
+				case errors.Is(err, wire.ErrDowngrade):
+					upd[id], why[id] = DevSkipped, "already running this version or a newer one"
+				case errors.Is(err, backend.ErrNotFound):
+					upd[id], why[id] = DevSkipped, "device removed"
+				case errors.Is(err, backend.ErrConflict):
+					upd[id], why[id] = DevSkipped, "another update in progress"
+				default:
+					errs = append(errs, err) // stays pending: tried again next tick
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	for _, id := range ids {
+		next <- id
+	}
+	close(next)
+	wg.Wait()
 	return errors.Join(s.record(ctx, r, upd, why), errors.Join(errs...))
 }
 

@@ -112,7 +112,7 @@ func (s *Service) HandleRequest(ctx context.Context, dev string, m envelope.Mess
 			return backend.Errorf(backend.CodeInvalid, "", "fota_request: chunk %d of firmware %s, which has %d", c, f.Version, f.Chunks)
 		}
 	}
-	data, err := s.readChunks(ctx, f, req.Chunks)
+	data, err := s.chunks(ctx, f, req.Chunks)
 	if err != nil {
 		return err
 	}
@@ -179,6 +179,9 @@ func (s *Service) HandleStatus(ctx context.Context, dev string, m envelope.Messa
 		s.rdb.ZRem(ctx, s.activeKey(), dev)
 		s.log.Info().Str("device", dev).Str("version", st.Version).Str("result", string(st.State)).
 			Str("reason", st.Reason).Str("rollout", rollout).Msg("firmware update ended")
+		if rollout != "" {
+			s.poke()
+		}
 	}
 	bucket := func(n int) int {
 		if st.TotalChunks == 0 {
@@ -262,41 +265,61 @@ redis.call('HSET', KEYS[1], 'fota_active', '0', 'fota_result', 'timed_out', 'fot
 return 1
 `)
 
-// sweepUpdates times out stalled updates and resends stale manifests.
+// sweepUpdates times out stalled updates and resends stale manifests. The
+// active devices' progress is read in one pipelined round trip; only the
+// devices that look stalled or stale cost more.
 func (s *Service) sweepUpdates(ctx context.Context) error {
 	devs, err := s.rdb.ZRange(ctx, s.activeKey(), 0, -1).Result()
 	if err != nil {
 		return unavailable("fota sweep", err)
 	}
+	cmds := make([]*redis.SliceCmd, len(devs))
+	if _, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, dev := range devs {
+			cmds[i] = p.HMGet(ctx, s.keys.Device(dev), backend.FOTAActive, backend.FOTAStartedAt, backend.FOTATarget,
+				backend.FOTARollout, backend.FOTAUpdatedAt, backend.FOTASentAt)
+		}
+		return nil
+	}); err != nil && !errors.Is(err, redis.Nil) {
+		return unavailable("fota sweep", err)
+	}
 	var errs []error
+	now := s.now().UnixMilli()
 	cutoff := s.now().Add(-s.cfg.UpdateTimeout).UnixMilli()
-	for _, dev := range devs {
+	for i, dev := range devs {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		h, err := s.rdb.HMGet(ctx, s.keys.Device(dev), backend.FOTAActive, backend.FOTAStartedAt, backend.FOTATarget, backend.FOTARollout).Result()
-		if err != nil {
-			errs = append(errs, unavailable("fota sweep "+dev, err))
-			continue
+		h := cmds[i].Val()
+		str := func(j int) string {
+			if j >= len(h) {
+				return ""
+			}
+			v, _ := h[j].(string)
+			return v
 		}
-		if v, _ := h[0].(string); v != "1" {
+		if str(0) != "1" {
 			s.rdb.ZRem(ctx, s.activeKey(), dev)
 			continue
 		}
-		started, _ := h[1].(string)
-		n, err := timeoutScript.Run(ctx, s.rdb, []string{s.keys.Device(dev)}, cutoff, started).Int()
-		if err != nil {
-			errs = append(errs, unavailable("fota sweep "+dev, err))
-			continue
+		updated := atoi(str(4))
+		if updated < cutoff {
+			n, err := timeoutScript.Run(ctx, s.rdb, []string{s.keys.Device(dev)}, cutoff, str(1)).Int()
+			if err != nil {
+				errs = append(errs, unavailable("fota sweep "+dev, err))
+				continue
+			}
+			if n == 1 {
+				target, rollout := str(2), str(3)
+				s.m.updates.WithLabelValues(ResultTimedOut).Inc()
+				s.rdb.ZRem(ctx, s.activeKey(), dev)
+				s.log.Warn().Str("device", dev).Str("version", target).Str("rollout", rollout).Msg("firmware update timed out")
+				s.emit(ctx, dev, map[string]any{"state": ResultTimedOut, "version": target, "reason": "timeout", "rollout": rollout})
+				continue
+			}
 		}
-		if n == 1 {
-			target, _ := h[2].(string)
-			rollout, _ := h[3].(string)
-			s.m.updates.WithLabelValues(ResultTimedOut).Inc()
-			s.rdb.ZRem(ctx, s.activeKey(), dev)
-			s.log.Warn().Str("device", dev).Str("version", target).Str("rollout", rollout).Msg("firmware update timed out")
-			s.emit(ctx, dev, map[string]any{"state": ResultTimedOut, "version": target, "reason": "timeout", "rollout": rollout})
-			continue
+		if now-max(updated, atoi(str(5))) < s.cfg.ManifestResend.Milliseconds() {
+			continue // resend would find it fresh
 		}
 		if err := s.resend(ctx, dev, true); err != nil {
 			errs = append(errs, err)

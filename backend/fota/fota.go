@@ -99,6 +99,10 @@ type Config struct {
 	ManifestResend time.Duration // no progress for this long: send the manifest again; default DefaultManifestResend
 	SweepInterval  time.Duration // how often the lease holder sweeps and advances; default DefaultSweepInterval
 	LeaseTTL       time.Duration // lifetime of the lease, renewed every sweep; default DefaultLeaseTTL
+	// ImageCacheBytes bounds the in-memory cache of firmware images that
+	// chunks are served from; default DefaultImageCacheBytes, negative:
+	// no cache (every chunk is a GETRANGE).
+	ImageCacheBytes int64
 }
 
 // Service stores firmware, drives device updates and advances rollouts.
@@ -114,6 +118,11 @@ type Service struct {
 	cfg   Config
 	m     *metrics
 	lease *lease.Lease // owns sweeps and rollout advancement
+
+	images *imageCache
+	// wake asks Run to advance rollouts now rather than at the next
+	// sweep: an update of a rollout ended, a rollout was created or resumed.
+	wake chan struct{}
 
 	randMu sync.Mutex // guards random
 	random io.Reader
@@ -165,6 +174,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.LeaseTTL <= 0 {
 		cfg.LeaseTTL = DefaultLeaseTTL
 	}
+	if cfg.ImageCacheBytes == 0 {
+		cfg.ImageCacheBytes = DefaultImageCacheBytes
+	}
 	m, err := newMetrics(cfg.Reg)
 	if err != nil {
 		return nil, fmt.Errorf("new fota: %w", err)
@@ -181,6 +193,8 @@ func New(cfg Config) (*Service, error) {
 		m:      m,
 		random: cfg.Random,
 		fw:     make(map[string]*firmware),
+		images: newImageCache(max(cfg.ImageCacheBytes, 0)),
+		wake:   make(chan struct{}, 1),
 	}
 	if cfg.Replica == "" {
 		cfg.Replica = lease.ReplicaID(s.random)
@@ -207,8 +221,11 @@ func (s *Service) Attach() {
 }
 
 // Run holds or waits for the lease and, while holding it, sweeps device
-// updates and advances rollouts every SweepInterval, until ctx is done. It
-// releases the lease on the way out. Run may be called once.
+// updates and advances rollouts every SweepInterval, until ctx is done.
+// Between sweeps the holder also advances rollouts when woken by an event
+// (an update of a rollout ended, a rollout was created or resumed), at
+// most once per eventGap, so that a batch does not wait for the next
+// sweep. It releases the lease on the way out. Run may be called once.
 func (s *Service) Run(ctx context.Context) error {
 	s.mu.Lock()
 	if s.running {
@@ -221,6 +238,7 @@ func (s *Service) Run(ctx context.Context) error {
 	t := time.NewTicker(s.cfg.SweepInterval)
 	defer t.Stop()
 	held := false
+	var acquired time.Time // of the last successful Tick
 	defer func() {
 		if held {
 			rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -230,20 +248,52 @@ func (s *Service) Run(ctx context.Context) error {
 			}
 		}
 	}()
-	for {
+	tick := func() {
 		ok, err := s.Tick(ctx)
 		if err != nil && ctx.Err() == nil {
 			s.log.Error().Err(err).Msg("fota sweep")
+		}
+		if ok {
+			acquired = s.now()
 		}
 		if ok != held {
 			s.log.Info().Bool("held", ok).Str("token", s.lease.Token()).Msg("fota lease")
 			held = ok
 		}
+	}
+	tick()
+	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+			tick()
+		case <-s.wake:
+			if !held {
+				continue // the holder's sweep will see it
+			}
+			if s.now().Sub(acquired) > s.cfg.LeaseTTL/2 {
+				tick() // renew before acting on a lease that may be lapsing
+			} else if err := s.advanceRollouts(ctx); err != nil && ctx.Err() == nil {
+				s.log.Error().Err(err).Msg("fota advance")
+			}
+			select { // coalesce a burst of events into one advance per gap
+			case <-ctx.Done():
+				return nil
+			case <-time.After(eventGap):
+			}
 		}
+	}
+}
+
+// eventGap is the least time between two event-driven advances.
+const eventGap = 100 * time.Millisecond
+
+// poke asks Run to advance rollouts soon; it never blocks.
+func (s *Service) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
 	}
 }
 

@@ -216,6 +216,7 @@ func (s *Service) CreateRollout(ctx context.Context, spec RolloutSpec) (Rollout,
 	}
 	s.log.Info().Str("rollout", rid).Str("version", spec.Version).Int("devices", len(ids)).Int("canary", canary).
 		Int("batch_size", size).Float64("max_failure_percent", pct).Msg("rollout created")
+	s.poke() // start the first batch now, not at the next sweep
 	return s.Rollout(ctx, rid)
 }
 
@@ -524,5 +525,8 @@ func (s *Service) operate(ctx context.Context, rid, to, reason string, from ...s
 		return Rollout{}, backend.Errorf(backend.CodeConflict, "rid", "rollout %s is %s; only a %s rollout can be %s", rid, r.State, strings.Join(from, " or "), to)
 	}
 	s.log.Info().Str("rollout", rid).Str("state", to).Msg("rollout " + to)
+	if to == RolloutRunning {
+		s.poke()
+	}
 	return r, nil
 }

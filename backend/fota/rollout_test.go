@@ -1,11 +1,14 @@
 package fota
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/ecowatt/ecowatt/backend"
+	"github.com/ecowatt/ecowatt/topics/envelope"
 	wire "github.com/ecowatt/ecowatt/topics/fota"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -313,4 +316,54 @@ func TestRolloutRecoversPendingBatch(t *testing.T) {
 	if got := fmt.Sprint(updating(h.rollout(r.ID))); got != "[d00 d01 d02]" {
 		t.Fatalf("updating %s", got)
 	}
+}
+
+// TestRolloutAdvancesOnEvents: with Run holding the lease, a rollout
+// starts its first batch when created and its next batch when a device
+// finishes, without waiting for a sweep.
+func TestRolloutAdvancesOnEvents(t *testing.T) {
+	h := newHarness(t)
+	h.devices(2)
+	h.upload("1.0.4", 3000, false)
+	h.cfg.SweepInterval = time.Hour // only the first sweep, at start
+	s := h.newService()
+	s.Attach()
+	ctx, cancel := context.WithCancel(h.ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); !ok(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	waitFor("the lease", func() bool {
+		owner, _ := h.rdb.Get(h.ctx, s.keys.Global("lease:fota")).Result()
+		return owner == s.lease.Token()
+	})
+	r, err := s.CreateRollout(h.ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{IDs: []string{"d00", "d01"}},
+		Canary: ptr(1), BatchSize: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor("the canary to start", func() bool { return h.fotaOf("d00").Active })
+	if h.fotaOf("d01").Active {
+		t.Fatal("second batch started with the canary")
+	}
+	st := wire.Status{State: wire.StateSucceeded, Version: "1.0.4", Running: "1.0.4"}
+	b, _ := json.Marshal(wire.StatusBody{FotaStatus: &st})
+	if err := s.HandleStatus(h.ctx, "d00", envelope.Message{Body: b}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("the next batch to start", func() bool { return h.fotaOf("d01").Active })
+	s.HandleStatus(h.ctx, "d01", envelope.Message{Body: b})
+	waitFor("completion", func() bool { return h.rollout(r.ID).State == RolloutCompleted })
 }

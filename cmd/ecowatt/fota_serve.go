@@ -24,6 +24,7 @@ type fotaConfig struct {
 	manifestResend time.Duration
 	sweep          time.Duration
 	leaseTTL       time.Duration
+	imageCacheMiB  int
 }
 
 func (c *fotaConfig) register(fs *flag.FlagSet) {
@@ -31,6 +32,7 @@ func (c *fotaConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.updateTimeout, "fota-update-timeout", fota.DefaultUpdateTimeout, "a device update without progress for this long fails (timed_out)")
 	fs.DurationVar(&c.manifestResend, "fota-manifest-resend", fota.DefaultManifestResend, "a device update without progress for this long gets its manifest again")
 	fs.DurationVar(&c.sweep, "fota-sweep", fota.DefaultSweepInterval, "how often rollouts advance and stalled updates are looked for")
+	fs.IntVar(&c.imageCacheMiB, "fota-image-cache", fota.DefaultImageCacheBytes>>20, "MiB of firmware images held in memory to serve chunks from (0: none, every chunk is read from Redis)")
 	fs.DurationVar(&c.leaseTTL, "fota-lease", fota.DefaultLeaseTTL, "lifetime of the Redis lease that makes one replica advance rollouts")
 }
 
@@ -39,6 +41,13 @@ func (c *fotaConfig) register(fs *flag.FlagSet) {
 func newFOTA(c fotaConfig, dataDir string, rdb redis.UniversalClient, prefix, replica string, svc *backend.Service, log zerolog.Logger, reg prometheus.Registerer) (*fota.Service, error) {
 	if c.chunkSize < wire.MinChunkSize || c.chunkSize > wire.MaxChunkSize {
 		return nil, usageError{fmt.Sprintf("--chunk-size %d: want %d-%d bytes", c.chunkSize, wire.MinChunkSize, wire.MaxChunkSize)}
+	}
+	if c.imageCacheMiB < 0 {
+		return nil, usageError{fmt.Sprintf("--fota-image-cache %d: want 0 or more MiB", c.imageCacheMiB)}
+	}
+	imageCache := int64(c.imageCacheMiB) << 20
+	if imageCache == 0 {
+		imageCache = -1 // fota.Config: negative is no cache
 	}
 	key, created, err := fota.LoadOrCreateKey(dataDir, rand.Reader)
 	if err != nil {
@@ -56,7 +65,7 @@ func newFOTA(c fotaConfig, dataDir string, rdb redis.UniversalClient, prefix, re
 		Redis: rdb, Keys: keys, Fleet: svc, Key: key, Reg: reg, Replica: replica,
 		Logger:    log.With().Str("component", "fota").Logger(),
 		ChunkSize: c.chunkSize, UpdateTimeout: c.updateTimeout, ManifestResend: c.manifestResend,
-		SweepInterval: c.sweep, LeaseTTL: c.leaseTTL,
+		SweepInterval: c.sweep, LeaseTTL: c.leaseTTL, ImageCacheBytes: imageCache,
 	})
 	if err != nil {
 		return nil, err

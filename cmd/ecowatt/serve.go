@@ -40,9 +40,11 @@ type serveConfig struct {
 	cmd                                   commandConfig
 	fota                                  fotaConfig
 	scale                                 scaleConfig
+	runtime                               runtimeConfig
 	configSweep, configLease              time.Duration
 	telemetryRetention                    time.Duration
 	demo                                  int
+	uplinkWorkers                         int
 }
 
 func runServe(ctx context.Context, e env, args []string) error {
@@ -65,10 +67,12 @@ func runServe(ctx context.Context, e env, args []string) error {
 	fs.DurationVar(&c.configLease, "config-lease", 0, "lifetime of the Redis lease that makes one replica run the config sweep (default: 3 --config-sweep)")
 	fs.StringVar(&c.readyFile, "ready-file", "", "write the bound addresses as JSON to this file once serving (for scripts and tests)")
 	fs.DurationVar(&c.telemetryRetention, "telemetry-retention", 7*24*time.Hour, "how long telemetry batches are kept in Redis")
+	fs.IntVar(&c.uplinkWorkers, "uplink-workers", 32, "device message workers (shards by device; each waits on Redis round trips, so more than the cores)")
 	fs.IntVar(&c.demo, "demo", 0, "provision N demo devices and run them in-process (a live dashboard at once)")
 	c.cmd.register(fs)
 	c.fota.register(fs)
 	c.scale.register(fs)
+	c.runtime.register(fs)
 	if _, err := parseFlags(fs, e, args); err != nil {
 		return err
 	}
@@ -103,6 +107,16 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		return err
 	}
 	log = log.With().Str("replica", replica).Logger()
+	if err := c.runtime.applyMemoryLimit(log); err != nil {
+		return err
+	}
+	pprofLn, err := c.runtime.listenPprof()
+	if err != nil {
+		return err
+	}
+	if pprofLn != nil {
+		defer pprofLn.Close()
+	}
 	if c.adminToken == "" {
 		b := make([]byte, 24)
 		if _, err := rand.Read(b); err != nil {
@@ -144,6 +158,7 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		Logger:     log.With().Str("component", "backend").Logger(),
 		Random:     rand.Reader,
 		Registerer: reg,
+		Workers:    c.uplinkWorkers,
 	})
 	if err != nil {
 		return err
@@ -222,6 +237,10 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	g.Go(func() error { return cmds.Run(gctx) })
 	g.Go(func() error { return cfgSvc.Run(gctx) })
 	g.Go(func() error { return fw.Run(gctx) })
+	if pprofLn != nil {
+		log.Warn().Str("addr", pprofLn.Addr().String()).Msg("profiling on /debug/pprof/ (--pprof-addr)")
+		g.Go(func() error { return servePprof(gctx, pprofLn) })
+	}
 	if c.demo > 0 {
 		demo := demoFleet{n: c.demo, svc: svc, broker: brk.deviceURL(), dataDir: c.dataDir,
 			log: log.With().Str("component", "demo").Logger(), setup: demoSetup(fw.PublicKey())}
@@ -242,6 +261,9 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	})
 	addrs := brk.addrs()
 	addrs["http"] = ln.Addr().String()
+	if pprofLn != nil {
+		addrs["pprof"] = pprofLn.Addr().String()
+	}
 	log.Info().Interface("addrs", addrs).Msg("ecowatt serving")
 	if c.readyFile != "" {
 		b, _ := json.Marshal(addrs)
