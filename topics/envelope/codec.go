@@ -85,6 +85,9 @@ type wireEnvelope struct {
 	encrypted bool
 	payload   []byte
 	mac       []byte
+	// payloadCopied is true when payload is its own buffer, not a slice of
+	// the input.
+	payloadCopied bool
 }
 
 var errSyntax = errors.New("json syntax")
@@ -137,6 +140,7 @@ func parseEnvelope(raw []byte) (wireEnvelope, error) {
 		case "payload":
 			idx = 3
 			e.payload, err = p.str()
+			e.payloadCopied = p.copied
 		case "mac":
 			idx = 4
 			e.mac, err = p.str()
@@ -166,6 +170,9 @@ func parseEnvelope(raw []byte) (wireEnvelope, error) {
 type parser struct {
 	b []byte
 	i int
+	// copied reports whether the last string read had escapes, and so is
+	// a fresh buffer rather than a slice of b.
+	copied bool
 }
 
 func (p *parser) ws() {
@@ -242,6 +249,7 @@ func (p *parser) str() ([]byte, error) {
 	if !p.eat('"') {
 		return nil, errors.New("want a string")
 	}
+	p.copied = false
 	start := p.i
 	for p.i < len(p.b) {
 		c := p.b[p.i]
@@ -261,19 +269,27 @@ func (p *parser) str() ([]byte, error) {
 }
 
 func (p *parser) strEscaped(start int) ([]byte, error) {
-	out := append([]byte(nil), p.b[start:p.i]...)
+	p.copied = true
+	out := make([]byte, 0, len(p.b)-start)
+	out = append(out, p.b[start:p.i]...)
 	for p.i < len(p.b) {
-		c := p.b[p.i]
-		switch {
+		// Copy the run up to the next quote, backslash or control byte at
+		// once: an escaped JSON body is mostly such runs.
+		j := p.i
+		for j < len(p.b) && p.b[j] != '"' && p.b[j] != '\\' && p.b[j] >= 0x20 {
+			j++
+		}
+		out = append(out, p.b[p.i:j]...)
+		p.i = j
+		if p.i >= len(p.b) {
+			break
+		}
+		switch c := p.b[p.i]; {
 		case c == '"':
 			p.i++
 			return out, nil
 		case c < 0x20:
 			return nil, errors.New("control character in string")
-		case c != '\\':
-			out = append(out, c)
-			p.i++
-			continue
 		}
 		if p.i+1 >= len(p.b) {
 			break

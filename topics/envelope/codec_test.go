@@ -48,3 +48,25 @@ func FuzzCodecMatchesStdlib(f *testing.F) {
 }
 
 func validUTF8(b []byte) bool { return utf8.Valid(b) }
+
+// TestOpenBodyDoesNotAlias: the body Open returns stays valid when the
+// caller reuses its receive buffer, with and without escapes in the payload.
+func TestOpenBodyDoesNotAlias(t *testing.T) {
+	k := keysFor(t, testPSK)
+	for _, body := range []string{`plain-no-escapes`, `{"with":"escapes"}`} {
+		raw, err := Seal(k, testTopic, 1, testTime, []byte(body), false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := Open(k, testTopic, raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range raw {
+			raw[i] = 'X'
+		}
+		if string(m.Body) != body {
+			t.Fatalf("body %q changed to %q when the input buffer was reused", body, m.Body)
+		}
+	}
+}

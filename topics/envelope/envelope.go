@@ -187,7 +187,10 @@ func Open(k *Keys, topic string, raw []byte) (Message, error) {
 	if !hmac.Equal(got[:], k.mac(topic, env.nonce, env.ms, env.encrypted, payload)) {
 		return Message{}, fmt.Errorf("open: %w", ErrMAC)
 	}
-	m := Message{Nonce: env.nonce, Timestamp: time.UnixMilli(env.ms), Encrypted: env.encrypted, Body: bytes.Clone(payload)}
+	if !env.payloadCopied {
+		payload = bytes.Clone(payload) // the body must not alias the caller's buffer
+	}
+	m := Message{Nonce: env.nonce, Timestamp: time.UnixMilli(env.ms), Encrypted: env.encrypted, Body: payload}
 	if env.encrypted {
 		ct, err := base64.StdEncoding.DecodeString(string(payload))
 		if err != nil {
