@@ -227,6 +227,22 @@ func (s *Service) List(ctx context.Context, dev string, limit int, before string
 	return page, nil
 }
 
+// checkOperator allows only a known admin operator to queue commands over
+// MQTT.
+func (s *Service) checkOperator(ctx context.Context, operator string) error {
+	if operator == "" {
+		return backend.Errorf(backend.CodeForbidden, "", "anonymous operator messages are not accepted")
+	}
+	role, err := s.fleet.OperatorRole(ctx, operator)
+	if err != nil && backend.ErrorCode(err) != backend.CodeNotFound {
+		return err
+	}
+	if role != backend.RoleAdmin {
+		return backend.Errorf(backend.CodeForbidden, "", "operator %q may not send commands", operator)
+	}
+	return nil
+}
+
 func toAny(ss []string) []any {
 	out := make([]any, len(ss))
 	for i, s := range ss {
@@ -238,9 +254,15 @@ func toAny(ss []string) []any {
 // HandleOps queues a command an operator published on
 // ecowatt/v1/ops/{dev}/command. A rejected command gets an event of its
 // own (status "rejected", with the reason and the request_id when one can
-// be read), so that a script can match it; it is not queued.
+// be read), so that a script can match it; it is not queued. The broker
+// lets only admins publish there; the role is checked again here, because
+// an external broker's ACL is not ours.
 func (s *Service) HandleOps(ctx context.Context, dev, operator string, body []byte) error {
-	c, err := s.Parse(body)
+	err := s.checkOperator(ctx, operator)
+	var c topics.OpsCommand
+	if err == nil {
+		c, err = s.Parse(body)
+	}
 	if err == nil {
 		_, _, err = s.Submit(ctx, dev, operator, c)
 	}

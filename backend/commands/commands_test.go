@@ -78,6 +78,9 @@ func TestSubmitBadInput(t *testing.T) {
 func TestOpsRejectionEchoesRequestID(t *testing.T) {
 	h := newHarness(t)
 	h.device("dev-1", false)
+	if err := h.fleet.EnsureOperator(h.ctx, "op", "pw", backend.RoleAdmin); err != nil {
+		t.Fatal(err)
+	}
 	before := h.snapshot()
 	err := h.svc.HandleOps(h.ctx, "dev-1", "op", []byte(`{"action":"write_register","target_register":"export_power","value":150,"request_id":"r-9"}`))
 	if err != nil {
@@ -371,3 +374,28 @@ func idsOf(cs []topics.Command) string {
 }
 
 func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
+
+// TestOpsNeedsAnAdmin: over MQTT only a known admin operator may queue a
+// command (an external broker's ACL is not ours); others get a rejection
+// event and nothing is queued.
+func TestOpsNeedsAnAdmin(t *testing.T) {
+	h := newHarness(t)
+	h.device("dev-1", true)
+	if err := h.fleet.EnsureOperator(h.ctx, "viewer1", "pw", backend.RoleViewer); err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range []string{"", "viewer1", "nobody"} {
+		t.Run("operator "+op, func(t *testing.T) {
+			before := h.snapshot()
+			if err := h.svc.HandleOps(h.ctx, "dev-1", op, []byte(`{"action":"ping","request_id":"x"}`)); err != nil {
+				t.Fatal(err)
+			}
+			h.assertUnchanged(t, before)
+			evs := h.events("dev-1")
+			last := evs[len(evs)-1]
+			if e, _ := last["error"].(map[string]any); last["status"] != "rejected" || e["code"] != backend.CodeForbidden {
+				t.Fatalf("last event %v; want a forbidden rejection", last)
+			}
+		})
+	}
+}

@@ -105,11 +105,14 @@ func TestRunDeliversAfterRestart(t *testing.T) {
 func TestOpsOverBus(t *testing.T) {
 	h := newHarness(t)
 	h.device("dev-1", true)
+	if err := h.fleet.EnsureOperator(h.ctx, "alice", "pw", backend.RoleAdmin); err != nil {
+		t.Fatal(err)
+	}
 	h.svc.Attach()
 	h.run("backend run", h.fleet.Run)
 	h.run("commands run", h.svc.Run)
 	h.bus.WaitSubscribed(t, 2, 5*time.Second)
-	h.bus.Deliver(backend.Message{Topic: topics.Ops("dev-1", topics.KindCommand), Payload: []byte(`{"action":"read_register","target_register":"export_power","request_id":"q1"}`)})
+	h.bus.Deliver(backend.Message{Topic: topics.Ops("dev-1", topics.KindCommand), Username: "alice", Payload: []byte(`{"action":"read_register","target_register":"export_power","request_id":"q1"}`)})
 	h.bus.WaitSent(t, topics.DeviceDown("dev-1", topics.KindCommand), 1, 5*time.Second)
 	if d := h.downlinks("dev-1"); len(d) != 1 || d[0].Action != topics.ActionReadRegister || d[0].TargetRegister != "export_power" {
 		t.Fatalf("downlinks %+v, want one read_register of export_power", d)

@@ -206,7 +206,10 @@ func (s *Service) handleAck(ctx context.Context, dev string, m envelope.Message)
 		}
 		dup = r.lastAck != nil && r.h[fLastAck] == string(ackJSON)
 		fields := []any{}
-		if r.reported != nil || len(changes) > 0 {
+		// An ack older than the reported version (a late redelivery, or
+		// two replicas handling acks out of order) must not roll the
+		// reported config back.
+		if ack.Version >= r.reportedVer && (r.reported != nil || len(changes) > 0) {
 			// Unknown before: the device started from the factory config.
 			rep := topics.DefaultConfig()
 			if r.reported != nil {
