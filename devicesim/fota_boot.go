@@ -350,7 +350,7 @@ func (m *FOTAManager) handleRollback(_ context.Context, msg envelope.Message) er
 		return nil
 	}
 	if err != nil {
-		m.refuseLocked(err)
+		m.refuseLocked("", err)
 		return fmt.Errorf("rollback refused: %w", err)
 	}
 	b := m.d.Boot()
@@ -364,7 +364,7 @@ func (m *FOTAManager) handleRollback(_ context.Context, msg envelope.Message) er
 		err = fmt.Errorf("%w: previous slot holds %s, not %s", errNoPrevious, prev.Version, r.Version)
 	}
 	if err != nil {
-		m.refuseLocked(err)
+		m.refuseLocked("", err)
 		return fmt.Errorf("rollback refused: %w", err)
 	}
 	err = m.d.UpdateBoot(func(b *BootRecord) error {

@@ -29,7 +29,9 @@ func otherSlot(s string) string {
 func (m *FOTAManager) handleManifest(_ context.Context, msg envelope.Message) error {
 	defer m.wake()
 	man, err := fota.ParseManifestBody(msg.Body)
+	offered := "" // the version refused, when the manifest parsed
 	if err == nil {
+		offered = man.Version
 		err = m.checkManifest(man)
 	}
 	m.mu.Lock()
@@ -47,7 +49,7 @@ func (m *FOTAManager) handleManifest(_ context.Context, msg envelope.Message) er
 		return nil
 	}
 	if err != nil {
-		m.refuseLocked(err)
+		m.refuseLocked(offered, err)
 		return fmt.Errorf("fota manifest refused: %w", err)
 	}
 	if m.man != nil && m.man.Hash == man.Hash {
@@ -64,7 +66,7 @@ func (m *FOTAManager) handleManifest(_ context.Context, msg envelope.Message) er
 	}
 	if !m.rec.State.Stable() && m.rec.State != fota.StateDownloading {
 		err := fmt.Errorf("busy: %s %s", m.rec.State, m.rec.Version)
-		m.refuseLocked(err)
+		m.refuseLocked(man.Version, err)
 		return fmt.Errorf("fota manifest %s refused: %w", man.Version, err)
 	}
 	if err := m.startLocked(man); err != nil {
@@ -95,8 +97,11 @@ func (m *FOTAManager) checkManifest(man fota.Manifest) error {
 }
 
 // refuseLocked reports a refused manifest or rollback: a resting device
-// moves to failed; a busy one repeats its state with the reason.
-func (m *FOTAManager) refuseLocked(err error) {
+// moves to failed; a busy one repeats its state with the reason. version
+// is the refused manifest's version, which the failure names so that the
+// backend can end the update that offered it; "" (a rollback, or a
+// manifest that did not parse) names the running version.
+func (m *FOTAManager) refuseLocked(version string, err error) {
 	m.refused.Add(1)
 	reason := fota.ReasonOf(err)
 	if errors.Is(err, errNoPrevious) {
@@ -104,7 +109,10 @@ func (m *FOTAManager) refuseLocked(err error) {
 	}
 	m.d.log.Warn().Err(err).Str("reason", reason).Msg("fota refused")
 	if m.rec.State.Stable() {
-		m.rec = fotaRecord{State: fota.StateFailed, Version: m.boot.running, Reason: reason, Detail: err.Error()}
+		if version == "" {
+			version = m.boot.running
+		}
+		m.rec = fotaRecord{State: fota.StateFailed, Version: version, Reason: reason, Detail: err.Error()}
 		m.man, m.bits = nil, nil
 		m.persistLocked()
 		m.queueLocked(m.statusLocked())

@@ -336,59 +336,62 @@ func TestFOTABadInputs(t *testing.T) {
 		opt    func(*FOTAOptions)
 		send   func(g *fotaRig) // sends the bad input
 		reason string
+		// version is the failure's version: the refused manifest's when
+		// it parsed, so the backend ends the update that offered it.
+		version string
 	}{
 		{name: "bad signature", send: func(g *fotaRig) {
 			_, m := testImage(g.t, "1.0.4", 8<<10, 4<<10, false, g.priv)
 			m.Size-- // tampered after signing
 			m.Chunks[1] = m.Chunks[0]
 			g.be.sendManifest(m)
-		}, reason: fota.ReasonBadSignature},
+		}, reason: fota.ReasonBadSignature, version: "1.0.4"},
 		{name: "signed by the wrong key", send: func(g *fotaRig) {
 			_, m := testImage(g.t, "1.0.4", 8<<10, 4<<10, false, otherPriv)
 			g.be.sendManifest(m)
-		}, reason: fota.ReasonBadSignature},
+		}, reason: fota.ReasonBadSignature, version: "1.0.4"},
 		{name: "no firmware key on the device", opt: func(o *FOTAOptions) { o.PublicKey = nil }, send: func(g *fotaRig) {
 			_, m := testImage(g.t, "1.0.4", 8<<10, 4<<10, false, g.priv)
 			g.be.sendManifest(m)
-		}, reason: fota.ReasonBadSignature},
+		}, reason: fota.ReasonBadSignature, version: "1.0.4"},
 		{name: "downgrade", send: func(g *fotaRig) {
 			_, m := testImage(g.t, "0.9.9", 8<<10, 4<<10, false, g.priv)
 			g.be.sendManifest(m)
-		}, reason: fota.ReasonDowngrade},
+		}, reason: fota.ReasonDowngrade, version: "0.9.9"},
 		{name: "same version", send: func(g *fotaRig) {
 			_, m := testImage(g.t, DefaultFirmwareVersion, 8<<10, 4<<10, false, g.priv)
 			g.be.sendManifest(m)
-		}, reason: fota.ReasonDowngrade},
+		}, reason: fota.ReasonDowngrade, version: DefaultFirmwareVersion},
 		{name: "oversized image", opt: func(o *FOTAOptions) { o.SlotSize = 16 << 10 }, send: func(g *fotaRig) {
 			_, m := testImage(g.t, "1.0.4", 17<<10, 4<<10, false, g.priv)
 			g.be.sendManifest(m)
-		}, reason: fota.ReasonTooLarge},
+		}, reason: fota.ReasonTooLarge, version: "1.0.4"},
 		{name: "malformed manifest", send: func(g *fotaRig) {
 			g.be.send(topics.KindFOTAManifest, []byte(`{"fota_manifest":{"version":"1.0.4","Size":1}}`))
-		}, reason: fota.ReasonMalformed},
+		}, reason: fota.ReasonMalformed, version: DefaultFirmwareVersion},
 		{name: "truncated image", send: func(g *fotaRig) {
 			img, _ := testImage(g.t, "1.0.4", 16<<10, 4<<10, false, g.priv)
 			img = img[:10<<10]
 			g.be.add("1.0.4", img, 4<<10)
 			g.be.sendManifest(rawManifest(g.t, img, "1.0.4", 4<<10, g.priv))
-		}, reason: fota.ReasonBadImage},
+		}, reason: fota.ReasonBadImage, version: "1.0.4"},
 		{name: "image without a valid descriptor", send: func(g *fotaRig) {
 			img, _ := testImage(g.t, "1.0.4", 16<<10, 4<<10, false, g.priv)
 			img[32] ^= 0xFF // esp_app_desc_t.magic_word
 			g.be.add("1.0.4", img, 4<<10)
 			g.be.sendManifest(rawManifest(g.t, img, "1.0.4", 4<<10, g.priv))
-		}, reason: fota.ReasonBadImage},
+		}, reason: fota.ReasonBadImage, version: "1.0.4"},
 		{name: "descriptor names another version", send: func(g *fotaRig) {
 			img, _ := testImage(g.t, "1.0.3", 16<<10, 4<<10, false, g.priv)
 			g.be.add("1.0.4", img, 4<<10)
 			g.be.sendManifest(rawManifest(g.t, img, "1.0.4", 4<<10, g.priv))
-		}, reason: fota.ReasonVersionMismatch},
+		}, reason: fota.ReasonVersionMismatch, version: "1.0.4"},
 		{name: "rollback with no previous slot", send: func(g *fotaRig) {
 			g.be.send(topics.KindRollback, []byte(`{"rollback":{"reason":"operator"}}`))
-		}, reason: fota.ReasonNoPrevious},
+		}, reason: fota.ReasonNoPrevious, version: DefaultFirmwareVersion},
 		{name: "malformed rollback", send: func(g *fotaRig) {
 			g.be.send(topics.KindRollback, []byte(`{"rollback":{"reason":"x","Version":"1"}}`))
-		}, reason: fota.ReasonMalformed},
+		}, reason: fota.ReasonMalformed, version: DefaultFirmwareVersion},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			g := newFOTARig(t, "fota-bad", 37)
@@ -398,8 +401,8 @@ func TestFOTABadInputs(t *testing.T) {
 			g.boot(nil)
 			tc.send(g)
 			st := g.waitStatus("failure", stateIs(fota.StateFailed, ""))
-			if st.Reason != tc.reason || st.Detail == "" || st.Running != DefaultFirmwareVersion {
-				t.Errorf("status = %+v, want failed with reason %s", st, tc.reason)
+			if st.Reason != tc.reason || st.Detail == "" || st.Running != DefaultFirmwareVersion || st.Version != tc.version {
+				t.Errorf("status = %+v, want failed with reason %s, version %s", st, tc.reason, tc.version)
 			}
 			time.Sleep(50 * time.Millisecond)
 			b := g.d.Boot()

@@ -173,12 +173,56 @@ func (s *Service) reconcile(ctx context.Context, r *rolloutState) error {
 	return nil
 }
 
+// claimScript moves a device of a rollout from pending to updating, only
+// while the rollout is running or paused (a paused rollout still starts
+// the devices of its started batches), so that an abort stops a batch
+// being started: the devices not yet claimed stay pending and are
+// cancelled. Returns {1} when claimed, else {0, the device's state}.
+// KEYS: ro hash, devs hash. ARGV: device.
+var claimScript = redis.NewScript(`
+local st = redis.call('HGET', KEYS[1], 'state')
+local dev = redis.call('HGET', KEYS[2], ARGV[1])
+if (st ~= 'running' and st ~= 'paused') or dev ~= 'pending' then return {0, dev or ''} end
+redis.call('HSET', KEYS[2], ARGV[1], 'updating')
+return {1}
+`)
+
+// unclaimScript undoes a claim whose start failed for want of storage or
+// broker: the device is pending again (tried next tick), or cancelled when
+// the rollout has since been aborted. Returns the device's state.
+// KEYS: ro hash, devs hash. ARGV: device.
+var unclaimScript = redis.NewScript(`
+local dev = redis.call('HGET', KEYS[2], ARGV[1])
+if dev ~= 'updating' then return dev or '' end
+local st = redis.call('HGET', KEYS[1], 'state')
+dev = 'cancelled'
+if st == 'running' or st == 'paused' then dev = 'pending' end
+redis.call('HSET', KEYS[2], ARGV[1], dev)
+return dev
+`)
+
+// cancelScript cancels the devices named that are still pending.
+// KEYS: ro hash, devs hash. ARGV: now ms, devices.
+var cancelScript = redis.NewScript(`
+local n = 0
+for i = 2, #ARGV do
+  if redis.call('HGET', KEYS[2], ARGV[i]) == 'pending' then
+    redis.call('HSET', KEYS[2], ARGV[i], 'cancelled')
+    n = n + 1
+  end
+end
+if n > 0 then redis.call('HSET', KEYS[1], 'updated_at', ARGV[1]) end
+return n
+`)
+
 // startWorkers bounds the devices startPending starts at once: each start
 // is a few Redis round trips and a manifest publish, so a batch of 1,000
 // started one by one waited on about 7,000 round trips.
 const startWorkers = 16
 
-// startPending starts the pending devices of the started batches.
+// startPending starts the pending devices of the started batches. Each
+// device is claimed (claimScript) before it is started, so a device is
+// never started once its rollout is aborted, even from a stale r.
 func (s *Service) startPending(ctx context.Context, r *rolloutState) error {
 	var ids []string
 	for _, id := range r.order[:r.startedEnd()] {
@@ -187,19 +231,42 @@ func (s *Service) startPending(ctx context.Context, r *rolloutState) error {
 		}
 	}
 	var (
-		mu   sync.Mutex // guards upd, why, errs
+		mu   sync.Mutex // guards upd, why, seen, errs
 		upd  = map[string]string{}
 		why  = map[string]string{}
+		seen = map[string]string{} // states found instead of pending, not written
 		errs []error
 		wg   sync.WaitGroup
 	)
+	keys := []string{s.roKey(r.ID), s.roDevs(r.ID)}
 	next := make(chan string)
 	for range min(startWorkers, len(ids)) {
 		wg.Go(func() {
 			for id := range next {
-				_, err := s.StartUpdate(ctx, id, r.Version, r.ID)
+				res, err := claimScript.Run(ctx, s.rdb, keys, id).Slice()
+				if err != nil {
+					mu.Lock()
+					errs = append(errs, unavailable("rollout "+r.ID+": claim "+id, err))
+					mu.Unlock()
+					continue
+				}
+				if n, _ := res[0].(int64); n != 1 {
+					mu.Lock()
+					seen[id], _ = res[1].(string)
+					mu.Unlock()
+					continue
+				}
+				_, err = s.StartUpdate(ctx, id, r.Version, r.ID)
+				var st string
+				var uerr error
+				if err != nil && !errors.Is(err, wire.ErrDowngrade) && !errors.Is(err, backend.ErrNotFound) &&
+					!errors.Is(err, backend.ErrConflict) {
+					st, uerr = unclaimScript.Run(ctx, s.rdb, keys, id).Text()
+				}
 				mu.Lock()
 				switch {
+				case uerr != nil:
+					errs = append(errs, err, unavailable("rollout "+r.ID+": unclaim "+id, uerr))
 				case err == nil:
 					upd[id] = DevUpdating
 				case errors.Is(err, wire.ErrDowngrade):
@@ -209,7 +276,8 @@ func (s *Service) startPending(ctx context.Context, r *rolloutState) error {
 				case errors.Is(err, backend.ErrConflict):
 					upd[id], why[id] = DevSkipped, "another update in progress"
 				default:
-					errs = append(errs, err) // stays pending: tried again next tick
+					errs = append(errs, err) // pending again: tried next tick
+					seen[id] = st
 				}
 				mu.Unlock()
 			}
@@ -220,6 +288,12 @@ func (s *Service) startPending(ctx context.Context, r *rolloutState) error {
 	}
 	close(next)
 	wg.Wait()
+	for id, st := range seen {
+		if st != "" {
+			r.devs[id] = st
+		}
+	}
+	r.count()
 	return errors.Join(s.record(ctx, r, upd, why), errors.Join(errs...))
 }
 
@@ -258,17 +332,23 @@ func (s *Service) record(ctx context.Context, r *rolloutState, upd, why map[stri
 }
 
 // cancelPending marks the not-yet-started devices of an aborted rollout
-// cancelled.
+// cancelled; a device claimed meanwhile keeps its state.
 func (s *Service) cancelPending(ctx context.Context, rid string) error {
 	r, err := s.loadRollout(ctx, rid)
 	if err != nil {
 		return err
 	}
-	upd := map[string]string{}
+	args := []any{s.now().UnixMilli()}
 	for _, id := range r.order {
 		if r.devs[id] == DevPending {
-			upd[id] = DevCancelled
+			args = append(args, id)
 		}
 	}
-	return s.record(ctx, r, upd, nil)
+	if len(args) == 1 {
+		return nil
+	}
+	if err := cancelScript.Run(ctx, s.rdb, []string{s.roKey(rid), s.roDevs(rid)}, args...).Err(); err != nil {
+		return unavailable("cancel rollout "+rid, err)
+	}
+	return nil
 }

@@ -18,27 +18,41 @@ import (
 // but which the device has not reported on yet.
 const StatePending = "pending"
 
+// progressAt is the device hash field holding when the active update
+// last made progress (unix ms): its start, a change of chunks received,
+// or a change of state reported for its target. The update timeout counts
+// from it, so repeated statuses that show no progress (a device refusing
+// the manifest again at every resend) cannot keep an update alive.
+const progressAt = "fota_progress_at"
+
 // activeKey indexes devices with an active update.
 func (s *Service) activeKey() string { return s.keys.Global("fota:active") }
 
 // startScript starts an update on a device: refused when the device does
-// not exist (0) or has an active update (-1).
+// not exist (0) or has an active update (-1); 2 when the device already
+// has the active update a rollout asks for (a rollout restarting its
+// pending device after a crash or a lost reply: nothing to do).
 // KEYS: dev hash. ARGV: target, rollout, now ms, total chunks.
 var startScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HGET', KEYS[1], 'fota_active') == '1' then return -1 end
+local cur = redis.call('HMGET', KEYS[1], 'fota_active', 'fota_rollout', 'fota_target')
+if cur[1] == '1' then
+  if ARGV[2] ~= '' and cur[2] == ARGV[2] and cur[3] == ARGV[1] then return 2 end
+  return -1
+end
 redis.call('HSET', KEYS[1], 'fota_target', ARGV[1], 'fota_rollout', ARGV[2], 'fota_active', '1',
   'fota_result', '', 'fota_state', 'pending', 'fota_version', ARGV[1], 'fota_received', '0',
   'fota_total', ARGV[4], 'fota_reason', '', 'fota_detail', '', 'fota_started_at', ARGV[3],
-  'fota_updated_at', ARGV[3], 'fota_sent_at', ARGV[3])
+  'fota_updated_at', ARGV[3], 'fota_sent_at', ARGV[3], 'fota_progress_at', ARGV[3])
 return 1
 `)
 
 // StartUpdate starts updating dev to version and sends it the manifest.
 // rollout names the rollout starting it ("" for a single update). A device
 // already running version (or a newer one, which it would refuse as a
-// downgrade) is CodeConflict, as is a device with an update in progress;
-// an unknown device or version is CodeNotFound. An offline device gets
+// downgrade) is CodeConflict, as is a device with an update in progress,
+// unless it is this rollout's update to version (then StartUpdate does
+// nothing and succeeds); an unknown device or version is CodeNotFound. An offline device gets
 // the manifest when it comes back (HandleBirth).
 func (s *Service) StartUpdate(ctx context.Context, dev, version, rollout string) (backend.DeviceFOTA, error) {
 	d, err := s.fleet.Device(ctx, dev)
@@ -65,6 +79,8 @@ func (s *Service) StartUpdate(ctx context.Context, dev, version, rollout string)
 		return backend.DeviceFOTA{}, backend.Errorf(backend.CodeNotFound, "id", "no device %q", dev)
 	case -1:
 		return backend.DeviceFOTA{}, backend.Errorf(backend.CodeConflict, "id", "device %s has a firmware update in progress", dev)
+	case 2:
+		return s.DeviceStatus(ctx, dev) // already started by this rollout
 	}
 	if err := s.rdb.ZAdd(ctx, s.activeKey(), redis.Z{Score: float64(now.UnixMilli()), Member: dev}).Err(); err != nil {
 		return backend.DeviceFOTA{}, unavailable("start update of "+dev+": index", err)
@@ -133,12 +149,17 @@ func (s *Service) HandleRequest(ctx context.Context, dev string, m envelope.Mess
 // active update when the status is final for its target. Returns {0} for
 // an unknown device, else {1 or 2 (update ended), previous state, previous
 // received, rollout}.
+// A status for the target that changes the chunks received or the state
+// is progress (fota_progress_at).
 // KEYS: dev hash. ARGV: state, version, received, total, reason, detail, now ms, final (0/1).
 var statusScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
 local prev = redis.call('HMGET', KEYS[1], 'fota_state', 'fota_received', 'fota_active', 'fota_target', 'fota_rollout', 'fota_version')
 redis.call('HSET', KEYS[1], 'fota_state', ARGV[1], 'fota_version', ARGV[2], 'fota_received', ARGV[3],
   'fota_total', ARGV[4], 'fota_reason', ARGV[5], 'fota_detail', ARGV[6], 'fota_updated_at', ARGV[7])
+if prev[3] == '1' and prev[4] == ARGV[2] and (prev[1] ~= ARGV[1] or prev[2] ~= ARGV[3]) then
+  redis.call('HSET', KEYS[1], 'fota_progress_at', ARGV[7])
+end
 local ended = 1
 if ARGV[8] == '1' and prev[3] == '1' and prev[4] == ARGV[2] then
   redis.call('HSET', KEYS[1], 'fota_active', '0', 'fota_result', ARGV[1])
@@ -254,12 +275,13 @@ func (s *Service) resend(ctx context.Context, dev string, onlyStale bool) error 
 	return s.fleet.Send(ctx, dev, topics.KindFOTAManifest, f.body)
 }
 
-// timeoutScript ends an update that made no progress since before the
-// cutoff. KEYS: dev hash. ARGV: cutoff ms, started_at.
+// timeoutScript ends an update that made no progress (fota_progress_at,
+// else its start) since before the cutoff. KEYS: dev hash. ARGV: cutoff
+// ms, started_at.
 var timeoutScript = redis.NewScript(`
-local h = redis.call('HMGET', KEYS[1], 'fota_active', 'fota_updated_at', 'fota_started_at')
+local h = redis.call('HMGET', KEYS[1], 'fota_active', 'fota_progress_at', 'fota_started_at')
 if h[1] ~= '1' or h[3] ~= ARGV[2] then return 0 end
-if tonumber(h[2] or '0') >= tonumber(ARGV[1]) then return 0 end
+if tonumber(h[2] or h[3] or '0') >= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'fota_active', '0', 'fota_result', 'timed_out', 'fota_reason', 'timeout',
   'fota_detail', 'no progress reported in time')
 return 1
@@ -277,7 +299,7 @@ func (s *Service) sweepUpdates(ctx context.Context) error {
 	if _, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, dev := range devs {
 			cmds[i] = p.HMGet(ctx, s.keys.Device(dev), backend.FOTAActive, backend.FOTAStartedAt, backend.FOTATarget,
-				backend.FOTARollout, backend.FOTAUpdatedAt, backend.FOTASentAt)
+				backend.FOTARollout, backend.FOTAUpdatedAt, backend.FOTASentAt, progressAt)
 		}
 		return nil
 	}); err != nil && !errors.Is(err, redis.Nil) {
@@ -303,7 +325,11 @@ func (s *Service) sweepUpdates(ctx context.Context) error {
 			continue
 		}
 		updated := atoi(str(4))
-		if updated < cutoff {
+		progress := atoi(str(6))
+		if progress == 0 {
+			progress = atoi(str(1)) // started before fota_progress_at existed
+		}
+		if progress < cutoff {
 			n, err := timeoutScript.Run(ctx, s.rdb, []string{s.keys.Device(dev)}, cutoff, str(1)).Int()
 			if err != nil {
 				errs = append(errs, unavailable("fota sweep "+dev, err))

@@ -238,7 +238,7 @@ func (s *Service) Run(ctx context.Context) error {
 	t := time.NewTicker(s.cfg.SweepInterval)
 	defer t.Stop()
 	held := false
-	var acquired time.Time // of the last successful Tick
+	var acquired time.Time // when the last successful Tick took or renewed the lease
 	defer func() {
 		if held {
 			rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -249,12 +249,15 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 	}()
 	tick := func() {
+		// The lease runs from its acquisition at the start of Tick, not
+		// from the end of the sweep that follows it.
+		start := s.now()
 		ok, err := s.Tick(ctx)
 		if err != nil && ctx.Err() == nil {
 			s.log.Error().Err(err).Msg("fota sweep")
 		}
 		if ok {
-			acquired = s.now()
+			acquired = start
 		}
 		if ok != held {
 			s.log.Info().Bool("held", ok).Str("token", s.lease.Token()).Msg("fota lease")

@@ -367,3 +367,149 @@ func TestRolloutAdvancesOnEvents(t *testing.T) {
 	s.HandleStatus(h.ctx, "d01", envelope.Message{Body: b})
 	waitFor("completion", func() bool { return h.rollout(r.ID).State == RolloutCompleted })
 }
+
+// TestRolloutRefusedManifest: a device that refuses the manifest (the
+// image is larger than its slot) reports failed for the offered version:
+// its update ends, the rollout counts it failed and moves on. A device
+// that only repeats a refusal naming another version (as before the fix)
+// still times out: statuses without progress do not keep it alive.
+func TestRolloutRefusedManifest(t *testing.T) {
+	t.Run("refusal of the offered version", func(t *testing.T) {
+		h := newHarness(t)
+		h.devices(2)
+		h.upload("1.0.4", 3000, false)
+		r, err := h.svc.CreateRollout(h.ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{All: true},
+			Canary: ptr(1), BatchSize: 1, MaxFailurePercent: ptr(100.0)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.tick(h.svc)
+		h.status("d00", wire.Status{Version: "1.0.4", State: wire.StateFailed, Reason: wire.ReasonTooLarge,
+			Detail: "image is 3000 bytes, the slot holds 1024", Running: "1.0.0"})
+		if f := h.fotaOf("d00"); f.Active || f.Result != ResultFailed {
+			t.Fatalf("after the refusal: %+v", f)
+		}
+		h.tick(h.svc)
+		r = h.rollout(r.ID)
+		if r.Counts[DevFailed] != 1 || r.CurrentBatch != 1 || fmt.Sprint(updating(r)) != "[d01]" {
+			t.Fatalf("rollout did not count the refusal and advance: batch %d %v", r.CurrentBatch, r.Counts)
+		}
+		if r.Devices[0].Reason != "failed: "+wire.ReasonTooLarge {
+			t.Fatalf("d00 reason %q", r.Devices[0].Reason)
+		}
+	})
+	t.Run("refusals without progress time out", func(t *testing.T) {
+		h := newHarness(t)
+		h.devices(1)
+		h.upload("1.0.4", 3000, false)
+		r, err := h.svc.CreateRollout(h.ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{All: true}, Canary: ptr(0), BatchSize: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.tick(h.svc)
+		for range 12 { // a refusal at every resend, for 6 minutes
+			h.status("d00", wire.Status{Version: "1.0.0", State: wire.StateFailed, Reason: wire.ReasonTooLarge, Running: "1.0.0"})
+			h.clk.Add(30 * time.Second)
+			h.tick(h.svc)
+		}
+		if f := h.fotaOf("d00"); f.Active || f.Result != ResultTimedOut {
+			t.Fatalf("after 6 minutes of refusals: %+v", f)
+		}
+		h.tick(h.svc)
+		if r = h.rollout(r.ID); r.State != RolloutAborted || r.Counts[DevFailed] != 1 {
+			t.Fatalf("rollout: %s %v", r.State, r.Counts)
+		}
+	})
+	t.Run("progress keeps an update alive", func(t *testing.T) {
+		h := newHarness(t)
+		h.devices(1)
+		h.upload("1.0.4", 5000, false)
+		if _, err := h.svc.StartUpdate(h.ctx, "d00", "1.0.4", ""); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 4 {
+			h.clk.Add(2 * time.Minute)
+			h.status("d00", wire.Status{Version: "1.0.4", State: wire.StateDownloading, ChunkReceived: i + 1, TotalChunks: 5})
+			h.tick(h.svc)
+		}
+		if f := h.fotaOf("d00"); !f.Active {
+			t.Fatalf("an update making progress timed out: %+v", f)
+		}
+	})
+}
+
+// TestRolloutRestartIdempotent: starting a rollout's device again, as a
+// rollout does after a crash between starting it and recording it, is a
+// no-op, not a conflict that would mark it skipped.
+func TestRolloutRestartIdempotent(t *testing.T) {
+	h := newHarness(t)
+	h.devices(1)
+	h.upload("1.0.4", 3000, false)
+	h.upload("1.0.5", 3000, false)
+	r, err := h.svc.CreateRollout(h.ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{All: true}, Canary: ptr(0), BatchSize: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.svc.StartUpdate(h.ctx, "d00", "1.0.4", r.ID); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := batchScript.Run(h.ctx, h.rdb, []string{h.svc.roKey(r.ID)}, -1, 0).Int(); n != 1 {
+		t.Fatal("batch move refused")
+	}
+	h.tick(h.svc) // d00 is pending in the rollout, already updating
+	if r = h.rollout(r.ID); fmt.Sprint(updating(r)) != "[d00]" || r.Counts[DevSkipped] != 0 {
+		t.Fatalf("restart: %v", r.Counts)
+	}
+	if n := len(h.manifests("d00")); n != 1 {
+		t.Fatalf("%d manifests, want 1", n)
+	}
+	for _, tc := range []struct{ name, version, rollout string }{
+		{"single update", "1.0.4", ""},
+		{"another rollout", "1.0.4", "ro-other"},
+		{"another version", "1.0.5", r.ID},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := h.svc.StartUpdate(h.ctx, "d00", tc.version, tc.rollout)
+			wantCode(t, err, backend.CodeConflict, "in progress")
+		})
+	}
+}
+
+// TestRolloutAbortDuringBatchStart: an abort while a batch is being
+// started (startPending on a rollout loaded before the abort) starts no
+// further device: the rest stay cancelled and get no manifest.
+func TestRolloutAbortDuringBatchStart(t *testing.T) {
+	h := newHarness(t)
+	ids := h.devices(4)
+	h.upload("1.0.4", 3000, false)
+	r, err := h.svc.CreateRollout(h.ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{All: true}, Canary: ptr(0), BatchSize: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := batchScript.Run(h.ctx, h.rdb, []string{h.svc.roKey(r.ID)}, -1, 0).Int(); n != 1 {
+		t.Fatal("batch move refused")
+	}
+	stale, err := h.svc.loadRollout(h.ctx, r.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.svc.AbortRollout(h.ctx, r.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.svc.startPending(h.ctx, stale); err != nil {
+		t.Fatal(err)
+	}
+	h.tick(h.svc)
+	r = h.rollout(r.ID)
+	if r.State != RolloutAborted || r.Counts[DevCancelled] != 4 {
+		t.Fatalf("after the abort: %s %v", r.State, r.Counts)
+	}
+	for _, id := range ids {
+		if n := len(h.manifests(id)); n != 0 {
+			t.Fatalf("cancelled device %s got %d manifests", id, n)
+		}
+		if f := h.fotaOf(id); f.Active {
+			t.Fatalf("cancelled device %s: %+v", id, f)
+		}
+	}
+}
