@@ -66,11 +66,19 @@ func TestRefused(t *testing.T) {
 		refusedConnect(t, tb.clientOpts("d2", "d1", tb.auth.token("d1")), ReasonBadClientID, `"d2"`)
 	})
 	t.Run("operator wrong password", func(t *testing.T) {
-		refusedConnect(t, tb.clientOpts("ops-x", "admin", "nope"), ReasonBadPassword, "operator")
+		refusedConnect(t, tb.clientOpts("admin-x", "admin", "nope"), ReasonBadPassword, "operator")
 	})
-	t.Run("operator taking a device's client id", func(t *testing.T) {
-		refusedConnect(t, tb.clientOpts("d1", "admin", "admin-pw"), ReasonBadClientID, "belongs to a device")
-	})
+	for _, tc := range []struct{ name, user, pass, clientID, detail string }{
+		{"operator taking a device's client id", "admin", "admin-pw", "d1", `"d1"`},
+		{"operator taking the inline client id", "admin", "admin-pw", "inline", "reserved for the broker"},
+		{"operator taking a backend replica's client id", "admin", "admin-pw", "ecowatt-r1", "reserved for the backend"},
+		{"operator taking another operator's client id", "viewer", "viewer-pw", "admin-cli", `"admin-cli"`},
+		{"operator with a client id that merely starts with its name", "admin", "admin-pw", "administrator", `"administrator"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			refusedConnect(t, tb.clientOpts(tc.clientID, tc.user, tc.pass), ReasonBadClientID, tc.detail)
+		})
+	}
 	t.Run("will to a forbidden topic", func(t *testing.T) {
 		opts := tb.clientOpts("d1", "d1", tb.auth.token("d1")).
 			SetWill(topics.DeviceUp("d2", topics.KindBirth), "offline", 1, false)
@@ -275,6 +283,10 @@ func TestAllowed(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("no event")
 		}
+	})
+
+	t.Run("operator uses its name as client id", func(t *testing.T) {
+		mustConnect(t, tb.clientOpts("admin", "admin", "admin-pw"))
 	})
 
 	t.Run("viewer reads events", func(t *testing.T) {

@@ -37,7 +37,8 @@ func CheckWill(a Account, topic string, retain bool) bool {
 // Authenticator applies the embedded broker's connect rules outside mochi:
 // a device logs in with its ID and a password token valid ±5 minutes and
 // must use its ID as client ID; an operator logs in with name and password
-// and must not use a device's ID as client ID.
+// and uses its name, or its name followed by "-" and anything, as client ID,
+// never "inline", "ecowatt-..." (backend replicas) or a device's ID.
 type Authenticator struct {
 	Devices   DeviceAuth
 	Operators OperatorAuth     // may be nil: no operator accounts

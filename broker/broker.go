@@ -8,9 +8,10 @@
 // to the broker in-process through Publish and Subscribe, which bypass the ACL.
 //
 // mochi drops a message when a subscriber's outbound queue is full, even at
-// QoS 1. This package closes that gap with backpressure: a publisher waits
-// while the subscriber's queue is nearly full, and a message mochi still drops
-// is written synchronously, in order, instead of being lost (see flow.go).
+// QoS 1. For device subscribers this package closes that gap with
+// backpressure: a publisher waits while the device's queue is nearly full,
+// and a message mochi still drops is queued again, in order, instead of
+// being lost. Operator subscribers are never waited for (see flow.go).
 package broker
 
 import (
@@ -103,9 +104,10 @@ type Config struct {
 	// coalesced before a write (the buffer exists only while packets are
 	// queued); default DefaultClientWriteBuffer.
 	ClientWriteBuffer int
-	// SlowClientTimeout is how long a publisher waits for a subscriber that
-	// does not read before that subscriber is disconnected; default
-	// DefaultSlowClientTimeout.
+	// SlowClientTimeout is how long a publisher waits for a device
+	// subscriber whose queue makes no progress before that device is
+	// disconnected; default DefaultSlowClientTimeout. Operators are never
+	// waited for: their messages are dropped when their queue is full.
 	SlowClientTimeout time.Duration
 
 	Devices   DeviceAuth
@@ -123,9 +125,9 @@ const (
 	DefaultMaxPacketSize       = 256 << 10 // an envelope (envelope.MaxSize) plus headers fits
 	DefaultMaxSessionExpiry    = 24 * time.Hour
 	DefaultClientWritesPending = 256
-	DefaultClientReadBuffer    = 1 << 10 // device messages are mostly small; mochi's default is 2 KiB
-	DefaultClientWriteBuffer   = 2 << 10 // mochi's default
-	DefaultSlowClientTimeout   = 30 * time.Second
+	DefaultClientReadBuffer    = 1 << 10         // device messages are mostly small; mochi's default is 2 KiB
+	DefaultClientWriteBuffer   = 2 << 10         // mochi's default
+	DefaultSlowClientTimeout   = 2 * time.Second // the publisher is a backend worker
 )
 
 // Server is the EcoWatt broker.
@@ -340,7 +342,8 @@ func (s *Server) Close() error {
 }
 
 // Publish publishes a message from the backend, bypassing the ACL. It may
-// block while a subscriber's queue is full (backpressure).
+// block, at most about SlowClientTimeout, while a device subscriber's queue
+// is full (backpressure).
 func (s *Server) Publish(ctx context.Context, topic string, payload []byte, qos byte) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("broker: publish %s: %w", topic, err)

@@ -13,45 +13,61 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// Lossless delivery to slow subscribers.
+// Lossless delivery to slow device subscribers.
 //
 // mochi gives each client an outbound queue of MaximumClientWritesPending
 // packets, filled by publishers' goroutines and drained by the client's
 // write loop. When it is full, mochi drops the message, even at QoS 1, and
 // never resends it while the client stays connected (DESIGN §7: ~30% lost
-// with 20 publishers into one subscriber). Two mechanisms close the gap:
+// with 20 publishers into one subscriber).
+//
+// Delivery runs in the publisher's goroutine. For events that is a backend
+// uplink worker, so nothing may make it wait on an operator's connection:
+// operator subscribers get mochi's behaviour (drop when full), counted in
+// ecowatt_broker_operator_messages_dropped_total; events are also in the
+// audit stream and SSE. Device subscribers only receive down/ traffic, whose
+// publisher is always the backend, and get two mechanisms instead:
 //
 //  1. Admission (admit, called from OnACLCheck just before mochi enqueues a
-//     delivery): while the subscriber's queue is nearly full, the publishing
-//     goroutine waits. A publisher's goroutine is its connection's reader, so
-//     TCP flow control then slows the publisher down: backpressure.
+//     delivery): while the device's queue is nearly full, the publishing
+//     goroutine waits.
 //  2. Fallback (redeliver, from OnPublishDropped): a message that still finds
 //     the queue full (several publishers raced for the last slots) is given a
-//     packet ID, recorded in the client's inflight store and written
-//     synchronously once the queue has drained, so it is not reordered
-//     behind messages queued before it.
+//     packet ID, recorded in the client's inflight store and appended to the
+//     queue once there is room again, so it keeps its place after the
+//     messages queued before it.
 //
-// A subscriber that does not drain its queue within SlowClientTimeout is
-// disconnected (its persistent session keeps the inflight messages), so one
-// stuck client cannot stall its publishers forever.
+// A device whose queue makes no progress for SlowClientTimeout (short, 2 s
+// by default) is disconnected (its persistent session keeps the inflight
+// messages), so one stuck device cannot stall the backend for long.
 //
 // Both read the queue length, which mochi keeps in the unexported
 // ClientState.outboundQty (updated atomically; decremented after the packet
-// is written). pendingWrites locates the field once by reflection; if a
-// mochi upgrade removes it, admission is skipped and fallback writes at once.
+// is written); redeliver also appends to the unexported ClientState.outbound
+// channel. The fields are located once by reflection; if a mochi upgrade
+// removes them, admission is skipped and fallback writes at once.
 
 // admitSlack is how many free slots admission keeps for racing publishers.
 func (s *Server) admitSlack() int32 {
 	return int32(min(max(s.cfg.ClientWritesPending/8, 1), 64))
 }
 
-var outboundQty = sync.OnceValues(func() (uintptr, bool) {
-	f, ok := reflect.TypeFor[mqtt.ClientState]().FieldByName("outboundQty")
-	if !ok || f.Type.Kind() != reflect.Int32 {
-		return 0, false
-	}
-	return f.Offset, true
-})
+// stateField returns the offset in mqtt.ClientState of the unexported field
+// name, if it has type T.
+func stateField[T any](name string) func() (uintptr, bool) {
+	return sync.OnceValues(func() (uintptr, bool) {
+		f, ok := reflect.TypeFor[mqtt.ClientState]().FieldByName(name)
+		if !ok || f.Type != reflect.TypeFor[T]() {
+			return 0, false
+		}
+		return f.Offset, true
+	})
+}
+
+var (
+	outboundQty = stateField[int32]("outboundQty")
+	outboundCh  = stateField[chan *packets.Packet]("outbound")
+)
 
 // pendingWrites returns how many packets wait in cl's outbound queue.
 func pendingWrites(cl *mqtt.Client) (int32, bool) {
@@ -62,18 +78,47 @@ func pendingWrites(cl *mqtt.Client) (int32, bool) {
 	return atomic.LoadInt32((*int32)(unsafe.Add(unsafe.Pointer(&cl.State), off))), true
 }
 
+// canEnqueue reports whether enqueue can reach mochi's queue.
+func canEnqueue() bool {
+	_, ok1 := outboundCh()
+	_, ok2 := outboundQty()
+	return ok1 && ok2
+}
+
+// enqueue appends pk to cl's outbound queue as mochi's publishToClient does.
+// It reports false if the queue is full or cannot be reached.
+func enqueue(cl *mqtt.Client, pk *packets.Packet) bool {
+	if !canEnqueue() {
+		return false
+	}
+	chOff, _ := outboundCh()
+	qtyOff, _ := outboundQty()
+	// The channel is made with the client and never replaced.
+	ch := *(*chan *packets.Packet)(unsafe.Add(unsafe.Pointer(&cl.State), chOff))
+	select {
+	case ch <- pk:
+		atomic.AddInt32((*int32)(unsafe.Add(unsafe.Pointer(&cl.State), qtyOff)), 1)
+		return true
+	default:
+		return false
+	}
+}
+
 var (
 	errSlowConsumer = errors.New("subscriber did not drain its queue in time")
 	errClientGone   = errors.New("client disconnected")
 )
 
 // waitPending waits until cl's outbound queue holds at most limit packets.
+// It gives up with errSlowConsumer only when the queue has not shrunk for
+// SlowClientTimeout: a device that reads, but slower than it is fed, is not
+// cut off.
 func (s *Server) waitPending(cl *mqtt.Client, limit int32) error {
 	n, ok := pendingWrites(cl)
 	if !ok || n <= limit {
 		return nil
 	}
-	start := time.Now()
+	progress := time.Now()
 	pause := 20 * time.Microsecond
 	for {
 		if cl.Closed() {
@@ -84,21 +129,32 @@ func (s *Server) waitPending(cl *mqtt.Client, limit int32) error {
 		}
 		time.Sleep(pause)
 		pause = min(2*pause, time.Millisecond)
-		if n, _ = pendingWrites(cl); n <= limit {
+		m, _ := pendingWrites(cl)
+		if m <= limit {
 			return nil
 		}
-		if time.Since(start) > s.cfg.SlowClientTimeout {
+		if m < n {
+			progress = time.Now()
+		}
+		n = m
+		if time.Since(progress) > s.cfg.SlowClientTimeout {
 			return errSlowConsumer
 		}
 	}
 }
 
-// admit blocks the publishing goroutine while cl's queue is nearly full.
-func (s *Server) admit(cl *mqtt.Client) {
-	if s.noBackpressure || s.noAdmission || cl.Closed() {
+// admitLimit is the queue length at which admission makes publishers wait.
+func (s *Server) admitLimit() int32 {
+	return int32(s.cfg.ClientWritesPending) - s.admitSlack()
+}
+
+// admit blocks the publishing goroutine while device cl's queue is nearly
+// full. Operators are never waited for (see the top of this file).
+func (s *Server) admit(cl *mqtt.Client, id *identity) {
+	if s.noBackpressure || s.noAdmission || !id.device || cl.Closed() {
 		return
 	}
-	limit := int32(s.cfg.ClientWritesPending) - s.admitSlack()
+	limit := s.admitLimit()
 	if n, ok := pendingWrites(cl); !ok || n < limit {
 		return
 	}
@@ -111,13 +167,17 @@ func (s *Server) admit(cl *mqtt.Client) {
 // dropSlow disconnects a subscriber that stopped reading.
 func (s *Server) dropSlow(cl *mqtt.Client) {
 	s.reject(Rejection{Username: string(cl.Properties.Username), ClientID: cl.ID,
-		Reason: ReasonSlowConsumer, Detail: "queue not drained in " + s.cfg.SlowClientTimeout.String()})
+		Reason: ReasonSlowConsumer, Detail: "queue made no progress in " + s.cfg.SlowClientTimeout.String()})
 	cl.Stop(errSlowConsumer)
 }
 
-// redeliver delivers pk, which mochi could not queue for cl, by writing it
-// directly once cl's queue has drained.
+// redeliver delivers pk, which mochi could not queue for device cl, by
+// queueing it once there is room. For an operator it only counts the drop.
 func (s *Server) redeliver(cl *mqtt.Client, pk packets.Packet) {
+	if id := s.identityOf(cl); id != nil && !id.device {
+		s.m.operatorDropped.Inc()
+		return
+	}
 	if s.noBackpressure {
 		s.m.dropped.Inc()
 		return
@@ -149,13 +209,24 @@ func (s *Server) redeliver(cl *mqtt.Client, pk packets.Packet) {
 		}
 		cl.State.Inflight.DecreaseSendQuota()
 	}
-	if err := s.waitPending(cl, 0); err != nil {
-		// QoS>0 stays inflight: a persistent session gets it on reconnect.
-		s.m.dropped.Inc()
-		if errors.Is(err, errSlowConsumer) {
-			s.dropSlow(cl)
+	for {
+		err := s.waitPending(cl, s.admitLimit()-1)
+		if err != nil {
+			// QoS>0 stays inflight: a persistent session gets it on reconnect.
+			s.m.dropped.Inc()
+			if errors.Is(err, errSlowConsumer) {
+				s.dropSlow(cl)
+			}
+			return
 		}
-		return
+		if enqueue(cl, &out) {
+			s.m.redeliveries.Inc()
+			return
+		}
+		if !canEnqueue() {
+			break // mochi changed: write directly
+		}
+		time.Sleep(20 * time.Microsecond) // another publisher took the room
 	}
 	if err := cl.WritePacket(out); err != nil {
 		s.m.dropped.Inc()

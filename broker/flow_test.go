@@ -3,7 +3,6 @@ package broker
 import (
 	"context"
 	"encoding/binary"
-	"fmt"
 	"os"
 	"sync"
 	"testing"
@@ -36,27 +35,16 @@ type fanInResult struct {
 
 func (r fanInResult) lossPct() float64 { return 100 * float64(r.sent-r.got) / float64(r.sent) }
 
-// fanIn has pubs paho devices publish msgs QoS 1 messages of size bytes each
-// on their up/telemetry topic; the in-process backend relays each one to
-// ecowatt/v1/events/{id}/presence at QoS 1, and one paho operator
-// subscribed to ecowatt/v1/events/# (ACL-checked) receives them. Every hop
-// is the production path, and the operator's queue is the bottleneck.
+// fanIn has pubs in-process publishers (backend workers) each publish msgs
+// QoS 1 messages of size bytes to device sub's down/command topic, which
+// one paho device subscribed to its down/# (ACL-checked) receives. This is
+// where the no-loss guarantee applies: operators are never waited for.
 func fanIn(t testing.TB, mode flowMode, pending, pubs, msgs, size int) fanInResult {
 	t.Helper()
-	ids := make([]string, pubs)
-	for i := range ids {
-		ids[i] = fmt.Sprintf("pub%02d", i)
-	}
-	tb := startBroker(t, func(c *Config) { c.ClientWritesPending = pending }, ids...)
+	const dev = "sub"
+	tb := startBroker(t, func(c *Config) { c.ClientWritesPending = pending }, dev)
 	// Read only by hooks; no client is connected yet.
 	tb.noBackpressure, tb.noAdmission = mode == bareMochi, mode == fallbackOnly
-
-	ctx := context.Background()
-	if err := tb.Subscribe(topics.FilterAllUp, func(m Message) {
-		_ = tb.Publish(ctx, topics.Event(m.Username, topics.EventPresence), m.Payload, 1)
-	}); err != nil {
-		t.Fatal(err)
-	}
 
 	var (
 		mu        sync.Mutex // guards seen, last, reordered, lastAt
@@ -68,8 +56,8 @@ func fanIn(t testing.TB, mode flowMode, pending, pubs, msgs, size int) fanInResu
 	for i := range last {
 		last[i] = -1
 	}
-	sub := mustConnect(t, tb.clientOpts("fan-in-sub", "admin", "admin-pw"))
-	code := subscribeCode(t, sub, topics.FilterAllEvents, func(_ paho.Client, m paho.Message) {
+	sub := tb.device(t, dev)
+	code := subscribeCode(t, sub, topics.DeviceDownFilter(dev), func(_ paho.Client, m paho.Message) {
 		p := m.Payload()
 		k := [2]uint32{binary.BigEndian.Uint32(p), binary.BigEndian.Uint32(p[4:])}
 		mu.Lock()
@@ -87,25 +75,18 @@ func fanIn(t testing.TB, mode flowMode, pending, pubs, msgs, size int) fanInResu
 		t.Fatalf("subscribe: code %#x", code)
 	}
 
-	clients := make([]paho.Client, pubs)
-	for i, id := range ids {
-		clients[i] = tb.device(t, id)
-	}
+	ctx := context.Background()
 	start := time.Now()
 	var wg sync.WaitGroup
-	for i, c := range clients {
+	for i := range pubs {
 		wg.Go(func() {
-			topic := topics.DeviceUp(ids[i], topics.KindTelemetry)
-			toks := make([]paho.Token, 0, msgs)
+			topic := topics.DeviceDown(dev, topics.KindCommand)
 			for seq := range msgs {
 				p := make([]byte, size)
 				binary.BigEndian.PutUint32(p, uint32(i))
 				binary.BigEndian.PutUint32(p[4:], uint32(seq))
-				toks = append(toks, c.Publish(topic, 1, false, p))
-			}
-			for _, tok := range toks {
-				if !tok.WaitTimeout(60*time.Second) || tok.Error() != nil {
-					t.Errorf("%s: publish: %v", ids[i], tok.Error())
+				if err := tb.Publish(ctx, topic, p, 1); err != nil {
+					t.Errorf("publisher %d: %v", i, err)
 					return
 				}
 			}
@@ -141,7 +122,7 @@ func fanIn(t testing.TB, mode flowMode, pending, pubs, msgs, size int) fanInResu
 }
 
 // TestQoS1NoLoss is DESIGN §7's bar: 20 publishers x 500 QoS 1 messages of
-// 256 B into one subscriber, all delivered.
+// 256 B into one device subscriber, all delivered, in order.
 func TestQoS1NoLoss(t *testing.T) {
 	for _, mode := range []struct {
 		name    string
@@ -181,7 +162,7 @@ func TestQoS1BareMochi(t *testing.T) {
 }
 
 // BenchmarkFanIn reports delivery rate and loss for 20 publishers into one
-// subscriber, with our flow control and with bare mochi. Each b.N runs
+// device subscriber, with our flow control and with bare mochi. Each b.N runs
 // 20 x 500 messages.
 func BenchmarkFanIn(b *testing.B) {
 	for _, bc := range []struct {
@@ -198,5 +179,89 @@ func BenchmarkFanIn(b *testing.B) {
 			b.ReportMetric(float64(got)/elapsed.Seconds(), "msgs/s")
 			b.ReportMetric(100*float64(sent-got)/float64(sent), "%lost")
 		})
+	}
+}
+
+// TestStalledViewerDoesNotBlockPublish: a viewer subscribed to every event
+// that stops reading must not slow the backend's in-process publishes (an
+// uplink worker emitting events); its messages are dropped and counted.
+func TestStalledViewerDoesNotBlockPublish(t *testing.T) {
+	tb := startBroker(t, func(c *Config) {
+		c.ClientWritesPending = 4
+		c.SlowClientTimeout = 30 * time.Second // would be felt if the viewer were waited for
+	})
+	conn := rawSubscriber(t, tb.Addr().String(), "viewer-stuck", "viewer", "viewer-pw", topics.FilterAllEvents)
+	defer conn.Close()
+
+	payload := make([]byte, 64<<10) // fills the socket buffers quickly
+	start := time.Now()
+	for i := range 200 {
+		t0 := time.Now()
+		if err := tb.Publish(context.Background(), topics.Event("d1", topics.EventFOTA), payload, 1); err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(t0); d > 500*time.Millisecond {
+			t.Fatalf("publish %d took %v", i, d)
+		}
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("200 publishes took %v", d)
+	}
+	if n := testutil.ToFloat64(tb.m.operatorDropped); n == 0 {
+		t.Error("no operator drop counted")
+	}
+	if n := testutil.ToFloat64(tb.m.backpressure); n != 0 {
+		t.Errorf("%v backpressure waits for an operator", n)
+	}
+}
+
+// TestSlowDeviceKeepsUp: a device that reads steadily but slower than it is
+// fed is not disconnected, however long the backend keeps it busy.
+func TestSlowDeviceKeepsUp(t *testing.T) {
+	tb := startBroker(t, func(c *Config) {
+		c.ClientWritesPending = 4
+		c.SlowClientTimeout = 200 * time.Millisecond
+	}, "d1")
+	var (
+		mu  sync.Mutex // guards got
+		got int
+	)
+	d := tb.device(t, "d1")
+	if code := subscribeCode(t, d, topics.DeviceDownFilter("d1"), func(paho.Client, paho.Message) {
+		time.Sleep(2 * time.Millisecond)
+		mu.Lock()
+		defer mu.Unlock()
+		got++
+	}); code != 1 {
+		t.Fatalf("subscribe: code %#x", code)
+	}
+	const pubs, msgs = 4, 150 // ~1.2 s of reading, several times the timeout
+	var wg sync.WaitGroup
+	for range pubs {
+		wg.Go(func() {
+			for range msgs {
+				if err := tb.Publish(context.Background(), topics.DeviceDown("d1", topics.KindCommand), []byte("c"), 1); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := got
+		mu.Unlock()
+		if n == pubs*msgs {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("got %d of %d", n, pubs*msgs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if hasReject(tb, ReasonSlowConsumer) {
+		t.Error("a device that kept reading was disconnected")
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -31,6 +33,7 @@ func (h *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect,
 		mqtt.OnConnectAuthenticate,
+		mqtt.OnSessionEstablish,
 		mqtt.OnACLCheck,
 		mqtt.OnSubscribe,
 		mqtt.OnPacketRead,
@@ -69,12 +72,52 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
 	return h.s.identityOf(cl) != nil
 }
 
+// OnSessionEstablish runs for an accepted client just before mochi takes
+// over an existing session with the same client ID. mochi then disconnects
+// the old connection, whose goroutine publishes its will: for a device that
+// is an "offline" birth racing the new connection's birth, marking a
+// connected device offline. Clearing the old will's flag here, before the
+// takeover starts, suppresses it. (Checking StopCause for
+// ErrSessionTakenOver in OnWill would race: Client.Stop closes the
+// connection, waking the old reader, before it records the cause.)
+func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	if old, ok := h.s.mochi.Clients.Get(cl.ID); ok && old != cl {
+		atomic.StoreUint32(&old.Properties.Will.Flag, 0)
+	}
+}
+
 // authenticate decides who a connecting client is.
 func (s *Server) authenticate(cl *mqtt.Client, pk packets.Packet) (*identity, *Rejection, packets.Code) {
 	ctx, cancel := context.WithTimeout(context.Background(), authTimeout)
 	defer cancel()
+	clientID := cl.ID
+	if cl.Properties.Props.AssignedClientID != "" {
+		clientID = "" // the client sent none; mochi made up a unique one
+	}
 	return authenticate(ctx, s.cfg.Devices, s.cfg.Operators, s.cfg.Now(),
-		string(pk.Connect.Username), string(pk.Connect.Password), cl.ID)
+		string(pk.Connect.Username), string(pk.Connect.Password), clientID)
+}
+
+// backendClientPrefix starts the client IDs of backend replicas on an
+// external broker (cmd/ecowatt: "ecowatt-" + replica).
+const backendClientPrefix = "ecowatt-"
+
+// operatorClientID returns why an operator called name may not use
+// clientID, or "" if it may: the ID must be name or start with name+"-",
+// and must not be mochi's inline client's or a backend replica's. An empty
+// clientID means the broker assigns a fresh one.
+func operatorClientID(name, clientID string) string {
+	switch {
+	case clientID == "":
+		return ""
+	case clientID == mqtt.InlineClientId:
+		return fmt.Sprintf("client id %q is reserved for the broker", clientID)
+	case strings.HasPrefix(clientID, backendClientPrefix):
+		return fmt.Sprintf("client id %q is reserved for the backend", clientID)
+	case clientID != name && !strings.HasPrefix(clientID, name+"-"):
+		return fmt.Sprintf("operator client id %q must be %q or start with %q", clientID, name, name+"-")
+	}
+	return ""
 }
 
 // authenticate applies the connect rules to a username, password and client
@@ -118,7 +161,14 @@ func authenticate(ctx context.Context, devices DeviceAuth, operators OperatorAut
 	if role != RoleAdmin && role != RoleViewer {
 		return nil, &Rejection{Reason: ReasonAuthError, Detail: fmt.Sprintf("operator role %q", role)}, packets.ErrBadUsernameOrPassword
 	}
-	// An operator must not take over a device's session by using its ID.
+	// An operator must not take over the broker's, the backend's, another
+	// operator's or a device's session by using its client ID.
+	if detail := operatorClientID(name, clientID); detail != "" {
+		return nil, &Rejection{Reason: ReasonBadClientID, Detail: detail}, packets.ErrClientIdentifierNotValid
+	}
+	if clientID == "" {
+		return &identity{name: name, role: role}, nil, packets.CodeSuccess
+	}
 	switch _, err := devices.DeviceKeys(ctx, clientID); {
 	case err == nil:
 		return nil, &Rejection{Reason: ReasonBadClientID,
@@ -153,7 +203,7 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if !allowRead(id, topic) {
 		return false
 	}
-	s.admit(cl)
+	s.admit(cl, id)
 	return true
 }
 

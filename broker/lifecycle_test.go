@@ -7,10 +7,12 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
 
@@ -91,35 +93,82 @@ func TestCloseUnstarted(t *testing.T) {
 	}
 }
 
-// TestSlowConsumerDisconnected: a subscriber that stops reading is cut off
-// after SlowClientTimeout, and the publisher carries on.
+// TestSlowConsumerDisconnected: a device that stops reading is cut off
+// after SlowClientTimeout, and the backend's publishes carry on.
 func TestSlowConsumerDisconnected(t *testing.T) {
 	tb := startBroker(t, func(c *Config) {
 		c.SlowClientTimeout = 300 * time.Millisecond
 		c.ClientWritesPending = 4
-	})
-	conn := rawSubscriber(t, tb.Addr().String(), "admin", "admin-pw", topics.FilterAllEvents)
+	}, "d1")
+	conn := rawSubscriber(t, tb.Addr().String(), "d1", "d1", tb.auth.token("d1"), topics.DeviceDownFilter("d1"))
 	defer conn.Close()
 
+	topic := topics.DeviceDown("d1", topics.KindCommand)
 	payload := bytes.Repeat([]byte("x"), 64<<10)
 	deadline := time.Now().Add(20 * time.Second)
 	for !hasReject(tb, ReasonSlowConsumer) {
 		if time.Now().After(deadline) {
 			t.Fatal("stuck subscriber never disconnected")
 		}
-		if err := tb.Publish(context.Background(), topics.Event("d1", topics.EventFOTA), payload, 1); err != nil {
+		t0 := time.Now()
+		if err := tb.Publish(context.Background(), topic, payload, 1); err != nil {
 			t.Fatal(err)
+		}
+		if d := time.Since(t0); d > 2*time.Second {
+			t.Fatalf("one publish waited %v for the stuck device", d)
 		}
 	}
 	tb.expectReject(t, ReasonSlowConsumer, "")
 	start := time.Now()
 	for range 100 {
-		if err := tb.Publish(context.Background(), topics.Event("d1", topics.EventFOTA), payload, 1); err != nil {
+		if err := tb.Publish(context.Background(), topic, payload, 1); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("publishing after the disconnect took %v", d)
+	}
+}
+
+// TestTakeoverSendsNoWill: a device reconnecting with its client ID while
+// its old connection is still open must not be marked offline by the old
+// connection's will.
+func TestTakeoverSendsNoWill(t *testing.T) {
+	tb := startBroker(t, nil, "d1")
+	birth := topics.DeviceUp("d1", topics.KindBirth)
+	in := tb.inbox(t, birth)
+	withWill := func() *paho.ClientOptions {
+		return tb.clientOpts("d1", "d1", tb.auth.token("d1")).SetWill(birth, "offline", 1, false)
+	}
+	old := mustConnect(t, withWill())
+	if err := waitToken(t, old.Publish(birth, 1, false, []byte("online-1"))); err != nil {
+		t.Fatal(err)
+	}
+	in.wait(t, birth)
+
+	cur := mustConnect(t, withWill())
+	if err := waitToken(t, cur.Publish(birth, 1, false, []byte("online-2"))); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // the old connection's goroutine has ended
+	var got []string
+	for _, m := range in.all() {
+		got = append(got, string(m.Payload))
+	}
+	if !slices.Contains(got, "online-2") || slices.Contains(got, "offline") {
+		t.Errorf("births %q: want online-2 and no will", got)
+	}
+
+	// The will of a connection that dies on its own is still sent.
+	if cl, ok := tb.mochi.Clients.Get("d1"); ok {
+		_ = cl.Net.Conn.Close()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !slices.ContainsFunc(in.all(), func(m Message) bool { return string(m.Payload) == "offline" }) {
+		if time.Now().After(deadline) {
+			t.Fatal("no will after the current connection died")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -133,8 +182,8 @@ func hasReject(tb *testBroker, reason string) bool {
 }
 
 // rawSubscriber connects over plain TCP, subscribes to filter at QoS 0 and
-// then never reads again, like a stuck device.
-func rawSubscriber(t *testing.T, addr, user, password, filter string) net.Conn {
+// then never reads again, like a stuck device or viewer.
+func rawSubscriber(t *testing.T, addr, clientID, user, password, filter string) net.Conn {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -146,7 +195,7 @@ func rawSubscriber(t *testing.T, addr, user, password, filter string) net.Conn {
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},
 		ProtocolVersion: 4,
 		Connect: packets.ConnectParams{
-			ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: "stuck",
+			ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: clientID,
 			UsernameFlag: true, Username: []byte(user), PasswordFlag: true, Password: []byte(password),
 		},
 	}

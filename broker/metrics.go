@@ -14,6 +14,9 @@ type metrics struct {
 	redeliveries prometheus.Counter     // messages mochi would have dropped, delivered by redeliver
 	backpressure prometheus.Counter     // deliveries that waited for a full queue
 	dropped      prometheus.Counter     // messages lost despite it (client gone or stuck)
+	// operatorDropped counts messages for operator subscribers dropped
+	// because their queue was full (operators get no backpressure).
+	operatorDropped prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, info *system.Info) (*metrics, error) {
@@ -32,7 +35,11 @@ func newMetrics(reg prometheus.Registerer, info *system.Info) (*metrics, error) 
 		}),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ecowatt_broker_messages_dropped_total",
-			Help: "Messages not delivered to a subscriber because it disconnected or stopped reading.",
+			Help: "Messages not delivered to a device subscriber because it disconnected or stopped reading.",
+		}),
+		operatorDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ecowatt_broker_operator_messages_dropped_total",
+			Help: "Messages not delivered to an operator subscriber because its outbound queue was full.",
 		}),
 	}
 	if reg == nil {
@@ -40,7 +47,7 @@ func newMetrics(reg prometheus.Registerer, info *system.Info) (*metrics, error) 
 	}
 	load := func(p *int64) func() float64 { return func() float64 { return float64(atomic.LoadInt64(p)) } }
 	cs := []prometheus.Collector{
-		m.rejections, m.redeliveries, m.backpressure, m.dropped,
+		m.rejections, m.redeliveries, m.backpressure, m.dropped, m.operatorDropped,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ecowatt_broker_clients_connected",
 			Help: "MQTT clients connected now.",
