@@ -80,16 +80,18 @@ func startBroker(t *testing.T, addr string) *testBroker {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.Serve(); err != nil {
-		t.Fatal(err)
-	}
 	b := &testBroker{t: t, srv: srv, addr: l.Address()}
+	// Record before serving: a device reconnecting to a restarted broker
+	// publishes its birth at once, and a late subscription would miss it.
 	err = srv.Subscribe(topics.FilterAllUp, 1, func(_ *mochi.Client, _ packets.Subscription, pk packets.Packet) {
 		b.mu.Lock()
 		b.msgs = append(b.msgs, uplink{pk.TopicName, bytes.Clone(pk.Payload)})
 		b.mu.Unlock()
 	})
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Serve(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(b.close)
