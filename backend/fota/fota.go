@@ -240,12 +240,13 @@ func (s *Service) Run(ctx context.Context) error {
 	held := false
 	var acquired time.Time // when the last successful Tick took or renewed the lease
 	defer func() {
-		if held {
-			rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			if _, err := s.lease.Release(rctx); err != nil {
-				s.log.Warn().Err(err).Msg("release fota lease")
-			}
+		// Release whether or not the last tick saw the lease: a tick cut
+		// short by ctx may have renewed it without saying so. Release
+		// deletes only this replica's own token.
+		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if _, err := s.lease.Release(rctx); err != nil {
+			s.log.Warn().Err(err).Msg("release fota lease")
 		}
 	}()
 	tick := func() {
