@@ -251,10 +251,19 @@ func (s *Service) resend(ctx context.Context, dev string, onlyStale bool) error 
 	}
 	str := func(i int) string { v, _ := h[i].(string); return v }
 	active, target, state, version := str(0) == "1", str(1), str(2), str(3)
-	if !active || str(7) == target {
+	if !active {
 		return nil
 	}
-	if version == target && !slices.Contains(resendStates, state) {
+	// A device already running the target (its signed birth says so) is
+	// left alone while it finishes its self-test. If its final status never
+	// arrives (lost with a replica that died, say), the stale sweep sends
+	// the manifest again and the device answers "succeeded" for the image
+	// it runs.
+	installed := str(7) == target
+	if installed && !onlyStale {
+		return nil
+	}
+	if !installed && version == target && !slices.Contains(resendStates, state) {
 		return nil
 	}
 	now := s.now().UnixMilli()

@@ -188,6 +188,13 @@ func TestResendAndTimeout(t *testing.T) {
 	if n := len(h.manifests("d2")); n != 1 {
 		t.Fatalf("%d manifests to a device running the new image, want 1", n)
 	}
+	// Its final status never comes (lost with a dead replica): once stale,
+	// the manifest goes again so that the device repeats "succeeded".
+	h.clk.Add(31 * time.Second)
+	h.tick(h.svc)
+	if n := len(h.manifests("d2")); n != 2 {
+		t.Fatalf("%d manifests to a stale installed device, want 2", n)
+	}
 }
 
 func TestStartBadInput(t *testing.T) {

@@ -223,7 +223,7 @@ func TestScaleFailover(t *testing.T) {
 	const ttl = 2 * time.Second
 	extra := append([]string{
 		"--command-lease", ttl.String(), "--command-tick", "100ms", "--command-result-resend", "3s",
-		"--config-sweep", "500ms", "--config-lease", ttl.String(), "--fota-lease", ttl.String(),
+		"--config-sweep", "500ms", "--config-lease", ttl.String(), "--fota-lease", ttl.String(), "--fota-manifest-resend", "3s",
 	}, append(commandArgs, fotaArgs...)...)
 	dir := t.TempDir()
 	dataDir, token := filepath.Join(dir, "data"), "test-token-"+filepath.Base(dir)
