@@ -106,9 +106,13 @@ type Config struct {
 	ClientWriteBuffer int
 	// SlowClientTimeout is how long a publisher waits for a device
 	// subscriber whose queue makes no progress before that device is
-	// disconnected; default DefaultSlowClientTimeout. Operators are never
-	// waited for: their messages are dropped when their queue is full.
+	// disconnected; default DefaultSlowClientTimeout.
 	SlowClientTimeout time.Duration
+	// OperatorSlowTimeout is the same for operator subscribers (events),
+	// shorter because their publisher is a backend worker: a viewer that
+	// stops reading holds backend publishes at most this long, once, before
+	// it is cut off; default DefaultOperatorSlowTimeout.
+	OperatorSlowTimeout time.Duration
 
 	Devices   DeviceAuth
 	Operators OperatorAuth // may be nil: no operator accounts
@@ -128,6 +132,7 @@ const (
 	DefaultClientReadBuffer    = 1 << 10         // device messages are mostly small; mochi's default is 2 KiB
 	DefaultClientWriteBuffer   = 2 << 10         // mochi's default
 	DefaultSlowClientTimeout   = 2 * time.Second // the publisher is a backend worker
+	DefaultOperatorSlowTimeout = time.Second
 )
 
 // Server is the EcoWatt broker.
@@ -171,6 +176,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.SlowClientTimeout <= 0 {
 		cfg.SlowClientTimeout = DefaultSlowClientTimeout
+	}
+	if cfg.OperatorSlowTimeout <= 0 {
+		cfg.OperatorSlowTimeout = DefaultOperatorSlowTimeout
 	}
 	if cfg.ClientReadBuffer <= 0 {
 		cfg.ClientReadBuffer = DefaultClientReadBuffer

@@ -21,25 +21,25 @@ import (
 // never resends it while the client stays connected (DESIGN §7: ~30% lost
 // with 20 publishers into one subscriber).
 //
-// Delivery runs in the publisher's goroutine. For events that is a backend
-// uplink worker, so nothing may make it wait on an operator's connection:
-// operator subscribers get mochi's behaviour (drop when full), counted in
-// ecowatt_broker_operator_messages_dropped_total; events are also in the
-// audit stream and SSE. Device subscribers only receive down/ traffic, whose
-// publisher is always the backend, and get two mechanisms instead:
+// Two mechanisms close the gap for every subscriber, device or operator:
 //
 //  1. Admission (admit, called from OnACLCheck just before mochi enqueues a
-//     delivery): while the device's queue is nearly full, the publishing
-//     goroutine waits.
+//     delivery): while the subscriber's queue is nearly full, the publishing
+//     goroutine waits. A network publisher's goroutine is its connection's
+//     reader, so TCP flow control then slows it down: backpressure.
 //  2. Fallback (redeliver, from OnPublishDropped): a message that still finds
 //     the queue full (several publishers raced for the last slots) is given a
 //     packet ID, recorded in the client's inflight store and appended to the
 //     queue once there is room again, so it keeps its place after the
 //     messages queued before it.
 //
-// A device whose queue makes no progress for SlowClientTimeout (short, 2 s
-// by default) is disconnected (its persistent session keeps the inflight
-// messages), so one stuck device cannot stall the backend for long.
+// A subscriber whose queue makes no progress for its timeout is disconnected
+// (a persistent session keeps the inflight messages). Delivery runs in the
+// publisher's goroutine, and for events that is a backend worker, so the
+// timeout is short: SlowClientTimeout (2 s) for devices, OperatorSlowTimeout
+// (1 s) for operators. A viewer that stops reading holds backend publishes
+// at most that long, once per connection, and is cut off; a viewer that
+// reads, however slowly, loses nothing.
 //
 // Both read the queue length, which mochi keeps in the unexported
 // ClientState.outboundQty (updated atomically; decremented after the packet
@@ -113,7 +113,7 @@ var (
 // It gives up with errSlowConsumer only when the queue has not shrunk for
 // SlowClientTimeout: a device that reads, but slower than it is fed, is not
 // cut off.
-func (s *Server) waitPending(cl *mqtt.Client, limit int32) error {
+func (s *Server) waitPending(cl *mqtt.Client, limit int32, timeout time.Duration) error {
 	n, ok := pendingWrites(cl)
 	if !ok || n <= limit {
 		return nil
@@ -137,7 +137,7 @@ func (s *Server) waitPending(cl *mqtt.Client, limit int32) error {
 			progress = time.Now()
 		}
 		n = m
-		if time.Since(progress) > s.cfg.SlowClientTimeout {
+		if time.Since(progress) > timeout {
 			return errSlowConsumer
 		}
 	}
@@ -148,10 +148,18 @@ func (s *Server) admitLimit() int32 {
 	return int32(s.cfg.ClientWritesPending) - s.admitSlack()
 }
 
-// admit blocks the publishing goroutine while device cl's queue is nearly
-// full. Operators are never waited for (see the top of this file).
+// slowTimeout is how long cl's queue may make no progress before cl is
+// cut off (see the top of this file).
+func (s *Server) slowTimeout(id *identity) time.Duration {
+	if id != nil && !id.device {
+		return s.cfg.OperatorSlowTimeout
+	}
+	return s.cfg.SlowClientTimeout
+}
+
+// admit blocks the publishing goroutine while cl's queue is nearly full.
 func (s *Server) admit(cl *mqtt.Client, id *identity) {
-	if s.noBackpressure || s.noAdmission || !id.device || cl.Closed() {
+	if s.noBackpressure || s.noAdmission || cl.Closed() {
 		return
 	}
 	limit := s.admitLimit()
@@ -159,25 +167,22 @@ func (s *Server) admit(cl *mqtt.Client, id *identity) {
 		return
 	}
 	s.m.backpressure.Inc()
-	if err := s.waitPending(cl, limit-1); errors.Is(err, errSlowConsumer) {
-		s.dropSlow(cl)
+	timeout := s.slowTimeout(id)
+	if err := s.waitPending(cl, limit-1, timeout); errors.Is(err, errSlowConsumer) {
+		s.dropSlow(cl, timeout)
 	}
 }
 
 // dropSlow disconnects a subscriber that stopped reading.
-func (s *Server) dropSlow(cl *mqtt.Client) {
+func (s *Server) dropSlow(cl *mqtt.Client, timeout time.Duration) {
 	s.reject(Rejection{Username: string(cl.Properties.Username), ClientID: cl.ID,
-		Reason: ReasonSlowConsumer, Detail: "queue made no progress in " + s.cfg.SlowClientTimeout.String()})
+		Reason: ReasonSlowConsumer, Detail: "queue made no progress in " + timeout.String()})
 	cl.Stop(errSlowConsumer)
 }
 
-// redeliver delivers pk, which mochi could not queue for device cl, by
-// queueing it once there is room. For an operator it only counts the drop.
+// redeliver delivers pk, which mochi could not queue for cl, by queueing it
+// once there is room.
 func (s *Server) redeliver(cl *mqtt.Client, pk packets.Packet) {
-	if id := s.identityOf(cl); id != nil && !id.device {
-		s.m.operatorDropped.Inc()
-		return
-	}
 	if s.noBackpressure {
 		s.m.dropped.Inc()
 		return
@@ -209,13 +214,14 @@ func (s *Server) redeliver(cl *mqtt.Client, pk packets.Packet) {
 		}
 		cl.State.Inflight.DecreaseSendQuota()
 	}
+	timeout := s.slowTimeout(s.identityOf(cl))
 	for {
-		err := s.waitPending(cl, s.admitLimit()-1)
+		err := s.waitPending(cl, s.admitLimit()-1, timeout)
 		if err != nil {
 			// QoS>0 stays inflight: a persistent session gets it on reconnect.
 			s.m.dropped.Inc()
 			if errors.Is(err, errSlowConsumer) {
-				s.dropSlow(cl)
+				s.dropSlow(cl, timeout)
 			}
 			return
 		}

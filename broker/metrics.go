@@ -14,9 +14,6 @@ type metrics struct {
 	redeliveries prometheus.Counter     // messages mochi would have dropped, delivered by redeliver
 	backpressure prometheus.Counter     // deliveries that waited for a full queue
 	dropped      prometheus.Counter     // messages lost despite it (client gone or stuck)
-	// operatorDropped counts messages for operator subscribers dropped
-	// because their queue was full (operators get no backpressure).
-	operatorDropped prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, info *system.Info) (*metrics, error) {
@@ -37,17 +34,13 @@ func newMetrics(reg prometheus.Registerer, info *system.Info) (*metrics, error) 
 			Name: "ecowatt_broker_messages_dropped_total",
 			Help: "Messages not delivered to a device subscriber because it disconnected or stopped reading.",
 		}),
-		operatorDropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "ecowatt_broker_operator_messages_dropped_total",
-			Help: "Messages not delivered to an operator subscriber because its outbound queue was full.",
-		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	load := func(p *int64) func() float64 { return func() float64 { return float64(atomic.LoadInt64(p)) } }
 	cs := []prometheus.Collector{
-		m.rejections, m.redeliveries, m.backpressure, m.dropped, m.operatorDropped,
+		m.rejections, m.redeliveries, m.backpressure, m.dropped,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ecowatt_broker_clients_connected",
 			Help: "MQTT clients connected now.",
