@@ -350,7 +350,7 @@ func (s *Server) Close() error {
 }
 
 // Publish publishes a message from the backend, bypassing the ACL. It may
-// block, at most about SlowClientTimeout, while a device subscriber's queue
+// block, at most about SlowClientTimeout, while a subscriber's queue
 // is full (backpressure).
 func (s *Server) Publish(ctx context.Context, topic string, payload []byte, qos byte) error {
 	if err := ctx.Err(); err != nil {
