@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -33,7 +32,6 @@ func (h *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect,
 		mqtt.OnConnectAuthenticate,
-		mqtt.OnSessionEstablish,
 		mqtt.OnACLCheck,
 		mqtt.OnSubscribe,
 		mqtt.OnPacketRead,
@@ -70,20 +68,6 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 // OnConnectAuthenticate admits the clients OnConnect accepted.
 func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
 	return h.s.identityOf(cl) != nil
-}
-
-// OnSessionEstablish runs for an accepted client just before mochi takes
-// over an existing session with the same client ID. mochi then disconnects
-// the old connection, whose goroutine publishes its will: for a device that
-// is an "offline" birth racing the new connection's birth, marking a
-// connected device offline. Clearing the old will's flag here, before the
-// takeover starts, suppresses it. (Checking StopCause for
-// ErrSessionTakenOver in OnWill would race: Client.Stop closes the
-// connection, waking the old reader, before it records the cause.)
-func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
-	if old, ok := h.s.mochi.Clients.Get(cl.ID); ok && old != cl {
-		atomic.StoreUint32(&old.Properties.Will.Flag, 0)
-	}
 }
 
 // authenticate decides who a connecting client is.

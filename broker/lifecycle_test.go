@@ -7,12 +7,10 @@ import (
 	"io"
 	"net"
 	"runtime"
-	"slices"
 	"sync"
 	"testing"
 	"time"
 
-	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/rs/zerolog"
 
@@ -127,48 +125,6 @@ func TestSlowConsumerDisconnected(t *testing.T) {
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("publishing after the disconnect took %v", d)
-	}
-}
-
-// TestTakeoverSendsNoWill: a device reconnecting with its client ID while
-// its old connection is still open must not be marked offline by the old
-// connection's will.
-func TestTakeoverSendsNoWill(t *testing.T) {
-	tb := startBroker(t, nil, "d1")
-	birth := topics.DeviceUp("d1", topics.KindBirth)
-	in := tb.inbox(t, birth)
-	withWill := func() *paho.ClientOptions {
-		return tb.clientOpts("d1", "d1", tb.auth.token("d1")).SetWill(birth, "offline", 1, false)
-	}
-	old := mustConnect(t, withWill())
-	if err := waitToken(t, old.Publish(birth, 1, false, []byte("online-1"))); err != nil {
-		t.Fatal(err)
-	}
-	in.wait(t, birth)
-
-	cur := mustConnect(t, withWill())
-	if err := waitToken(t, cur.Publish(birth, 1, false, []byte("online-2"))); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond) // the old connection's goroutine has ended
-	var got []string
-	for _, m := range in.all() {
-		got = append(got, string(m.Payload))
-	}
-	if !slices.Contains(got, "online-2") || slices.Contains(got, "offline") {
-		t.Errorf("births %q: want online-2 and no will", got)
-	}
-
-	// The will of a connection that dies on its own is still sent.
-	if cl, ok := tb.mochi.Clients.Get("d1"); ok {
-		_ = cl.Net.Conn.Close()
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for !slices.ContainsFunc(in.all(), func(m Message) bool { return string(m.Payload) == "offline" }) {
-		if time.Now().After(deadline) {
-			t.Fatal("no will after the current connection died")
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
