@@ -51,6 +51,12 @@ type Config struct {
 	ConnectTimeout   time.Duration // first connection; default 30 s
 	OperationTimeout time.Duration // a publish or subscribe without a ctx deadline; default 10 s
 	KeepAlive        time.Duration // default 30 s
+	// MaxReconnectInterval caps paho's doubling reconnect delay; default 10 s.
+	MaxReconnectInterval time.Duration
+	// HandshakeTimeout bounds one connection attempt, TCP to CONNACK; an
+	// attempt that hangs (a broker accepting but not answering while it
+	// restarts) is abandoned and retried. Default 10 s.
+	HandshakeTimeout time.Duration
 	Logger           zerolog.Logger
 }
 
@@ -113,6 +119,12 @@ func Dial(ctx context.Context, cfg Config) (*Bus, error) {
 		stop: make(chan struct{}),
 		done: make(chan struct{}),
 	}
+	if cfg.MaxReconnectInterval <= 0 {
+		cfg.MaxReconnectInterval = 10 * time.Second
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
 	opts := paho.NewClientOptions().
 		AddBroker(cfg.URL).
 		SetClientID(cfg.ClientID).
@@ -121,12 +133,12 @@ func Dial(ctx context.Context, cfg Config) (*Bus, error) {
 		SetCleanSession(true).
 		SetOrderMatters(true).
 		SetKeepAlive(cfg.KeepAlive).
-		SetConnectTimeout(10 * time.Second).
+		SetConnectTimeout(cfg.HandshakeTimeout).
 		SetWriteTimeout(cfg.OperationTimeout).
 		SetAutoReconnect(true).
 		SetConnectRetry(true).
 		SetConnectRetryInterval(time.Second).
-		SetMaxReconnectInterval(10 * time.Second).
+		SetMaxReconnectInterval(cfg.MaxReconnectInterval).
 		SetOnConnectHandler(func(paho.Client) {
 			b.log.Info().Str("broker", cfg.URL).Msg("connected to external broker")
 			select {

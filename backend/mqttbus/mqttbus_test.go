@@ -64,7 +64,8 @@ func dial(t *testing.T, addr, id string) *Bus {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	b, err := Dial(ctx, Config{URL: "tcp://" + addr, ClientID: id, Logger: zerolog.Nop(), OperationTimeout: 3 * time.Second})
+	b, err := Dial(ctx, Config{URL: "tcp://" + addr, ClientID: id, Logger: zerolog.Nop(), OperationTimeout: 3 * time.Second,
+		MaxReconnectInterval: 500 * time.Millisecond, HandshakeTimeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,6 +167,8 @@ func TestReconnectResubscribes(t *testing.T) {
 	stop()
 	waitFor(t, "disconnect", func() bool { return !bus.Connected() })
 	startBroker(t, addr)
+	// A first attempt can hang on the restarting broker; the handshake
+	// timeout (2 s here) makes it retry.
 	waitFor(t, "reconnect", func() bool { return bus.Connected() && pub.Connected() })
 	waitFor(t, "message after reconnect", func() bool {
 		_ = pub.Publish(ctx, "ecowatt/v1/ops/d1/command", []byte("{}"), 1)
