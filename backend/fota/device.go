@@ -254,17 +254,16 @@ func (s *Service) resend(ctx context.Context, dev string, onlyStale bool) error 
 	if !active {
 		return nil
 	}
-	// A device already running the target (its signed birth says so) is
-	// left alone while it finishes its self-test. If its final status never
-	// arrives (lost with a replica that died, say), the stale sweep sends
-	// the manifest again and the device answers "succeeded" for the image
-	// it runs.
-	installed := str(7) == target
-	if installed && !onlyStale {
-		return nil
-	}
-	if !installed && version == target && !slices.Contains(resendStates, state) {
-		return nil
+	// On a birth, a device already running the target (its signed birth
+	// says so) is left alone while it finishes its self-test, and so is one
+	// past its download. The stale sweep resends in every state: statuses
+	// can be lost (with a replica that died, say), and the device answers
+	// a manifest it already holds with its current state ("succeeded" for
+	// the image it runs), so a resend only ever brings news.
+	if !onlyStale {
+		if str(7) == target || version == target && !slices.Contains(resendStates, state) {
+			return nil
+		}
 	}
 	now := s.now().UnixMilli()
 	if onlyStale {
