@@ -326,7 +326,19 @@ func (b *Bus) wait(ctx context.Context, tok paho.Token) error {
 func (b *Bus) Close() error {
 	b.closed.Do(func() {
 		close(b.stop)
-		b.client.Disconnect(250)
+		// paho's Disconnect can wait on a connection attempt in progress
+		// (up to the handshake timeout); shutdown must not. After 2 s the
+		// disconnect is left to finish on its own.
+		disconnected := make(chan struct{})
+		go func() {
+			defer close(disconnected)
+			b.client.Disconnect(250)
+		}()
+		select {
+		case <-disconnected:
+		case <-time.After(2 * time.Second):
+			b.log.Warn().Msg("mqtt disconnect still running after 2 s; not waiting for it")
+		}
 		<-b.done
 	})
 	return nil
