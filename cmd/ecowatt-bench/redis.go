@@ -46,10 +46,9 @@ type monitor struct {
 	conn net.Conn
 	done chan struct{}
 
-	mu    sync.Mutex // guards top, lua
-	top   map[string]int64
-	lua   int64
-	start time.Time
+	mu  sync.Mutex // guards top, lua
+	top map[string]int64
+	lua int64
 }
 
 // monCount is a snapshot of a monitor's counters.
