@@ -2,8 +2,6 @@ package httpapi
 
 import (
 	"context"
-	"errors"
-	"io"
 	"net/http"
 	"strconv"
 
@@ -36,13 +34,9 @@ func handleCommandSubmit(log zerolog.Logger, c Commands) http.Handler {
 			writeError(w, log, commandsOff)
 			return
 		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodySize))
+		body, err := readBody(w, r)
 		if err != nil {
-			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-				writeError(w, log, backend.Errorf(backend.CodeTooLarge, "", "request body over %d bytes", MaxBodySize))
-				return
-			}
-			writeError(w, log, backend.Errorf(backend.CodeInvalid, "", "request body unreadable"))
+			writeError(w, log, err)
 			return
 		}
 		oc, err := c.Parse(body)
@@ -64,59 +58,36 @@ func handleCommandSubmit(log zerolog.Logger, c Commands) http.Handler {
 	})
 }
 
+// commandsHandler is serviceHandler for the command routes.
+func commandsHandler(log zerolog.Logger, c Commands, fn func(w http.ResponseWriter, r *http.Request) (any, error)) http.Handler {
+	return serviceHandler(log, c == nil, commandsOff, http.StatusOK, fn)
+}
+
 // handleCommandList pages a device's history, newest first:
 // ?limit=N (1-500, default 50) and ?before=CID (the previous page's next).
 func handleCommandList(log zerolog.Logger, c Commands) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if c == nil {
-			writeError(w, log, commandsOff)
-			return
-		}
+	return commandsHandler(log, c, func(_ http.ResponseWriter, r *http.Request) (any, error) {
 		limit := 0
 		if s := r.URL.Query().Get("limit"); s != "" {
 			n, err := strconv.Atoi(s)
 			if err != nil || n < 1 {
-				writeError(w, log, backend.Errorf(backend.CodeInvalid, "limit", "limit must be an integer 1-%d", commands.MaxPageSize))
-				return
+				return nil, backend.Errorf(backend.CodeInvalid, "limit", "limit must be an integer 1-%d", commands.MaxPageSize)
 			}
 			limit = n
 		}
-		p, err := c.List(r.Context(), r.PathValue("id"), limit, r.URL.Query().Get("before"))
-		if err != nil {
-			writeError(w, log, err)
-			return
-		}
-		encode(w, http.StatusOK, p)
+		return c.List(r.Context(), r.PathValue("id"), limit, r.URL.Query().Get("before"))
 	})
 }
 
 func handleCommandGet(log zerolog.Logger, c Commands) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if c == nil {
-			writeError(w, log, commandsOff)
-			return
-		}
-		cmd, err := c.Get(r.Context(), r.PathValue("cid"))
-		if err != nil {
-			writeError(w, log, err)
-			return
-		}
-		encode(w, http.StatusOK, cmd)
+	return commandsHandler(log, c, func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		return c.Get(r.Context(), r.PathValue("cid"))
 	})
 }
 
 // handleCommandCancel cancels a queued command; 409 in any other state.
 func handleCommandCancel(log zerolog.Logger, c Commands) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if c == nil {
-			writeError(w, log, commandsOff)
-			return
-		}
-		cmd, err := c.Cancel(r.Context(), r.PathValue("cid"))
-		if err != nil {
-			writeError(w, log, err)
-			return
-		}
-		encode(w, http.StatusOK, cmd)
+	return commandsHandler(log, c, func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		return c.Cancel(r.Context(), r.PathValue("cid"))
 	})
 }

@@ -2,8 +2,6 @@ package httpapi
 
 import (
 	"context"
-	"errors"
-	"io"
 	"net/http"
 	"strconv"
 
@@ -31,19 +29,15 @@ const OperatorHeader = "X-Ecowatt-Operator"
 // configOff answers when the server runs without a config service.
 var configOff = backend.Errorf(backend.CodeUnavailable, "", "remote configuration is not enabled on this server")
 
+// configHandler is serviceHandler for the config routes.
+func configHandler(log zerolog.Logger, c Configs, fn func(w http.ResponseWriter, r *http.Request) (any, error)) http.Handler {
+	return serviceHandler(log, c == nil, configOff, http.StatusOK, fn)
+}
+
 // handleConfigGet returns desired, reported, pending and last_ack.
 func handleConfigGet(log zerolog.Logger, c Configs) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if c == nil {
-			writeError(w, log, configOff)
-			return
-		}
-		st, err := c.Get(r.Context(), r.PathValue("id"))
-		if err != nil {
-			writeError(w, log, err)
-			return
-		}
-		encode(w, http.StatusOK, st)
+	return configHandler(log, c, func(_ http.ResponseWriter, r *http.Request) (any, error) {
+		return c.Get(r.Context(), r.PathValue("id"))
 	})
 }
 
@@ -52,34 +46,19 @@ func handleConfigGet(log zerolog.Logger, c Configs) http.Handler {
 // changed), 400 naming the field and the reason, 404 for an unknown
 // device.
 func handleConfigSet(log zerolog.Logger, c Configs) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if c == nil {
-			writeError(w, log, configOff)
-			return
-		}
+	return configHandler(log, c, func(w http.ResponseWriter, r *http.Request) (any, error) {
 		who := config.Who{By: "api", Via: config.ViaHTTP}
 		if op := r.Header.Get(OperatorHeader); op != "" {
 			if topics.ValidateID(op) != nil {
-				writeError(w, log, backend.Errorf(backend.CodeInvalid, OperatorHeader, "%s must be 1-64 characters of A-Z a-z 0-9 _ -", OperatorHeader))
-				return
+				return nil, backend.Errorf(backend.CodeInvalid, OperatorHeader, "%s must be 1-64 characters of A-Z a-z 0-9 _ -", OperatorHeader)
 			}
 			who.By = op
 		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodySize))
+		body, err := readBody(w, r)
 		if err != nil {
-			if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-				writeError(w, log, backend.Errorf(backend.CodeTooLarge, "", "request body over %d bytes", MaxBodySize))
-				return
-			}
-			writeError(w, log, backend.Errorf(backend.CodeInvalid, "", "request body unreadable"))
-			return
+			return nil, err
 		}
-		res, err := c.Set(r.Context(), r.PathValue("id"), body, who)
-		if err != nil {
-			writeError(w, log, err)
-			return
-		}
-		encode(w, http.StatusOK, res)
+		return c.Set(r.Context(), r.PathValue("id"), body, who)
 	})
 }
 
@@ -90,25 +69,19 @@ func handleConfigHistory(log zerolog.Logger, c Configs) http.Handler {
 		Device  string         `json:"device"`
 		History []config.Entry `json:"history"`
 	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if c == nil {
-			writeError(w, log, configOff)
-			return
-		}
+	return configHandler(log, c, func(_ http.ResponseWriter, r *http.Request) (any, error) {
 		limit := 100
 		if s := r.URL.Query().Get("limit"); s != "" {
 			n, err := strconv.Atoi(s)
 			if err != nil || n < 1 || n > config.MaxHistory {
-				writeError(w, log, backend.Errorf(backend.CodeInvalid, "limit", "limit must be an integer 1-%d", config.MaxHistory))
-				return
+				return nil, backend.Errorf(backend.CodeInvalid, "limit", "limit must be an integer 1-%d", config.MaxHistory)
 			}
 			limit = n
 		}
 		h, err := c.History(r.Context(), r.PathValue("id"), limit)
 		if err != nil {
-			writeError(w, log, err)
-			return
+			return nil, err
 		}
-		encode(w, http.StatusOK, response{Device: r.PathValue("id"), History: h})
+		return response{Device: r.PathValue("id"), History: h}, nil
 	})
 }

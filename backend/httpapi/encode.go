@@ -79,6 +79,24 @@ func encode(w http.ResponseWriter, st int, v any) {
 	w.Write(append(b, '\n'))
 }
 
+// serviceHandler adapts a handler that may fail to http.Handler: it answers
+// off (503) when the feature's service is not configured, writes fn's error
+// through writeError, and encodes fn's result with status st.
+func serviceHandler(log zerolog.Logger, disabled bool, off error, st int, fn func(w http.ResponseWriter, r *http.Request) (any, error)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if disabled {
+			writeError(w, log, off)
+			return
+		}
+		v, err := fn(w, r)
+		if err != nil {
+			writeError(w, log, err)
+			return
+		}
+		encode(w, st, v)
+	})
+}
+
 // decode reads one JSON object of at most MaxBodySize bytes into v,
 // refusing unknown fields and trailing data.
 func decode(w http.ResponseWriter, r *http.Request, v any) error {

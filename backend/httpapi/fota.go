@@ -45,21 +45,9 @@ var fotaOff = backend.Errorf(backend.CodeUnavailable, "", "firmware updates are 
 // room for the manifest and the form.
 const MaxUploadSize = wire.MaxImageSize + wire.MaxBodySize + 64<<10
 
-// fotaHandler adapts a handler that may fail to http.Handler, answering 503
-// when the service is off.
+// fotaHandler is serviceHandler for the FOTA routes.
 func fotaHandler(log zerolog.Logger, f FOTA, st int, fn func(w http.ResponseWriter, r *http.Request) (any, error)) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if f == nil {
-			writeError(w, log, fotaOff)
-			return
-		}
-		v, err := fn(w, r)
-		if err != nil {
-			writeError(w, log, err)
-			return
-		}
-		encode(w, st, v)
-	})
+	return serviceHandler(log, f == nil, fotaOff, st, fn)
 }
 
 // keyDoc is the firmware-signing public key.
