@@ -25,8 +25,9 @@ test: ## run all tests with -race against a throwaway redis-server
 test-scale: ## scale-out tests: Mosquitto as external broker + 2 replicas, 3-master Redis Cluster, leases
 	bash scripts/test-scale.sh
 
-test-long: ## soak and full-scale tests
-	ECOWATT_LONG=1 bash scripts/test.sh $(PKGS)
+test-long: ## soak: the race suite three times over, then every fuzz target for a minute
+	ECOWATT_TEST_COUNT=3 ECOWATT_TEST_TIMEOUT=60m bash scripts/test.sh $(PKGS)
+	FUZZTIME=1m bash scripts/fuzz.sh
 
 check: ## gofmt, go vet, staticcheck
 	bash scripts/check.sh

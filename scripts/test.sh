@@ -16,4 +16,4 @@ echo "test.sh: redis-server on ${ECOWATT_TEST_REDIS_URL} (dir ${REDIS_DIR})"
 
 pkgs=("$@")
 [ ${#pkgs[@]} -eq 0 ] && pkgs=(./...)
-go test -race -count=1 -timeout 20m "${pkgs[@]}"
+go test -race -count="${ECOWATT_TEST_COUNT:-1}" -timeout "${ECOWATT_TEST_TIMEOUT:-20m}" "${pkgs[@]}"
