@@ -23,6 +23,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/ecowatt/ecowatt/cmd/internal/flagenv"
 	"github.com/ecowatt/ecowatt/devicesim"
 	"github.com/ecowatt/ecowatt/topics/fota"
 )
@@ -32,10 +33,10 @@ func main() {
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
 		fmt.Fprintln(os.Stderr, "devicesim:", err)
+		if _, ok := errors.AsType[flagenv.UsageError](err); ok {
+			os.Exit(2)
+		}
 		os.Exit(1)
 	}
 }
@@ -56,10 +57,11 @@ type options struct {
 	fotaPowerCut   int
 }
 
-func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (options, error) {
+// parseArgs reads the flags and their ECOWATT_* variables; -h prints the
+// usage to stdout and returns flag.ErrHelp.
+func parseArgs(args []string, getenv func(string) string, stdout, stderr io.Writer) (options, error) {
 	var o options
-	fs := flag.NewFlagSet("devicesim", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := flagenv.New("devicesim", "devicesim [flags]")
 	fs.StringVar(&o.broker, "broker", "tcp://127.0.0.1:1883", "broker URL: tcp://host:port, or ssl://host:port with --ca")
 	fs.StringVar(&o.ca, "ca", "", "PEM file of the CA that signed the broker's certificate (ssl://)")
 	fs.StringVar(&o.keys, "keys", "keys.json", `keys file: {"ID":"hex PSK",...}`)
@@ -72,39 +74,19 @@ func parseArgs(args []string, getenv func(string) string, stderr io.Writer) (opt
 	fs.StringVar(&o.fotaPubKey, "fota-pubkey", "", "firmware-signing public key (PEM, from 'ecowatt keys gen'); without it every firmware update is refused")
 	fs.Int64Var(&o.fotaSlotSize, "fota-slot-size", devicesim.DefaultSlotSize, "bytes per firmware slot (A/B)")
 	fs.IntVar(&o.fotaPowerCut, "fota-power-cut", 0, "fault: cut each device's power once, while it writes the N-th firmware chunk (0: never)")
-	fs.Usage = func() {
-		fmt.Fprint(stderr, "Usage: devicesim [flags]\n\nFlags (environment equivalent in brackets):\n")
-		fs.VisitAll(func(f *flag.Flag) {
-			fmt.Fprintf(stderr, "  --%s [%s]\n      %s (default %q)\n", f.Name, envName(f.Name), f.Usage, f.DefValue)
-		})
+	pos, err := flagenv.Parse(fs, args, getenv, stdout, stderr)
+	if err == nil && len(pos) > 0 {
+		err = flagenv.UsageError{Msg: fmt.Sprintf("unexpected argument %q", pos[0])}
 	}
-	if err := fs.Parse(args); err != nil {
-		return o, err
-	}
-	if fs.NArg() > 0 {
-		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var err error
-	fs.VisitAll(func(f *flag.Flag) {
-		if v := getenv(envName(f.Name)); v != "" && !set[f.Name] && err == nil {
-			if e := f.Value.Set(v); e != nil {
-				err = fmt.Errorf("%s=%q: %w", envName(f.Name), v, e)
-			}
-		}
-	})
 	return o, err
-}
-
-// envName is the ECOWATT_* variable for a flag: --state-dir -> ECOWATT_STATE_DIR.
-func envName(flagName string) string {
-	return "ECOWATT_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	stderr = &syncWriter{w: stderr}
-	o, err := parseArgs(args, getenv, stderr)
+	o, err := parseArgs(args, getenv, stdout, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}

@@ -8,13 +8,10 @@ import (
 	"github.com/ecowatt/ecowatt/certs"
 )
 
-func runCerts(_ context.Context, e env, args []string) error {
-	if len(args) == 0 || args[0] != "gen" {
-		return usageError{"usage: ecowatt certs gen --out DIR"}
-	}
-	fs := newFlags(e, "certs gen", "certs gen --out DIR")
-	out := fs.String("out", "certs", "directory for ca.pem, server.pem and their keys")
-	if _, err := parseFlags(fs, e, args[1:]); err != nil {
+func runCertsGen(_ context.Context, e env, args []string) error {
+	k := newOffline(e, "certs gen", "certs gen [--out DIR]")
+	out := k.fs.String("out", "certs", "directory for ca.pem, server.pem and their keys")
+	if _, err := k.parse(args, 0, 0); err != nil {
 		return err
 	}
 	if err := certs.Generate(*out, time.Now()); err != nil {

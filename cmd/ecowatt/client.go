@@ -8,8 +8,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
+
+	"github.com/ecowatt/ecowatt/cmd/internal/flagenv"
 )
 
 // client speaks to the HTTP API for the CLI's admin commands.
@@ -19,13 +22,6 @@ type client struct {
 	http  *http.Client
 	// header is added to every request (e.g. X-Ecowatt-Operator).
 	header http.Header
-}
-
-// clientFlags registers --server and --token on fs.
-func clientFlags(fs *flag.FlagSet) (server, token *string) {
-	server = fs.String("server", "http://127.0.0.1:8080", "base URL of the ecowatt HTTP API")
-	token = fs.String("admin-token", "", "admin bearer token")
-	return server, token
 }
 
 func newClient(server, token string) *client {
@@ -114,9 +110,137 @@ func (c *client) decodeError(resp *http.Response) error {
 	return parseAPIError(resp.StatusCode, raw)
 }
 
+// apiPath is the API URL path of the given segments, each escaped:
+// apiPath("devices", id, "commands") is /api/v1/devices/{id}/commands.
+func apiPath(segments ...string) string {
+	var b strings.Builder
+	b.WriteString("/api/v1")
+	for _, s := range segments {
+		b.WriteString("/")
+		b.WriteString(url.PathEscape(s))
+	}
+	return b.String()
+}
+
+// withQuery appends q to path when q has values.
+func withQuery(path string, q url.Values) string {
+	if len(q) == 0 {
+		return path
+	}
+	return path + "?" + q.Encode()
+}
+
 // printJSON writes v indented.
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// call is one run of a client command: its flags, then the client they
+// configure.
+type call struct {
+	e        env
+	name     string // "device show": the prefix of its errors
+	synopsis string
+	fs       *flag.FlagSet
+	server   *string
+	token    *string
+	out      output // set by -o when the command has it
+	c        *client
+}
+
+// Flags of every client command; the only ones read from the environment,
+// the others are local to one invocation.
+const (
+	flagServer = "server"
+	flagToken  = "admin-token"
+)
+
+// newCall starts a client command with --server, --admin-token and, when
+// withOutput, -o table|json.
+func newCall(e env, name, synopsis string, withOutput bool) *call {
+	k := newOffline(e, name, synopsis)
+	k.server = k.fs.String(flagServer, "http://127.0.0.1:8080", "base URL of the ecowatt HTTP API")
+	k.token = k.fs.String(flagToken, "", "admin bearer token")
+	if withOutput {
+		k.fs.Var(&k.out, "o", "output format: table or json")
+	}
+	return k
+}
+
+// newOffline starts a command that does not talk to the server (signing,
+// key generation): every flag is local.
+func newOffline(e env, name, synopsis string) *call {
+	return &call{e: e, name: name, synopsis: synopsis, fs: newFlags(e, name, synopsis), out: outputTable}
+}
+
+// parse parses args and checks that min to max positional arguments came
+// (max < 0: no limit).
+func (k *call) parse(args []string, min, max int) ([]string, error) {
+	k.fs.VisitAll(func(f *flag.Flag) {
+		if f.Name != flagServer && f.Name != flagToken {
+			flagenv.Local(k.fs, f.Name)
+		}
+	})
+	pos, err := parseFlags(k.fs, k.e, args)
+	if err != nil {
+		return nil, err
+	}
+	if len(pos) < min || (max >= 0 && len(pos) > max) {
+		return nil, k.usage("")
+	}
+	if k.server != nil {
+		k.c = newClient(*k.server, *k.token)
+	}
+	return pos, nil
+}
+
+// usage is the command's usage error, with why when it is not obvious.
+func (k *call) usage(why string) error {
+	msg := "usage: ecowatt " + k.synopsis
+	if why != "" {
+		msg += " (" + why + ")"
+	}
+	return usageError{msg}
+}
+
+// send sends a JSON request and returns the JSON answer as it came.
+func (k *call) send(ctx context.Context, method, path string, in any) (json.RawMessage, error) {
+	var raw json.RawMessage
+	if err := k.c.do(ctx, method, path, in, &raw); err != nil {
+		return nil, fmt.Errorf("%s: %w", k.name, err)
+	}
+	return raw, nil
+}
+
+// show sends a request and prints the answer: as it came with -o json,
+// else decoded into T and drawn by table.
+func show[T any](ctx context.Context, k *call, method, path string, in any, table func(io.Writer, T) error) error {
+	raw, err := k.send(ctx, method, path, in)
+	if err != nil {
+		return err
+	}
+	return render(k, raw, table)
+}
+
+// render prints raw as show does.
+func render[T any](k *call, raw json.RawMessage, table func(io.Writer, T) error) error {
+	if k.out == outputJSON {
+		return printJSON(k.e.stdout, raw)
+	}
+	v, err := decode[T](k, raw)
+	if err != nil {
+		return err
+	}
+	return table(k.e.stdout, v)
+}
+
+// decode reads the server's answer into T.
+func decode[T any](k *call, raw json.RawMessage) (T, error) {
+	var v T
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return v, fmt.Errorf("%s: decode: %w", k.name, err)
+	}
+	return v, nil
 }

@@ -8,105 +8,28 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/ecowatt/ecowatt/backend/config"
+	"github.com/ecowatt/ecowatt/backend/httpapi"
+	"github.com/ecowatt/ecowatt/topics"
 )
 
-func runConfig(ctx context.Context, e env, args []string) error {
-	if len(args) == 0 {
-		return usageError{"usage: ecowatt config set|show ..."}
-	}
-	switch args[0] {
-	case "set":
-		return configSet(ctx, e, args[1:])
-	case "show":
-		return configShow(ctx, e, args[1:])
-	}
-	return usageError{fmt.Sprintf("unknown config subcommand %q (want set or show)", args[0])}
-}
-
-// configDoc is the API's config document, as the CLI shows it.
-type configDoc struct {
-	Device  string `json:"device"`
-	Desired struct {
-		configValues
-		Version   int64      `json:"version"`
-		UpdatedAt *time.Time `json:"updated_at"`
-		UpdatedBy string     `json:"updated_by"`
-		Via       string     `json:"via"`
-	} `json:"desired"`
-	Reported *struct {
-		configValues
-		Version int64      `json:"version"`
-		At      *time.Time `json:"at"`
-	} `json:"reported"`
-	Pending  bool     `json:"pending"`
-	LastAck  *ackDoc  `json:"last_ack"`
-	Drift    []string `json:"drift"`
-	Delivery *struct {
-		Version  int64      `json:"version"`
-		SentAt   *time.Time `json:"sent_at"`
-		Attempts int64      `json:"attempts"`
-	} `json:"delivery"`
-	// Set only.
-	Changed *bool         `json:"changed"`
-	Changes []fieldChange `json:"changes"`
-}
-
-type configValues struct {
-	SamplingInterval int      `json:"sampling_interval"`
-	UploadInterval   int      `json:"upload_interval"`
-	Registers        []string `json:"registers"`
-}
-
-type fieldChange struct {
-	Parameter string `json:"parameter"`
-	Old       any    `json:"old"`
-	New       any    `json:"new"`
-}
-
-type ackDoc struct {
-	Version  int64         `json:"version"`
-	Accepted []fieldChange `json:"accepted"`
-	Rejected []struct {
-		Parameter string `json:"parameter"`
-		Reason    string `json:"reason"`
-	} `json:"rejected"`
-	Unchanged []string   `json:"unchanged"`
-	At        *time.Time `json:"at"`
-}
-
-type historyDoc struct {
-	History []struct {
-		Type    string        `json:"type"`
-		Version int64         `json:"version"`
-		At      time.Time     `json:"at"`
-		By      string        `json:"by"`
-		Via     string        `json:"via"`
-		Changes []fieldChange `json:"changes"`
-		Ack     *ackDoc       `json:"ack"`
-		Result  string        `json:"result"`
-	} `json:"history"`
-}
-
 func configSet(ctx context.Context, e env, args []string) error {
-	fs := newFlags(e, "config set", "config set ID [--sampling-interval S] [--upload-interval S] [--registers a,b,...] [--as NAME] [-o table|json]")
-	server, token := clientFlags(fs)
-	out := outputFlag(fs)
+	k := newCall(e, "config set", "config set ID [--sampling-interval S] [--upload-interval S] [--registers a,b,...] [--as NAME] [-o table|json]", true)
+	fs := k.fs
 	sampling := fs.Int("sampling-interval", 0, "seconds between samples (1-300)")
 	upload := fs.Int("upload-interval", 0, "seconds between uploads (a multiple of the sampling interval, at most 3600)")
 	registers := fs.String("registers", "", "comma-separated register names, e.g. voltage,current")
 	as := fs.String("as", "", "operator name recorded in the history (default $USER)")
-	pos, err := parseFlags(fs, e, args)
+	pos, err := k.parse(args, 1, 1)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		return usageError{"config set: give one device ID"}
-	}
-	// Only the flags given on the command line are part of the change
-	// (ECOWATT_* variables never change a device's config).
+	// Only the flags given on the command line are part of the change.
 	patch := map[string]any{}
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
@@ -125,98 +48,83 @@ func configSet(ctx context.Context, e env, args []string) error {
 		}
 	})
 	if len(patch) == 0 {
-		return usageError{"config set: give at least one of --sampling-interval, --upload-interval, --registers"}
+		return k.usage("give at least one of --sampling-interval, --upload-interval, --registers")
 	}
-	c := newClient(*server, *token)
 	who := *as
 	if who == "" {
 		who = e.getenv("USER")
 	}
 	if who != "" {
-		c.header = http.Header{"X-Ecowatt-Operator": {who}}
+		k.c.header = http.Header{httpapi.OperatorHeader: {who}}
 	}
-	var raw json.RawMessage
-	if err := c.do(ctx, "PUT", "/api/v1/devices/"+url.PathEscape(pos[0])+"/config", patch, &raw); err != nil {
-		return fmt.Errorf("config set %s: %w", pos[0], err)
-	}
-	if *out == "json" {
-		return printJSON(e.stdout, raw)
-	}
-	var d configDoc
-	if err := json.Unmarshal(raw, &d); err != nil {
-		return fmt.Errorf("config set: decode: %w", err)
-	}
-	if d.Changed != nil && !*d.Changed {
-		fmt.Fprintf(e.stdout, "%s: desired config already v%d with these values; nothing changed\n", pos[0], d.Desired.Version)
-	} else {
-		fmt.Fprintf(e.stdout, "%s: desired config is now v%d: %s\n", pos[0], d.Desired.Version, changesText(d.Changes))
-	}
-	return printConfig(e.stdout, d)
+	return show(ctx, k, "PUT", apiPath("devices", pos[0], "config"), patch, func(w io.Writer, d config.Result) error {
+		if !d.Changed {
+			fmt.Fprintf(w, "%s: desired config already v%d with these values; nothing changed\n", pos[0], d.Desired.Version)
+		} else {
+			fmt.Fprintf(w, "%s: desired config is now v%d: %s\n", pos[0], d.Desired.Version, changesText(d.Changes))
+		}
+		return printConfig(w, d.State)
+	})
 }
 
 func configShow(ctx context.Context, e env, args []string) error {
-	fs := newFlags(e, "config show", "config show ID [--history N] [-o table|json]")
-	server, token := clientFlags(fs)
-	out := outputFlag(fs)
-	limit := fs.Int("history", 20, "history entries to show (0: none)")
-	pos, err := parseFlags(fs, e, args)
+	k := newCall(e, "config show", "config show ID [--history N] [-o table|json]", true)
+	limit := k.fs.Int("history", 20, "history entries to show (0: none)")
+	pos, err := k.parse(args, 1, 1)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		return usageError{"config show: give one device ID"}
-	}
-	c := newClient(*server, *token)
-	base := "/api/v1/devices/" + url.PathEscape(pos[0]) + "/config"
-	var raw, hraw json.RawMessage
-	if err := c.do(ctx, "GET", base, nil, &raw); err != nil {
-		return fmt.Errorf("config show %s: %w", pos[0], err)
-	}
-	if *limit > 0 {
-		if err := c.do(ctx, "GET", fmt.Sprintf("%s/history?limit=%d", base, *limit), nil, &hraw); err != nil {
-			return fmt.Errorf("config show %s: history: %w", pos[0], err)
-		}
-	}
-	if *out == "json" {
-		doc := map[string]json.RawMessage{"config": raw}
-		if hraw != nil {
-			var h struct {
-				History json.RawMessage `json:"history"`
-			}
-			if err := json.Unmarshal(hraw, &h); err != nil {
-				return fmt.Errorf("config show: decode history: %w", err)
-			}
-			doc["history"] = h.History
-		}
-		return printJSON(e.stdout, doc)
-	}
-	var d configDoc
-	if err := json.Unmarshal(raw, &d); err != nil {
-		return fmt.Errorf("config show: decode: %w", err)
-	}
-	if err := printConfig(e.stdout, d); err != nil {
+	base := apiPath("devices", pos[0], "config")
+	raw, err := k.send(ctx, "GET", base, nil)
+	if err != nil {
 		return err
 	}
-	if hraw == nil {
-		return nil
+	doc := struct {
+		Config  json.RawMessage `json:"config"`
+		History json.RawMessage `json:"history,omitempty"`
+	}{Config: raw}
+	if *limit > 0 {
+		hraw, err := k.send(ctx, "GET", withQuery(base+"/history", url.Values{"limit": {strconv.Itoa(*limit)}}), nil)
+		if err != nil {
+			return err
+		}
+		h, err := decode[struct {
+			History json.RawMessage `json:"history"`
+		}](k, hraw)
+		if err != nil {
+			return err
+		}
+		doc.History = h.History
 	}
-	var h historyDoc
-	if err := json.Unmarshal(hraw, &h); err != nil {
-		return fmt.Errorf("config show: decode history: %w", err)
+	if k.out == outputJSON {
+		return printJSON(e.stdout, doc)
 	}
-	fmt.Fprintln(e.stdout, "\nHistory (newest first):")
-	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	return render(k, raw, func(w io.Writer, d config.State) error {
+		if err := printConfig(w, d); err != nil || doc.History == nil {
+			return err
+		}
+		h, err := decode[[]config.Entry](k, doc.History)
+		if err != nil {
+			return err
+		}
+		return printHistory(w, h)
+	})
+}
+
+func printHistory(w io.Writer, h []config.Entry) error {
+	fmt.Fprintln(w, "\nHistory (newest first):")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "WHEN\tEVENT\tVERSION\tWHO\tWHAT")
-	for _, en := range h.History {
+	for _, en := range h {
 		who, what := "device", ""
 		switch en.Type {
-		case "desired":
+		case config.EntryDesired:
 			who = en.By
 			if en.Via != "" {
 				who += " (" + en.Via + ")"
 			}
 			what = changesText(en.Changes)
-		case "ack":
+		case config.EntryAck:
 			what = en.Result
 			if en.Ack != nil {
 				what += ": " + ackText(*en.Ack)
@@ -229,7 +137,7 @@ func configShow(ctx context.Context, e env, args []string) error {
 
 // printConfig prints desired and reported side by side, then the state of
 // delivery and the last ack.
-func printConfig(w io.Writer, d configDoc) error {
+func printConfig(w io.Writer, d config.State) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "\tVERSION\tSAMPLING\tUPLOAD\tREGISTERS\tSINCE")
 	since := timeText(d.Desired.UpdatedAt)
@@ -265,14 +173,14 @@ func printConfig(w io.Writer, d configDoc) error {
 		fmt.Fprintf(w, "sent:     v%d %s, %d attempt(s)\n", dl.Version, timeText(dl.SentAt), dl.Attempts)
 	}
 	if a := d.LastAck; a != nil {
-		fmt.Fprintf(w, "last ack: v%d %s: %s\n", a.Version, timeText(a.At), ackText(*a))
+		fmt.Fprintf(w, "last ack: v%d %s: %s\n", a.Version, timeText(a.At), ackText(a.ConfigAck))
 	} else {
 		fmt.Fprintln(w, "last ack: none")
 	}
 	return nil
 }
 
-func changesText(cs []fieldChange) string {
+func changesText(cs []topics.FieldChange) string {
 	if len(cs) == 0 {
 		return "no change"
 	}
@@ -283,7 +191,7 @@ func changesText(cs []fieldChange) string {
 	return strings.Join(parts, ", ")
 }
 
-func ackText(a ackDoc) string {
+func ackText(a topics.ConfigAck) string {
 	var parts []string
 	if len(a.Accepted) > 0 {
 		parts = append(parts, "accepted "+changesText(a.Accepted))

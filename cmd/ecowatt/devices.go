@@ -9,24 +9,9 @@ import (
 	"sort"
 	"text/tabwriter"
 	"time"
-)
 
-func runDevice(ctx context.Context, e env, args []string) error {
-	if len(args) == 0 {
-		return usageError{"usage: ecowatt device add|list|show|events ..."}
-	}
-	switch args[0] {
-	case "add":
-		return deviceAdd(ctx, e, args[1:])
-	case "list":
-		return deviceList(ctx, e, args[1:])
-	case "show":
-		return deviceShow(ctx, e, args[1:])
-	case "events":
-		return deviceEvents(ctx, e, args[1:])
-	}
-	return usageError{fmt.Sprintf("unknown device subcommand %q (want add, list, show or events)", args[0])}
-}
+	"github.com/ecowatt/ecowatt/backend"
+)
 
 type provisioned struct {
 	ID  string `json:"id"`
@@ -34,12 +19,11 @@ type provisioned struct {
 }
 
 func deviceAdd(ctx context.Context, e env, args []string) error {
-	fs := newFlags(e, "device add", "device add [ID | --count N --prefix P] [--keys-out FILE]")
-	server, token := clientFlags(fs)
-	count := fs.Int("count", 0, "provision this many devices named PREFIX-0001...")
-	prefix := fs.String("prefix", "dev", "ID prefix with --count")
-	keysOut := fs.String("keys-out", "", "merge the new keys into this JSON file {\"ID\":\"hexkey\"} (for devicesim)")
-	pos, err := parseFlags(fs, e, args)
+	k := newCall(e, "device add", "device add [ID | --count N --prefix P] [--keys-out FILE]", false)
+	count := k.fs.Int("count", 0, "provision this many devices named PREFIX-0001...")
+	prefix := k.fs.String("prefix", "dev", "ID prefix with --count")
+	keysOut := k.fs.String("keys-out", "", "merge the new keys into this JSON file {\"ID\":\"hexkey\"} (for devicesim)")
+	pos, err := k.parse(args, 0, 1)
 	if err != nil {
 		return err
 	}
@@ -52,9 +36,8 @@ func deviceAdd(ctx context.Context, e env, args []string) error {
 	case *count == 0 && len(pos) == 1:
 		ids = []string{pos[0]}
 	default:
-		return usageError{"device add: give one ID, or --count N (with --prefix)"}
+		return k.usage("give one ID, or --count N (with --prefix)")
 	}
-	c := newClient(*server, *token)
 	keys := map[string]string{}
 	if *keysOut != "" {
 		if err := readKeys(*keysOut, keys); err != nil {
@@ -64,7 +47,7 @@ func deviceAdd(ctx context.Context, e env, args []string) error {
 	start := time.Now()
 	for i, id := range ids {
 		var p provisioned
-		if err := c.do(ctx, "POST", "/api/v1/devices", map[string]string{"id": id}, &p); err != nil {
+		if err := k.c.do(ctx, "POST", apiPath("devices"), map[string]string{"id": id}, &p); err != nil {
 			return fmt.Errorf("device add %s: %w", id, err)
 		}
 		keys[p.ID] = p.Key
@@ -112,49 +95,24 @@ func writeKeys(path string, keys map[string]string) error {
 	return nil
 }
 
-// deviceView is the subset of the API's device document the table shows;
-// -o json prints the document whole.
-type deviceView struct {
-	ID              string     `json:"id"`
-	Online          bool       `json:"online"`
-	LastSeen        *time.Time `json:"last_seen"`
-	FirmwareVersion string     `json:"firmware_version"`
-	ConfigVersion   int64      `json:"config_version"`
-	BootCount       int64      `json:"boot_count"`
-}
-
-func outputFlag(fsSet interface {
-	String(name, value, usage string) *string
-}) *string {
-	return fsSet.String("o", "table", "output format: table or json")
+// deviceListDoc is the API's device list.
+type deviceListDoc struct {
+	Devices []backend.Device `json:"devices"`
 }
 
 func deviceList(ctx context.Context, e env, args []string) error {
-	fs := newFlags(e, "device list", "device list [-o table|json]")
-	server, token := clientFlags(fs)
-	out := outputFlag(fs)
-	_, err := parseFlags(fs, e, args)
-	if err != nil {
+	k := newCall(e, "device list", "device list [-o table|json]", true)
+	if _, err := k.parse(args, 0, 0); err != nil {
 		return err
 	}
-	var raw json.RawMessage
-	if err := newClient(*server, *token).do(ctx, "GET", "/api/v1/devices", nil, &raw); err != nil {
-		return err
-	}
-	if *out == "json" {
-		return printJSON(e.stdout, raw)
-	}
-	var list struct {
-		Devices []deviceView `json:"devices"`
-	}
-	if err := json.Unmarshal(raw, &list); err != nil {
-		return fmt.Errorf("device list: decode: %w", err)
-	}
-	sort.Slice(list.Devices, func(i, j int) bool { return list.Devices[i].ID < list.Devices[j].ID })
-	return printDevices(e.stdout, list.Devices)
+	return show(ctx, k, "GET", apiPath("devices"), nil, func(w io.Writer, l deviceListDoc) error {
+		sort.Slice(l.Devices, func(i, j int) bool { return l.Devices[i].ID < l.Devices[j].ID })
+		return printDevices(w, l.Devices...)
+	})
 }
 
-func printDevices(w io.Writer, ds []deviceView) error {
+// printDevices draws the table of devices; -o json prints the documents whole.
+func printDevices(w io.Writer, ds ...backend.Device) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tONLINE\tFIRMWARE\tCONFIG\tBOOTS\tLAST SEEN")
 	for _, d := range ds {
@@ -168,26 +126,12 @@ func printDevices(w io.Writer, ds []deviceView) error {
 }
 
 func deviceShow(ctx context.Context, e env, args []string) error {
-	fs := newFlags(e, "device show", "device show ID [-o table|json]")
-	server, token := clientFlags(fs)
-	out := outputFlag(fs)
-	pos, err := parseFlags(fs, e, args)
+	k := newCall(e, "device show", "device show ID [-o table|json]", true)
+	pos, err := k.parse(args, 1, 1)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		return usageError{"device show: give one device ID"}
-	}
-	var raw json.RawMessage
-	if err := newClient(*server, *token).do(ctx, "GET", "/api/v1/devices/"+pos[0], nil, &raw); err != nil {
-		return err
-	}
-	if *out == "json" {
-		return printJSON(e.stdout, raw)
-	}
-	var d deviceView
-	if err := json.Unmarshal(raw, &d); err != nil {
-		return fmt.Errorf("device show: decode: %w", err)
-	}
-	return printDevices(e.stdout, []deviceView{d})
+	return show(ctx, k, "GET", apiPath("devices", pos[0]), nil, func(w io.Writer, d backend.Device) error {
+		return printDevices(w, d)
+	})
 }

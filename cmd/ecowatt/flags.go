@@ -3,62 +3,43 @@ package main
 import (
 	"flag"
 	"fmt"
-	"strings"
+
+	"github.com/ecowatt/ecowatt/cmd/internal/flagenv"
 )
 
-// newFlags makes a FlagSet whose errors go to stderr and whose usage names
-// the environment equivalents.
-func newFlags(e env, name, synopsis string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(e.stderr, "Usage: ecowatt %s\n\nFlags (environment equivalent in brackets):\n", synopsis)
-		fs.VisitAll(func(f *flag.Flag) {
-			def := ""
-			if f.DefValue != "" {
-				def = fmt.Sprintf(" (default %q)", f.DefValue)
-			}
-			fmt.Fprintf(e.stderr, "  --%s [%s]\n      %s%s\n", f.Name, envName(f.Name), f.Usage, def)
-		})
-	}
-	return fs
+// usageError is a mistake in the command line: exit status 2, like the
+// flagenv.UsageError of a bad flag.
+type usageError struct{ msg string }
+
+func (u usageError) Error() string { return u.msg }
+
+// newFlags makes the flag set of "ecowatt " + synopsis.
+func newFlags(_ env, name, synopsis string) *flag.FlagSet {
+	return flagenv.New(name, "ecowatt "+synopsis)
 }
 
-// envName is the ECOWATT_* variable for a flag: --http-addr -> ECOWATT_HTTP_ADDR.
-func envName(flagName string) string {
-	return "ECOWATT_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
-}
-
-// parseFlags parses args, allowing flags after positional arguments
-// ("device show ID -o json"), then fills every flag not given on the command
-// line from its ECOWATT_* variable. The command line wins over the
-// environment, which wins over the default. It returns the positional
-// arguments.
+// parseFlags parses args (flags may follow positional arguments), fills
+// the flags not given from their ECOWATT_* variables and returns the
+// positional arguments; see flagenv.Parse.
 func parseFlags(fs *flag.FlagSet, e env, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			break
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
+	return flagenv.Parse(fs, args, e.getenv, e.stdout, e.stderr)
+}
+
+// output is the -o flag: how a client command prints what the server sent.
+type output string
+
+const (
+	outputTable output = "table"
+	outputJSON  output = "json"
+)
+
+func (o *output) String() string { return string(*o) }
+
+func (o *output) Set(s string) error {
+	switch output(s) {
+	case outputTable, outputJSON:
+		*o = output(s)
+		return nil
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var err error
-	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] || err != nil {
-			return
-		}
-		if v := e.getenv(envName(f.Name)); v != "" {
-			if e2 := f.Value.Set(v); e2 != nil {
-				err = usageError{fmt.Sprintf("%s=%q: %v", envName(f.Name), v, e2)}
-			}
-		}
-	})
-	return pos, err
+	return fmt.Errorf("want %s or %s", outputTable, outputJSON)
 }

@@ -29,9 +29,3 @@ func TestParseOperators(t *testing.T) {
 		})
 	}
 }
-
-func TestEnvName(t *testing.T) {
-	if got := envName("http-addr"); got != "ECOWATT_HTTP_ADDR" {
-		t.Fatal(got)
-	}
-}

@@ -7,46 +7,16 @@ import (
 	"fmt"
 	"io"
 	"mime/multipart"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/ecowatt/ecowatt/backend"
+	"github.com/ecowatt/ecowatt/backend/fota"
 	wire "github.com/ecowatt/ecowatt/topics/fota"
 )
-
-const fotaUsage = `usage: ecowatt fota SUBCOMMAND ...
-
-  build-image --version V --size N [--fail-boot] -o FILE   make a test image for devicesim
-  sign --key KEY --version V [-o MANIFEST] FILE           sign a manifest offline
-  pubkey [--out FILE]                                      print the server's firmware public key (PEM)
-  upload --version V [--manifest M] [--chunk-size N] FILE  upload firmware
-  list | show VERSION                                      uploaded firmware
-  update ID --version V                                    update one device
-  device ID                                                a device's update progress
-  rollback ID [--reason R] [--version V]                   return a device to its previous firmware
-  rollout --version V --devices a,b|--all [--canary 2] [--batch-size 50] [--max-failure-percent 10]
-  status [RID] [--watch]                                   rollout progress (all rollouts without RID)
-  pause | resume | abort RID                               control a rollout`
-
-func runFOTA(ctx context.Context, e env, args []string) error {
-	if len(args) == 0 {
-		return usageError{fotaUsage}
-	}
-	sub := map[string]func(context.Context, env, []string) error{
-		"build-image": fotaBuildImage, "sign": fotaSign, "pubkey": fotaPubkey, "upload": fotaUpload,
-		"list": fotaList, "show": fotaShow, "update": fotaUpdate, "device": fotaDevice, "rollback": fotaRollback,
-		"rollout": fotaRollout, "status": fotaStatus,
-		"pause": fotaAction("pause"), "resume": fotaAction("resume"), "abort": fotaAction("abort"),
-	}
-	fn, ok := sub[args[0]]
-	if !ok {
-		return usageError{fmt.Sprintf("unknown fota subcommand %q\n%s", args[0], fotaUsage)}
-	}
-	return fn(ctx, e, args[1:])
-}
 
 // parseSize reads a byte count: 1048576, 64KiB, 1MiB, 1M, 512k.
 func parseSize(s string) (int, error) {
@@ -70,22 +40,22 @@ func parseSize(s string) (int, error) {
 
 func fotaBuildImage(_ context.Context, e env, args []string) error {
 	const synopsis = "fota build-image --version V --size N [--fail-boot] [--seed S] -o FILE"
-	fs := newFlags(e, "fota build-image", synopsis)
+	k := newOffline(e, "fota build-image", synopsis)
+	fs := k.fs
 	version := fs.String("version", "", "firmware version written into the app descriptor")
 	size := fs.String("size", "1MiB", "image size in bytes (suffixes KiB and MiB allowed)")
 	failBoot := fs.Bool("fail-boot", false, "mark the image so that a simulated device fails its self-test and rolls back")
 	seed := fs.Int64("seed", 1, "seed of the filler bytes")
 	out := fs.String("o", "", "output file")
-	pos, err := parseFlags(fs, e, args)
-	if err != nil {
+	if _, err := k.parse(args, 0, 0); err != nil {
 		return err
 	}
-	if *version == "" || *out == "" || len(pos) != 0 {
-		return usageError{"usage: ecowatt " + synopsis}
+	if *version == "" || *out == "" {
+		return k.usage("give --version and -o")
 	}
 	n, err := parseSize(*size)
 	if err != nil {
-		return usageError{err.Error()}
+		return k.usage(err.Error())
 	}
 	img, err := wire.BuildTestImage(*version, n, *failBoot, *seed)
 	if err != nil {
@@ -100,17 +70,18 @@ func fotaBuildImage(_ context.Context, e env, args []string) error {
 
 func fotaSign(_ context.Context, e env, args []string) error {
 	const synopsis = "fota sign --key KEY --version V [--chunk-size N] [-o MANIFEST] FILE"
-	fs := newFlags(e, "fota sign", synopsis)
+	k := newOffline(e, "fota sign", synopsis)
+	fs := k.fs
 	keyPath := fs.String("key", "", "Ed25519 private key (PEM, from ecowatt keys gen)")
 	version := fs.String("version", "", "firmware version; must match the image's app descriptor")
 	chunk := fs.Int("chunk-size", wire.DefaultChunkSize, "chunk size in bytes (1024-32768)")
 	out := fs.String("o", "", "manifest output file (default FILE.manifest.json)")
-	pos, err := parseFlags(fs, e, args)
+	pos, err := k.parse(args, 1, 1)
 	if err != nil {
 		return err
 	}
-	if *keyPath == "" || *version == "" || len(pos) != 1 {
-		return usageError{"usage: ecowatt " + synopsis}
+	if *keyPath == "" || *version == "" {
+		return k.usage("give --key and --version")
 	}
 	key, err := wire.LoadPrivateKey(*keyPath)
 	if err != nil {
@@ -139,40 +110,29 @@ func fotaSign(_ context.Context, e env, args []string) error {
 }
 
 func fotaPubkey(ctx context.Context, e env, args []string) error {
-	fs := newFlags(e, "fota pubkey", "fota pubkey [--out FILE]")
-	server, token := clientFlags(fs)
-	out := fs.String("out", "", "write the PEM to FILE instead of stdout")
-	if _, err := parseFlags(fs, e, args); err != nil {
+	k := newCall(e, "fota pubkey", "fota pubkey [--out FILE]", false)
+	out := k.fs.String("out", "", "write the PEM to FILE instead of stdout")
+	if _, err := k.parse(args, 0, 0); err != nil {
 		return err
 	}
-	var k struct {
-		PEM string `json:"pem"`
+	raw, err := k.send(ctx, "GET", apiPath("firmware", "key"), nil)
+	if err != nil {
+		return err
 	}
-	if err := newClient(*server, *token).do(ctx, "GET", "/api/v1/firmware/key", nil, &k); err != nil {
-		return fmt.Errorf("fota pubkey: %w", err)
+	key, err := decode[struct {
+		PEM string `json:"pem"`
+	}](k, raw)
+	if err != nil {
+		return err
 	}
 	if *out != "" {
-		return os.WriteFile(*out, []byte(k.PEM), 0o644)
+		return os.WriteFile(*out, []byte(key.PEM), 0o644)
 	}
-	_, err := io.WriteString(e.stdout, k.PEM)
+	_, err = io.WriteString(e.stdout, key.PEM)
 	return err
 }
 
-// firmwareView is the API's firmware document.
-type firmwareView struct {
-	Version    string          `json:"version"`
-	Size       int64           `json:"size"`
-	Hash       string          `json:"hash"`
-	ChunkSize  int             `json:"chunk_size"`
-	Chunks     int             `json:"chunks"`
-	Project    string          `json:"project_name"`
-	FailBoot   bool            `json:"fail_boot"`
-	Signed     string          `json:"signed"`
-	UploadedAt time.Time       `json:"uploaded_at"`
-	Manifest   json.RawMessage `json:"manifest,omitempty"`
-}
-
-func printFirmware(w io.Writer, fws []firmwareView) error {
+func printFirmware(w io.Writer, fws ...fota.Firmware) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VERSION\tSIZE\tCHUNKS\tCHUNK SIZE\tPROJECT\tSIGNED\tFAIL-BOOT\tSHA-256\tUPLOADED")
 	for _, f := range fws {
@@ -184,18 +144,17 @@ func printFirmware(w io.Writer, fws []firmwareView) error {
 
 func fotaUpload(ctx context.Context, e env, args []string) error {
 	const synopsis = "fota upload --version V [--manifest M] [--chunk-size N] FILE [-o table|json]"
-	fs := newFlags(e, "fota upload", synopsis)
-	server, token := clientFlags(fs)
-	out := outputFlag(fs)
+	k := newCall(e, "fota upload", synopsis, true)
+	fs := k.fs
 	version := fs.String("version", "", "firmware version; must match the image's app descriptor")
 	manifest := fs.String("manifest", "", "a manifest signed offline (ecowatt fota sign); the server checks it against its key")
 	chunk := fs.Int("chunk-size", 0, "chunk size in bytes (1024-32768); default the server's")
-	pos, err := parseFlags(fs, e, args)
+	pos, err := k.parse(args, 1, 1)
 	if err != nil {
 		return err
 	}
-	if *version == "" || len(pos) != 1 {
-		return usageError{"usage: ecowatt " + synopsis}
+	if *version == "" {
+		return k.usage("give --version")
 	}
 	img, err := os.ReadFile(pos[0])
 	if err != nil {
@@ -221,75 +180,42 @@ func fotaUpload(ctx context.Context, e env, args []string) error {
 		return fmt.Errorf("fota upload: %w", err)
 	}
 	var raw json.RawMessage
-	if err := newClient(*server, *token).doRaw(ctx, "POST", "/api/v1/firmware", mw.FormDataContentType(), &body, &raw); err != nil {
+	if err := k.c.doRaw(ctx, "POST", apiPath("firmware"), mw.FormDataContentType(), &body, &raw); err != nil {
 		return fmt.Errorf("fota upload: %w", err)
 	}
-	if *out == "json" {
-		return printJSON(e.stdout, raw)
-	}
-	var f firmwareView
-	if err := json.Unmarshal(raw, &f); err != nil {
-		return fmt.Errorf("fota upload: decode: %w", err)
-	}
-	return printFirmware(e.stdout, []firmwareView{f})
+	return render(k, raw, printOneFirmware)
 }
 
+func printOneFirmware(w io.Writer, f fota.Firmware) error { return printFirmware(w, f) }
+
 func fotaList(ctx context.Context, e env, args []string) error {
-	fs := newFlags(e, "fota list", "fota list [-o table|json]")
-	server, token := clientFlags(fs)
-	out := outputFlag(fs)
-	if _, err := parseFlags(fs, e, args); err != nil {
+	k := newCall(e, "fota list", "fota list [-o table|json]", true)
+	if _, err := k.parse(args, 0, 0); err != nil {
 		return err
 	}
-	var raw json.RawMessage
-	if err := newClient(*server, *token).do(ctx, "GET", "/api/v1/firmware", nil, &raw); err != nil {
-		return fmt.Errorf("fota list: %w", err)
-	}
-	if *out == "json" {
-		return printJSON(e.stdout, raw)
-	}
-	var l struct {
-		Firmware []firmwareView `json:"firmware"`
-	}
-	if err := json.Unmarshal(raw, &l); err != nil {
-		return fmt.Errorf("fota list: decode: %w", err)
-	}
-	return printFirmware(e.stdout, l.Firmware)
+	return show(ctx, k, "GET", apiPath("firmware"), nil, func(w io.Writer, l struct {
+		Firmware []fota.Firmware `json:"firmware"`
+	}) error {
+		return printFirmware(w, l.Firmware...)
+	})
 }
 
 func fotaShow(ctx context.Context, e env, args []string) error {
-	fs := newFlags(e, "fota show", "fota show VERSION")
-	server, token := clientFlags(fs)
-	pos, err := parseFlags(fs, e, args)
+	k := newCall(e, "fota show", "fota show VERSION [-o table|json]", true)
+	pos, err := k.parse(args, 1, 1)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		return usageError{"usage: ecowatt fota show VERSION"}
-	}
-	var raw json.RawMessage
-	if err := newClient(*server, *token).do(ctx, "GET", "/api/v1/firmware/"+url.PathEscape(pos[0]), nil, &raw); err != nil {
-		return fmt.Errorf("fota show: %w", err)
-	}
-	return printJSON(e.stdout, raw)
+	return show(ctx, k, "GET", apiPath("firmware", pos[0]), nil, func(w io.Writer, f fota.Firmware) error {
+		if err := printFirmware(w, f); err != nil || f.Manifest == nil {
+			return err
+		}
+		fmt.Fprintln(w, "\nManifest:")
+		return printJSON(w, f.Manifest)
+	})
 }
 
-// deviceFOTAView is backend.DeviceFOTA as the CLI shows it.
-type deviceFOTAView struct {
-	Target   string  `json:"target"`
-	Rollout  string  `json:"rollout"`
-	Active   bool    `json:"active"`
-	Result   string  `json:"result"`
-	State    string  `json:"state"`
-	Version  string  `json:"version"`
-	Received int     `json:"chunk_received"`
-	Total    int     `json:"total_chunks"`
-	Percent  float64 `json:"percent"`
-	Reason   string  `json:"reason"`
-	Detail   string  `json:"detail"`
-}
-
-func printDeviceFOTA(w io.Writer, id string, f deviceFOTAView) {
+func printDeviceFOTA(w io.Writer, id string, f backend.DeviceFOTA) error {
 	fmt.Fprintf(w, "%s  %s %s  %s %d/%d", id, f.State, f.Version, bar(f.Percent, 20), f.Received, f.Total)
 	if f.Active {
 		fmt.Fprintf(w, "  (updating to %s)", f.Target)
@@ -299,72 +225,50 @@ func printDeviceFOTA(w io.Writer, id string, f deviceFOTAView) {
 	if f.Reason != "" {
 		fmt.Fprintf(w, "  reason: %s %s", f.Reason, f.Detail)
 	}
-	fmt.Fprintln(w)
+	_, err := fmt.Fprintln(w)
+	return err
 }
 
 func fotaUpdate(ctx context.Context, e env, args []string) error {
-	const synopsis = "fota update ID --version V"
-	fs := newFlags(e, "fota update", synopsis)
-	server, token := clientFlags(fs)
-	version := fs.String("version", "", "firmware version to install")
-	pos, err := parseFlags(fs, e, args)
+	k := newCall(e, "fota update", "fota update ID --version V [-o table|json]", true)
+	version := k.fs.String("version", "", "firmware version to install")
+	pos, err := k.parse(args, 1, 1)
 	if err != nil {
 		return err
 	}
-	if *version == "" || len(pos) != 1 {
-		return usageError{"usage: ecowatt " + synopsis}
+	if *version == "" {
+		return k.usage("give --version")
 	}
-	var f deviceFOTAView
-	err = newClient(*server, *token).do(ctx, "POST", "/api/v1/devices/"+url.PathEscape(pos[0])+"/fota", map[string]string{"version": *version}, &f)
-	if err != nil {
-		return fmt.Errorf("fota update: %w", err)
-	}
-	printDeviceFOTA(e.stdout, pos[0], f)
-	return nil
+	return showDeviceFOTA(ctx, k, "POST", pos[0], map[string]string{"version": *version})
 }
 
 func fotaDevice(ctx context.Context, e env, args []string) error {
-	fs := newFlags(e, "fota device", "fota device ID [-o table|json]")
-	server, token := clientFlags(fs)
-	out := outputFlag(fs)
-	pos, err := parseFlags(fs, e, args)
+	k := newCall(e, "fota device", "fota device ID [-o table|json]", true)
+	pos, err := k.parse(args, 1, 1)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		return usageError{"usage: ecowatt fota device ID"}
-	}
-	var raw json.RawMessage
-	if err := newClient(*server, *token).do(ctx, "GET", "/api/v1/devices/"+url.PathEscape(pos[0])+"/fota", nil, &raw); err != nil {
-		return fmt.Errorf("fota device: %w", err)
-	}
-	if *out == "json" {
-		return printJSON(e.stdout, raw)
-	}
-	var f deviceFOTAView
-	if err := json.Unmarshal(raw, &f); err != nil {
-		return fmt.Errorf("fota device: decode: %w", err)
-	}
-	printDeviceFOTA(e.stdout, pos[0], f)
-	return nil
+	return showDeviceFOTA(ctx, k, "GET", pos[0], nil)
+}
+
+func showDeviceFOTA(ctx context.Context, k *call, method, id string, in any) error {
+	return show(ctx, k, method, apiPath("devices", id, "fota"), in, func(w io.Writer, f backend.DeviceFOTA) error {
+		return printDeviceFOTA(w, id, f)
+	})
 }
 
 func fotaRollback(ctx context.Context, e env, args []string) error {
 	const synopsis = "fota rollback ID [--reason R] [--version V]"
-	fs := newFlags(e, "fota rollback", synopsis)
-	server, token := clientFlags(fs)
-	reason := fs.String("reason", "", "why (echoed by the device as the detail of its status)")
-	version := fs.String("version", "", "the version expected in the previous slot; the device refuses otherwise")
-	pos, err := parseFlags(fs, e, args)
+	k := newCall(e, "fota rollback", synopsis, false)
+	reason := k.fs.String("reason", "", "why (echoed by the device as the detail of its status)")
+	version := k.fs.String("version", "", "the version expected in the previous slot; the device refuses otherwise")
+	pos, err := k.parse(args, 1, 1)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		return usageError{"usage: ecowatt " + synopsis}
-	}
 	body := map[string]string{"reason": *reason, "version": *version}
-	if err := newClient(*server, *token).do(ctx, "POST", "/api/v1/devices/"+url.PathEscape(pos[0])+"/rollback", body, nil); err != nil {
-		return fmt.Errorf("fota rollback: %w", err)
+	if _, err := k.send(ctx, "POST", apiPath("devices", pos[0], "rollback"), body); err != nil {
+		return err
 	}
 	fmt.Fprintf(e.stdout, "rollback requested for %s; the device reports rolled_back (or failed: no_previous_slot): ecowatt fota device %s\n", pos[0], pos[0])
 	return nil

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	backendfota "github.com/ecowatt/ecowatt/backend/fota"
 	"github.com/ecowatt/ecowatt/devicesim"
 	"github.com/ecowatt/ecowatt/topics/fota"
 )
@@ -105,9 +106,9 @@ func getDevice(t *testing.T, s *testServer, id string) fotaDeviceDoc {
 	return d
 }
 
-func getRollout(t *testing.T, s *testServer, rid string) rolloutView {
+func getRollout(t *testing.T, s *testServer, rid string) backendfota.Rollout {
 	t.Helper()
-	var r rolloutView
+	var r backendfota.Rollout
 	if code := s.api(t, "GET", "/api/v1/rollouts/"+rid, nil, &r); code != 200 {
 		t.Fatalf("GET rollout %s: %d", rid, code)
 	}

@@ -8,13 +8,10 @@ import (
 	wire "github.com/ecowatt/ecowatt/topics/fota"
 )
 
-func runKeys(_ context.Context, e env, args []string) error {
-	if len(args) == 0 || args[0] != "gen" {
-		return usageError{"usage: ecowatt keys gen --out DIR"}
-	}
-	fs := newFlags(e, "keys gen", "keys gen --out DIR")
-	out := fs.String("out", "keys", "directory for "+wire.PrivateKeyFile+" and "+wire.PublicKeyFile)
-	if _, err := parseFlags(fs, e, args[1:]); err != nil {
+func runKeysGen(_ context.Context, e env, args []string) error {
+	k := newOffline(e, "keys gen", "keys gen [--out DIR]")
+	out := k.fs.String("out", "keys", "directory for "+wire.PrivateKeyFile+" and "+wire.PublicKeyFile)
+	if _, err := k.parse(args, 0, 0); err != nil {
 		return err
 	}
 	_, priv, err := wire.GenerateKey(rand.Reader)

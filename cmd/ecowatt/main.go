@@ -9,9 +9,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+
+	"github.com/ecowatt/ecowatt/cmd/internal/flagenv"
 )
 
 func main() {
@@ -19,11 +23,9 @@ func main() {
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "ecowatt:", err)
-		}
-		os.Exit(exitCode(err))
+		fmt.Fprintln(os.Stderr, "ecowatt:", err)
 	}
+	os.Exit(exitCode(err))
 }
 
 // env is the process environment, injected so tests can run commands side by side.
@@ -33,71 +35,159 @@ type env struct {
 	stderr io.Writer
 }
 
+// command is a node of the command tree: a group of subcommands (sub) or
+// a leaf that parses its own flags (run).
 type command struct {
 	name    string
 	summary string
 	run     func(ctx context.Context, e env, args []string) error
+	sub     []command
 }
 
-func commands() []command {
+// commandTree is every command of the CLI; `ecowatt [GROUP] --help` lists
+// them from here.
+func commandTree() []command {
 	return []command{
-		{"serve", "run broker, backend and HTTP API in one process", runServe},
-		{"device", "provision and inspect devices (add, list, show, events)", runDevice},
-		{"telemetry", "show a device's telemetry as a table", runTelemetry},
-		{"events", "follow the live event stream (config, commands, FOTA, security, presence)", runEvents},
-		{"config", "change and inspect device configuration (set, show)", runConfig},
-		{"command", "queue and inspect device commands (send, list, show, cancel)", runCommand},
-		{"fota", "firmware updates: upload, rollout, status, rollback, sign, build-image, pubkey", runFOTA},
-		{"certs", "generate development TLS material (gen)", runCerts},
-		{"keys", "generate a firmware-signing key pair (gen)", runKeys},
+		{name: "serve", summary: "run broker, backend and HTTP API in one process", run: runServe},
+		{name: "device", summary: "provision and inspect devices", sub: []command{
+			{name: "add", summary: "provision one device, or --count N of them, and print their keys", run: deviceAdd},
+			{name: "list", summary: "every device with its presence, firmware and config version", run: deviceList},
+			{name: "show", summary: "one device", run: deviceShow},
+			{name: "events", summary: "a device's audit timeline, oldest first", run: deviceEvents},
+		}},
+		{name: "telemetry", summary: "show a device's telemetry as a table", run: runTelemetry},
+		{name: "events", summary: "follow the live event stream (config, commands, FOTA, security, presence)", run: runEvents},
+		{name: "config", summary: "change and inspect device configuration", sub: []command{
+			{name: "set", summary: "change some of a device's desired config", run: configSet},
+			{name: "show", summary: "desired vs reported config, delivery, last ack and history", run: configShow},
+		}},
+		{name: "command", summary: "queue and inspect device commands", sub: []command{
+			{name: "send", summary: "queue a command for a device (--wait for its result)", run: commandSend},
+			{name: "list", summary: "a device's commands, newest first", run: commandList},
+			{name: "show", summary: "one command", run: commandShow},
+			{name: "cancel", summary: "cancel a command that is still queued", run: commandCancel},
+		}},
+		{name: "fota", summary: "firmware images, updates and rollouts", sub: []command{
+			{name: "build-image", summary: "make a test image for devicesim", run: fotaBuildImage},
+			{name: "sign", summary: "sign a manifest offline", run: fotaSign},
+			{name: "pubkey", summary: "print the server's firmware public key (PEM)", run: fotaPubkey},
+			{name: "upload", summary: "upload firmware", run: fotaUpload},
+			{name: "list", summary: "uploaded firmware", run: fotaList},
+			{name: "show", summary: "one uploaded firmware with its manifest", run: fotaShow},
+			{name: "update", summary: "update one device", run: fotaUpdate},
+			{name: "device", summary: "a device's update progress", run: fotaDevice},
+			{name: "rollback", summary: "return a device to its previous firmware", run: fotaRollback},
+			{name: "rollout", summary: "update many devices in batches, after a canary", run: fotaRollout},
+			{name: "status", summary: "rollout progress (every rollout without RID)", run: fotaStatus},
+			{name: "pause", summary: "pause a rollout", run: fotaAction("pause")},
+			{name: "resume", summary: "resume a paused rollout", run: fotaAction("resume")},
+			{name: "abort", summary: "abort a rollout", run: fotaAction("abort")},
+		}},
+		{name: "certs", summary: "development TLS material", sub: []command{
+			{name: "gen", summary: "generate a dev CA and a server certificate", run: runCertsGen},
+		}},
+		{name: "keys", summary: "firmware-signing keys", sub: []command{
+			{name: "gen", summary: "generate an Ed25519 firmware-signing key pair", run: runKeysGen},
+		}},
 	}
 }
 
+// run runs the command named by args; help is not an error.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	e := env{getenv: getenv, stdout: stdout, stderr: stderr}
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		usage(stdout)
-		if len(args) == 0 {
-			return fmt.Errorf("missing command")
-		}
+	err := dispatch(ctx, e, nil, commandTree(), args)
+	if errors.Is(err, flag.ErrHelp) {
 		return nil
 	}
-	for _, c := range commands() {
-		if c.name == args[0] {
-			return c.run(ctx, e, args[1:])
+	return err
+}
+
+// dispatch finds the subcommand of a group (path) named by args[0].
+func dispatch(ctx context.Context, e env, path []string, cs []command, args []string) error {
+	if len(args) == 0 {
+		usage(e.stderr, path, cs)
+		return usageError{"missing command; " + helpHint(path)}
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		usage(e.stdout, path, cs)
+		return flag.ErrHelp
+	}
+	for _, c := range cs {
+		if c.name != args[0] {
+			continue
+		}
+		if c.sub != nil {
+			return dispatch(ctx, e, append(path, c.name), c.sub, args[1:])
+		}
+		return c.run(ctx, e, args[1:])
+	}
+	return usageError{fmt.Sprintf("unknown command %q; %s", strings.Join(append(path, args[0]), " "), helpHint(path))}
+}
+
+func helpHint(path []string) string {
+	return fmt.Sprintf("run %q for the list", strings.Join(append(append([]string{"ecowatt"}, path...), "--help"), " "))
+}
+
+// usage lists a group's commands; at the top it adds what every client
+// command shares.
+func usage(w io.Writer, path []string, cs []command) {
+	name := strings.Join(append([]string{"ecowatt"}, path...), " ")
+	if len(path) == 0 {
+		fmt.Fprint(w, "ecowatt — fleet backend for solar-inverter gateways\n\n")
+	}
+	fmt.Fprintf(w, "Usage: %s COMMAND [flags]\n\nCommands:\n", name)
+	for _, c := range cs {
+		fmt.Fprintf(w, "  %-12s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintf(w, "\nRun \"%s COMMAND --help\" for a command's flags.\n", name)
+	if len(path) > 0 {
+		return
+	}
+	fmt.Fprintf(w, `
+Every flag of serve has an environment equivalent: --http-addr is
+ECOWATT_HTTP_ADDR. Client commands reach the server at --server
+(ECOWATT_SERVER, default http://127.0.0.1:8080) with --admin-token
+(ECOWATT_ADMIN_TOKEN); their other flags are given on the command line only.
+Most print a table, or the server's JSON with -o json.
+
+Exit status:
+  %d  success (and --help)
+  %d  the server or the command failed (a rejected value, a command that did not succeed)
+  %d  usage: an unknown command or flag, a missing argument, a bad value
+  %d  not found: the server knows no such device, command, firmware or rollout
+  %d  unauthorized or forbidden: a missing or wrong --admin-token
+`, exitOK, exitFailed, exitUsage, exitNotFound, exitDenied)
+}
+
+// Exit statuses, listed by `ecowatt --help`.
+const (
+	exitOK       = 0
+	exitFailed   = 1
+	exitUsage    = 2
+	exitNotFound = 3
+	exitDenied   = 4
+)
+
+// exitCode maps an error to the process exit status: the one place that
+// turns usage mistakes and the server's HTTP status into one.
+func exitCode(err error) int {
+	if err == nil {
+		return exitOK
+	}
+	if _, ok := errors.AsType[usageError](err); ok {
+		return exitUsage
+	}
+	if _, ok := errors.AsType[flagenv.UsageError](err); ok {
+		return exitUsage
+	}
+	if a, ok := errors.AsType[*apiError](err); ok {
+		switch a.Status {
+		case http.StatusNotFound:
+			return exitNotFound
+		case http.StatusUnauthorized, http.StatusForbidden:
+			return exitDenied
 		}
 	}
-	usage(stderr)
-	return fmt.Errorf("unknown command %q", args[0])
+	return exitFailed
 }
-
-func usage(w io.Writer) {
-	fmt.Fprint(w, `ecowatt — fleet backend for solar-inverter gateways
-
-Usage: ecowatt COMMAND [flags]
-
-Commands:
-`)
-	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
-	}
-	fmt.Fprint(w, `
-Every flag has an environment equivalent: --http-addr is ECOWATT_HTTP_ADDR.
-Client commands reach the server at --server (ECOWATT_SERVER, default
-http://127.0.0.1:8080) with the admin token ECOWATT_ADMIN_TOKEN.
-Run "ecowatt COMMAND --help" for a command's flags.
-`)
-}
-
-// exitCode maps an error to a process exit status: 2 for usage errors.
-func exitCode(err error) int {
-	var u usageError
-	if errors.As(err, &u) || errors.Is(err, flag.ErrHelp) {
-		return 2
-	}
-	return 1
-}
-
-type usageError struct{ msg string }
-
-func (u usageError) Error() string { return u.msg }
