@@ -114,7 +114,10 @@ func Parse(fs *flag.FlagSet, args []string, getenv func(string) string, stdout, 
 			return nil, err
 		}
 		if err != nil {
-			_, _ = out.WriteTo(stderr)
+			// The flag package wrote the error, then the usage: the
+			// caller prints the error, so only the usage goes out here.
+			_, usage, _ := bytes.Cut(out.Bytes(), []byte("\n"))
+			_, _ = stderr.Write(usage)
 			return nil, UsageError{fmt.Sprintf("%s: %v", fs.Name(), err)}
 		}
 		rest := fs.Args()

@@ -89,6 +89,10 @@ func TestParseErrors(t *testing.T) {
 			if stdout.Len() != 0 || *server != "http://a" {
 				t.Fatalf("stdout %q, server %q", stdout.String(), *server)
 			}
+			// The usage goes to stderr once; the error is the caller's to print.
+			if len(tc.args) > 0 && (!strings.HasPrefix(stderr.String(), "Usage: t ID") || strings.Contains(stderr.String(), tc.want)) {
+				t.Fatalf("stderr %q, want the usage alone", stderr.String())
+			}
 		})
 	}
 }
