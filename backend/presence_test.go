@@ -179,7 +179,7 @@ func (r *presenceRig) device(id string) *device {
 func (r *presenceRig) connect(d *device, withWill bool, keepalive time.Duration) (paho.Client, *conn) {
 	r.t.Helper()
 	var c *conn
-	opts := paho.NewClientOptions().AddBroker("tcp://"+r.addr).SetClientID(d.id).
+	opts := paho.NewClientOptions().AddBroker("tcp://" + r.addr).SetClientID(d.id).
 		SetUsername(d.id).SetPassword(envelope.Password(d.keys, d.id, time.Now())).
 		SetAutoReconnect(false).SetConnectRetry(false).SetKeepAlive(keepalive).SetPingTimeout(time.Minute).
 		SetCustomOpenConnectionFn(func(u *url.URL, _ paho.ClientOptions) (net.Conn, error) {
