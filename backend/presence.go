@@ -23,11 +23,8 @@ import (
 //   - the unsigned will is ignored: the disconnect report covers it.
 //
 // Without such reports (an external broker) births and wills apply as
-// they come, and a clean DISCONNECT is not seen.
-const (
-	fConnGen  = "conn_gen"
-	fConnDown = "conn_down"
-)
+// they come, and a clean DISCONNECT is not seen. The two fields are
+// written only by the Lua scripts below and by the birth script.
 
 // connectScript starts a connection generation of an existing device.
 // KEYS: dev hash. Returns the generation, 0 for an unknown device.
