@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ecowatt/ecowatt/backend/keyvault"
@@ -88,6 +89,7 @@ type Service struct {
 	verified  verifiedPasswords
 
 	stopped chan struct{} // closed when Run returns; enqueue stops blocking
+	tracked atomic.Bool   // the broker reports connections: presence follows generations (presence.go)
 
 	mu      sync.RWMutex // guards uplink, ops and running
 	uplink  map[string][]UplinkHandler

@@ -15,6 +15,7 @@ type metrics struct {
 	handlerLatency *prometheus.HistogramVec
 	handlerErrors  *prometheus.CounterVec
 	eventsDropped  prometheus.Counter
+	disconnects    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, online func() float64) (*metrics, error) {
@@ -44,12 +45,16 @@ func newMetrics(reg prometheus.Registerer, online func() float64) (*metrics, err
 			Name: "ecowatt_events_dropped_total",
 			Help: "Events not delivered to a slow in-process subscriber.",
 		}),
+		disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ecowatt_device_disconnects_total",
+			Help: "Device connections the broker reported ended, by cause (broker.Cause*).",
+		}, []string{"cause"}),
 	}
 	onlineGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ecowatt_devices_online",
 		Help: "Devices currently online (read from Redis).",
 	}, online)
-	for _, c := range []prometheus.Collector{m.rejections, m.uplink, m.downlink, m.handlerLatency, m.handlerErrors, m.eventsDropped, onlineGauge} {
+	for _, c := range []prometheus.Collector{m.rejections, m.uplink, m.downlink, m.handlerLatency, m.handlerErrors, m.eventsDropped, m.disconnects, onlineGauge} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -49,6 +49,10 @@ const (
 	fOfflineAt       = "offline_at"
 )
 
+// FieldConfigVersion is the device hash field with the config version the
+// device last acknowledged; backend/config sets it on an ack.
+const FieldConfigVersion = fConfigVersion
+
 // provisionScript creates a device atomically, refusing an existing one.
 // KEYS: dev hash, psk, rxhigh, rxbits. ARGV: id, created_at ms, sealed psk.
 var provisionScript = redis.NewScript(`

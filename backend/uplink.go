@@ -262,6 +262,21 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 `)
 
+// birthScript records a birth in an existing device hash. When ARGV[1] is
+// "1" (connections are reported, see presence.go) it refuses a birth
+// whose connection has ended. KEYS: dev hash. ARGV: tracked, field,
+// value, ... Returns 1 recorded, 0 unknown device, -1 connection ended.
+var birthScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[1] == '1' then
+  local gen = tonumber(redis.call('HGET', KEYS[1], 'conn_gen') or '0')
+  local down = tonumber(redis.call('HGET', KEYS[1], 'conn_down') or '0')
+  if down >= gen then return -1 end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+`)
+
 // handleBirth records presence from an authenticated birth message.
 func (s *Service) handleBirth(ctx context.Context, dev string, m envelope.Message) error {
 	var b topics.Birth
@@ -273,12 +288,20 @@ func (s *Service) handleBirth(ctx context.Context, dev string, m envelope.Messag
 	}
 	now := s.now()
 	ms := now.UnixMilli()
-	ok, err := hsetIfExists.Run(ctx, s.rdb, []string{s.keys.Device(dev)},
+	tracked := "0"
+	if s.tracked.Load() {
+		tracked = "1"
+	}
+	ok, err := birthScript.Run(ctx, s.rdb, []string{s.keys.Device(dev)}, tracked,
 		fOnline, "1", fLastSeen, ms, fBirthAt, ms,
 		fFirmwareVersion, b.FirmwareVersion, fConfigVersion, b.ConfigVersion,
 		fBootCount, b.BootCount, fUptime, b.UptimeSeconds, fSlot, b.Slot).Int()
 	if err != nil {
 		return fmt.Errorf("birth %s: %w", dev, err)
+	}
+	if ok == -1 {
+		s.log.Info().Str("device", dev).Msg("birth from a connection that has ended: presence unchanged")
+		return nil
 	}
 	if ok == 0 {
 		return nil
@@ -293,10 +316,18 @@ func (s *Service) handleBirth(ctx context.Context, dev string, m envelope.Messag
 	})
 }
 
-// handleWill marks dev offline on its unsigned will. The will only hints:
-// it can mark a device offline, nothing else.
+// handleWill marks dev offline on its unsigned will, unless the broker
+// reports connections (presence.go). The will only hints: it can mark a
+// device offline, nothing else.
 func (s *Service) handleWill(ctx context.Context, dev string) {
 	s.m.uplink.WithLabelValues("will").Inc()
+	if s.tracked.Load() {
+		// The broker's disconnect report, ordered by generation, already
+		// covers this connection; a will delivered late (after a takeover)
+		// must not mark the newer connection offline.
+		s.log.Debug().Str("device", dev).Msg("will ignored: the broker reports disconnects")
+		return
+	}
 	if err := s.setOffline(ctx, dev, "will"); err != nil {
 		s.log.Error().Err(err).Str("device", dev).Msg("will: mark offline")
 	}

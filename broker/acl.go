@@ -27,6 +27,9 @@ type identity struct {
 	device bool   // a provisioned device; otherwise an operator
 	name   string // device ID or operator name
 	role   Role   // operators only
+
+	gen   uint64 // devices: the connection's generation from Config.Presence; 0 without
+	ended bool   // the end was reported to Config.Presence; guarded by Server.mu
 }
 
 // allowPublish reports whether id may publish to topic. Every client, device

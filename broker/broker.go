@@ -116,6 +116,7 @@ type Config struct {
 
 	Devices   DeviceAuth
 	Operators OperatorAuth // may be nil: no operator accounts
+	Presence  Presence     // may be nil: connection ends are not reported (the will is then the only signal)
 
 	OnReject func(Rejection) // may be nil; called for every auth/ACL/size rejection
 

@@ -55,6 +55,11 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			code = packets.ErrBadUsernameOrPassword // v3 "not authorized"
 		}
 	}
+	if rej == nil {
+		if err := s.connected(id); err != nil {
+			rej, code = &Rejection{Reason: ReasonAuthError, Detail: "presence: " + err.Error()}, packets.ErrServerUnavailable
+		}
+	}
 	if rej != nil {
 		rej.Username, rej.ClientID = string(pk.Connect.Username), cl.ID
 		s.reject(*rej)
@@ -228,12 +233,14 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	return pk, nil
 }
 
-// OnDisconnect reports oversized packets from connected clients.
+// OnDisconnect reports oversized packets from connected clients, and the
+// end of every device connection to Config.Presence.
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 	if errors.Is(err, packets.ErrPacketTooLarge) {
 		h.s.reject(Rejection{Username: string(cl.Properties.Username), ClientID: cl.ID,
 			Reason: ReasonPacketTooLarge, Detail: fmt.Sprintf("packet above %d bytes", h.s.cfg.MaxPacketSize)})
 	}
+	h.s.ended(cl.Net.Conn, disconnectCause(cl.StopCause(), err))
 }
 
 // OnPublishDropped delivers what mochi would drop (see flow.go).
@@ -252,6 +259,7 @@ type reportingListener struct {
 func (l *reportingListener) Serve(establish listeners.EstablishFn) {
 	l.Listener.Serve(func(id string, c net.Conn) error {
 		err := establish(id, c)
+		l.s.ended(c, CauseClosed) // when OnDisconnect did not run
 		l.s.forget(c)
 		// mochi wraps read errors of the CONNECT packet ("read connection:
 		// %w"); later ones, reported by OnDisconnect, come bare.

@@ -243,6 +243,11 @@ func (s *Service) handleAck(ctx context.Context, dev string, m envelope.Message)
 			if len(fields) > 0 {
 				p.HSet(ctx, s.cfgKey(dev), fields...)
 			}
+			if ack.Version >= r.reportedVer {
+				// The device record shows the acknowledged version at once,
+				// not only from the next birth.
+				p.HSet(ctx, s.keys.Device(dev), backend.FieldConfigVersion, ack.Version)
+			}
 			p.XAdd(ctx, hist)
 			return nil
 		})

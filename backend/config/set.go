@@ -25,8 +25,8 @@ type Result struct {
 
 // Set applies an operator's partial config document (e.g.
 // {"sampling_interval":10}) to dev's desired config: only the given fields
-// change, starting from the current desired config (the factory default
-// for a device never configured). The result is checked against every rule
+// change, starting from the current desired config (for a device never
+// configured, the config it reported at birth, else the factory default). The result is checked against every rule
 // first; an invalid document is a CodeInvalid error naming the field and
 // the reason, an unknown device CodeNotFound, and neither changes anything.
 // A valid change creates the next version atomically, records it in the

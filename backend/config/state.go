@@ -28,8 +28,9 @@ type State struct {
 	Delivery *Delivery `json:"delivery,omitempty"`
 }
 
-// Desired is the desired config. Version 0 is the factory default, never
-// set by an operator and never sent.
+// Desired is the desired config. Version 0 is never set by an operator and
+// never sent: it is the config the device reported at birth, or the
+// factory default before the device has reported one.
 type Desired struct {
 	topics.Config
 	Version   int64      `json:"version"`
@@ -76,17 +77,23 @@ func parseRecord(h map[string]string) record {
 		h = map[string]string{}
 	}
 	r := record{h: h, version: atoi(h[fVersion]), pending: h[fPending] == "1", reportedVer: atoi(h[fReportedVersion])}
-	r.desired = topics.DefaultConfig()
-	if v, ok := h[fDesired]; ok {
-		var c topics.Config
-		if json.Unmarshal([]byte(v), &c) == nil {
-			r.desired, r.hasDesired = c, true
-		}
-	}
 	if v, ok := h[fReported]; ok {
 		var c topics.Config
 		if json.Unmarshal([]byte(v), &c) == nil {
 			r.reported = &c
+		}
+	}
+	// Before the first desired version, what the device reports it runs
+	// is the desired config (so a partial change keeps the other fields);
+	// the factory default only when it has reported nothing.
+	r.desired = topics.DefaultConfig()
+	if r.reported != nil {
+		r.desired = r.reported.Clone()
+	}
+	if v, ok := h[fDesired]; ok {
+		var c topics.Config
+		if json.Unmarshal([]byte(v), &c) == nil {
+			r.desired, r.hasDesired = c, true
 		}
 	}
 	if v, ok := h[fLastAck]; ok {
@@ -108,11 +115,7 @@ func (r record) state(dev string) State {
 	}
 	if r.reported != nil {
 		st.Reported = &Reported{Config: r.reported.Clone(), Version: r.reportedVer, At: msTime(r.h[fReportedAt])}
-		// With no desired version yet, the device's own config is what the
-		// operator wants: nothing drifts.
-		if r.version > 0 {
-			st.Drift = drift(r.desired, *r.reported)
-		}
+		st.Drift = drift(r.desired, *r.reported)
 	}
 	if r.lastAck != nil {
 		st.LastAck = &LastAck{ConfigAck: *r.lastAck, At: msTime(r.h[fLastAckAt])}

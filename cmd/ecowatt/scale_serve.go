@@ -59,6 +59,17 @@ func replicaInfo(reg prometheus.Registerer, replica string) error {
 	return nil
 }
 
+// presence hands the embedded broker's connection reports to the backend.
+type presence struct{ svc **backend.Service }
+
+func (p presence) DeviceConnected(ctx context.Context, id string) (uint64, error) {
+	return (*p.svc).DeviceConnected(ctx, id)
+}
+
+func (p presence) DeviceDisconnected(ctx context.Context, id string, gen uint64, cause string) error {
+	return (*p.svc).DeviceDisconnected(ctx, id, gen, cause)
+}
+
 // messaging is serve's broker side: the embedded mochi broker, or an
 // external broker reached through mqttbus.
 type messaging struct {
@@ -81,6 +92,7 @@ func newMessaging(ctx context.Context, c serveConfig, replica string, svc **back
 			WSAddr:     c.wsAddr,
 			Devices:    deviceAuth{svc},
 			Operators:  operatorAuth{svc},
+			Presence:   presence{svc},
 			OnReject:   onReject,
 			Logger:     log.With().Str("component", "broker").Logger(),
 			Registerer: reg,

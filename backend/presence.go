@@ -1,0 +1,88 @@
+package backend
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/ecowatt/ecowatt/topics"
+	"github.com/redis/go-redis/v9"
+)
+
+// Presence is ordered by connection generation (docs/DECISIONS.md,
+// "Presence follows the broker's connections"). When the broker reports
+// connections (broker.Config.Presence, the embedded broker), the device
+// hash carries conn_gen, the generation of the device's newest accepted
+// connection (HINCRBY at CONNECT, so above every earlier one, on any
+// replica), and conn_down, the newest generation that has ended:
+//
+//   - a disconnect of generation g marks the device offline only while
+//     g == conn_gen: a report about a connection that was taken over, or
+//     that arrives after the device reconnected, changes nothing;
+//   - a birth is recorded only while conn_down < conn_gen: a birth that
+//     sits in a queue while its connection ends does not revive the device;
+//   - the unsigned will is ignored: the disconnect report covers it.
+//
+// Without such reports (an external broker) births and wills apply as
+// they come, and a clean DISCONNECT is not seen. The two fields are
+// written only by the Lua scripts below and by the birth script.
+
+// connectScript starts a connection generation of an existing device.
+// KEYS: dev hash. Returns the generation, 0 for an unknown device.
+var connectScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('HINCRBY', KEYS[1], 'conn_gen', 1)
+`)
+
+// DeviceConnected records that the broker accepted a new connection of
+// device id and returns its generation (see broker.Presence). From the
+// first call on, this Service orders presence by generation.
+func (s *Service) DeviceConnected(ctx context.Context, id string) (uint64, error) {
+	gen, err := connectScript.Run(ctx, s.rdb, []string{s.keys.Device(id)}).Int64()
+	if err != nil {
+		return 0, unavailable("connect "+id, err)
+	}
+	if gen <= 0 {
+		return 0, Errorf(CodeNotFound, "id", "no device %q", id)
+	}
+	s.tracked.Store(true)
+	return uint64(gen), nil
+}
+
+// disconnectScript ends connection generation ARGV[1]; it marks the
+// device offline when that is still its newest connection.
+// KEYS: dev hash. ARGV: gen, now (unix ms).
+// Returns 1 marked offline, 2 already offline, -1 a newer connection
+// exists, 0 unknown device.
+var disconnectScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local cur = tonumber(redis.call('HGET', KEYS[1], 'conn_gen') or '0')
+if tonumber(ARGV[1]) ~= cur then return -1 end
+redis.call('HSET', KEYS[1], 'conn_down', ARGV[1])
+if redis.call('HGET', KEYS[1], 'online') ~= '1' then return 2 end
+redis.call('HSET', KEYS[1], 'online', '0', 'offline_at', ARGV[2])
+return 1
+`)
+
+// DeviceDisconnected records the end of connection gen of device id, for
+// cause (one of broker.Cause*), and marks the device offline unless it
+// has connected again since.
+func (s *Service) DeviceDisconnected(ctx context.Context, id string, gen uint64, cause string) error {
+	res, err := disconnectScript.Run(ctx, s.rdb, []string{s.keys.Device(id)}, gen, s.now().UnixMilli()).Int()
+	if err != nil {
+		return unavailable("disconnect "+id, err)
+	}
+	s.m.disconnects.WithLabelValues(cause).Inc()
+	switch res {
+	case -1:
+		s.log.Debug().Str("device", id).Uint64("gen", gen).Str("cause", cause).Msg("disconnect of a superseded connection: ignored")
+		return nil
+	case 1:
+	default:
+		return nil
+	}
+	if err := s.rdb.ZRem(ctx, s.keys.Online(), id).Err(); err != nil {
+		return fmt.Errorf("disconnect %s: online index: %w", id, err)
+	}
+	s.log.Info().Str("device", id).Str("via", cause).Uint64("gen", gen).Msg("device offline")
+	return s.Emit(ctx, id, topics.EventPresence, map[string]any{"online": false, "via": cause})
+}
