@@ -210,7 +210,7 @@ func New(cfg Config) (*Server, error) {
 		ClientNetReadBufferSize:  cfg.ClientReadBuffer,
 		ClientNetWriteBufferSize: cfg.ClientWriteBuffer,
 		InlineClient:             true,
-		Logger:                   newSlogLogger(log.With().Str("component", "mochi").Logger()),
+		Logger:                   newSlogLogger(cfg.Logger.With().Str("component", "mochi").Logger()),
 		SysTopicResendInterval:   10,
 	})
 	m, err := newMetrics(cfg.Registerer, s.mochi.Info)

@@ -82,7 +82,7 @@ func newMessaging(ctx context.Context, c serveConfig, replica string, svc **back
 			Devices:    deviceAuth{svc},
 			Operators:  operatorAuth{svc},
 			OnReject:   onReject,
-			Logger:     log.With().Str("component", "broker").Logger(),
+			Logger:     log,
 			Registerer: reg,
 		})
 		if err != nil {
