@@ -1,5 +1,6 @@
 // Package inverter simulates the solar inverter an EcoWatt gateway polls: a
-// Modbus RTU slave (address 0x11) serving the register map of DESIGN §4
+// Modbus RTU slave (address 0x11) serving the register map of
+// docs/PROTOCOL.md §11.1
 // with plausible, seed-deterministic values driven by an injected clock,
 // and the course simulator's fault injection (exception, CRC error,
 // corruption, packet drop, delay).
