@@ -21,12 +21,6 @@ import (
 // wire contract and lives in package telemetry.
 type Register = telemetry.Register
 
-// Registers returns the register map ordered by address.
-func Registers() []Register { return telemetry.Registers() }
-
-// ByName looks a register up by its alias, e.g. "export_power".
-func ByName(name string) (Register, bool) { return telemetry.RegisterByName(name) }
-
 // ByAddr looks a register up by its address.
 func ByAddr(addr uint16) (Register, bool) {
 	if addr >= telemetry.NumRegisters {
