@@ -29,7 +29,7 @@ test-long: ## soak: the race suite three times over, then every fuzz target for 
 	ECOWATT_TEST_COUNT=3 ECOWATT_TEST_TIMEOUT=60m bash scripts/test.sh $(PKGS)
 	FUZZTIME=1m bash scripts/fuzz.sh
 
-check: ## gofmt, go vet, staticcheck
+check: ## gofmt, go mod tidy -diff, go vet, staticcheck, OpenAPI lint (Redocly)
 	bash scripts/check.sh
 
 bench: ## benchmarks vs Mosquitto + envelope cost, quick (< 10 min); see docs/BENCHMARKS.md

@@ -13,9 +13,9 @@ import (
 	"github.com/ecowatt/ecowatt/topics/envelope"
 )
 
-// TestRefused checks each bad input of issue 2 that the broker handles: it
-// is refused, reported through OnReject and counted in the metric, and a
-// refused publish reaches nobody.
+// TestRefused checks each bad input that the broker handles: it is refused,
+// reported through OnReject and counted in the metric, and a refused publish
+// reaches nobody.
 func TestRefused(t *testing.T) {
 	tb := startBroker(t, func(c *Config) { c.MaxPacketSize = 4096 }, "d1", "d2")
 	all := tb.inbox(t, "#") // the backend sees every delivered message

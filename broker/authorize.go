@@ -29,11 +29,6 @@ func CheckPublish(a Account, topic string) bool { return allowPublish(a.identity
 // operator only under events/).
 func CheckSubscribe(a Account, filter string) bool { return allowRead(a.identity(), filter) }
 
-// CheckWill reports whether a may leave a will on topic.
-func CheckWill(a Account, topic string, retain bool) bool {
-	return allowWill(a.identity(), topic, retain)
-}
-
 // Authenticator applies the embedded broker's connect rules outside mochi:
 // a device logs in with its ID and a password token valid ±5 minutes and
 // must use its ID as client ID; an operator logs in with name and password

@@ -1,17 +1,20 @@
 // Package broker embeds the mochi MQTT server as EcoWatt's broker: TCP, TLS
 // and WebSocket listeners, device and operator authentication, the
-// per-account ACL of DESIGN §3 (wills included), packet, session and queue
-// limits, and lossless delivery to slow subscribers.
+// per-account ACL of docs/PROTOCOL.md §1 (wills included), packet, session
+// and queue limits, and lossless delivery to slow subscribers.
 //
 // Devices log in with username = device ID and a password token
 // (envelope.Password); operators with a name and password. The backend talks
 // to the broker in-process through Publish and Subscribe, which bypass the ACL.
 //
 // mochi drops a message when a subscriber's outbound queue is full, even at
-// QoS 1. For device subscribers this package closes that gap with
-// backpressure: a publisher waits while the device's queue is nearly full,
-// and a message mochi still drops is queued again, in order, instead of
-// being lost. Operator subscribers are never waited for (see flow.go).
+// QoS 1. This package closes that gap for every subscriber, device or
+// operator, with backpressure: a publisher waits while the subscriber's queue
+// is nearly full, and a message mochi still drops is queued again, in order,
+// instead of being lost. A subscriber that stops reading is cut off after
+// SlowClientTimeout (devices, 2 s by default) or OperatorSlowTimeout
+// (operators, 1 s), so a stalled viewer holds publishers at most that long
+// (see flow.go and docs/DECISIONS.md).
 package broker
 
 import (
@@ -211,7 +214,7 @@ func New(cfg Config) (*Server, error) {
 		ClientNetReadBufferSize:  cfg.ClientReadBuffer,
 		ClientNetWriteBufferSize: cfg.ClientWriteBuffer,
 		InlineClient:             true,
-		Logger:                   newSlogLogger(log.With().Str("component", "mochi").Logger()),
+		Logger:                   newSlogLogger(cfg.Logger.With().Str("component", "mochi").Logger()),
 		SysTopicResendInterval:   10,
 	})
 	m, err := newMetrics(cfg.Registerer, s.mochi.Info)

@@ -131,8 +131,9 @@ func fanInTo(t testing.TB, mode flowMode, pending, pubs, msgs, size int, operato
 	}
 }
 
-// TestQoS1NoLoss is DESIGN §7's bar: 20 publishers x 500 QoS 1 messages of
-// 256 B into one device subscriber, all delivered, in order.
+// TestQoS1NoLoss is the no-loss target of docs/BENCHMARKS.md: 20 publishers
+// x 500 QoS 1 messages of 256 B into one device subscriber, all delivered,
+// in order.
 func TestQoS1NoLoss(t *testing.T) {
 	for _, mode := range []struct {
 		name    string

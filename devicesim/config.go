@@ -130,16 +130,6 @@ func (m *ConfigManager) Current() (int64, topics.Config) {
 	return m.rec.Version, m.rec.Config.Clone()
 }
 
-// LastAck returns the ack of the current version, if any.
-func (m *ConfigManager) LastAck() (topics.ConfigAck, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.rec.LastAck == nil {
-		return topics.ConfigAck{}, false
-	}
-	return *m.rec.LastAck, true
-}
-
 // BootConfig is the acquisition config to start a boot with; it suits
 // TelemetryOptions.BootConfig.
 func (m *ConfigManager) BootConfig() (acquisition.Config, bool) {

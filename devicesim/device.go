@@ -235,12 +235,6 @@ func (d *Device) ID() string { return d.id }
 // Flash is the device's flash, for features that keep their own records.
 func (d *Device) Flash() *flash.Store { return d.fl }
 
-// Clock is the device's clock.
-func (d *Device) Clock() clock.Clock { return d.clk }
-
-// Logger is the device's logger (with its ID as a field).
-func (d *Device) Logger() zerolog.Logger { return d.log }
-
 // Boot returns the boot record of the current boot.
 func (d *Device) Boot() BootRecord {
 	d.mu.Lock()

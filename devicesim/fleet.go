@@ -127,9 +127,6 @@ func NewFleet(cfg FleetConfig) (*Fleet, error) {
 	return f, nil
 }
 
-// Devices returns the fleet's devices, sorted by ID.
-func (f *Fleet) Devices() []*Device { return slices.Clone(f.devices) }
-
 // Run starts every device (after its start offset) and returns when ctx is
 // done and all of them have stopped. A device that fails is logged and
 // left stopped while the others go on; Run returns the devices' errors

@@ -233,13 +233,6 @@ func (m *FOTAManager) Stats() FOTAStats {
 	return s
 }
 
-// State returns the FOTA state.
-func (m *FOTAManager) State() fota.State {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.rec.State
-}
-
 // wake asks the task to look at the state again.
 func (m *FOTAManager) wake() {
 	select {

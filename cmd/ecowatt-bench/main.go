@@ -1,6 +1,6 @@
-// Command ecowatt-bench is EcoWatt's load harness (issue 8). It drives any
-// MQTT broker on loopback with N publishers and M subscribers on paho,
-// bounded in count and time, and measures delivered msgs/s, loss and
+// Command ecowatt-bench is EcoWatt's load harness (docs/BENCHMARKS.md). It
+// drives any MQTT broker on loopback with N publishers and M subscribers on
+// paho, bounded in count and time, and measures delivered msgs/s, loss and
 // latency from a send timestamp and sequence carried in every payload.
 //
 //	ecowatt-bench run             one load run against a broker URL

@@ -17,7 +17,7 @@ const (
 	markEnd   = "<!-- /generated:%s -->"
 )
 
-// markdownTargets is the table of issue 8's targets.
+// markdownTargets is the table of targets.
 func (r *report) markdownTargets() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Targets as of the run of %s (`%s`):\n\n", r.Date.Format("2006-01-02 15:04 MST"), r.Command)

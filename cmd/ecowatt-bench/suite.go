@@ -19,10 +19,10 @@ const (
 	nameMosquitto = "mosquitto"
 )
 
-// brokerScenarios are issue 8's broker scenario: fan-in from 100
-// publishers into 1 subscriber and point-to-point pairs, 256 B, QoS 0 and 1,
-// unpaced (throughput), plus one paced fan-in whose latencies are not
-// dominated by queueing. full is the bench-full size.
+// brokerScenarios are the broker scenario of docs/BENCHMARKS.md: fan-in
+// from 100 publishers into 1 subscriber and point-to-point pairs, 256 B,
+// QoS 0 and 1, unpaced (throughput), plus one paced fan-in whose latencies
+// are not dominated by queueing. full is the bench-full size.
 func brokerScenarios(full bool) []scenario {
 	fanIn, pairs, pairCount, paced := 400, 50, 800, 20 // quick: 40,000 messages a run
 	if full {
@@ -54,10 +54,10 @@ type suite struct {
 	bench   *target        // the bench broker (fota's raw throughput reference)
 }
 
-// part is one scenario family of issue 8. Families not built yet have a nil
-// run; their targets are reported as "not yet measured". To add one, give
-// it a run that fills its field of report and a targetRow in targets.go;
-// parts that load `ecowatt serve` say so in serverParts.
+// part is one scenario family of docs/BENCHMARKS.md. Families not built yet
+// have a nil run; their targets are reported as "not yet measured". To add
+// one, give it a run that fills its field of report and a targetRow in
+// targets.go; parts that load `ecowatt serve` say so in serverParts.
 type part struct {
 	name string
 	run  func(s *suite, ctx context.Context, rep *report) error

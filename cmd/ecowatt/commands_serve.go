@@ -37,7 +37,7 @@ func newCommands(c commandConfig, rdb redis.UniversalClient, prefix, replica str
 	}
 	cmds, err := commandsvc.New(commandsvc.Config{
 		Redis: rdb, Keys: keys, Fleet: svc, Registerer: reg,
-		Logger:        log.With().Str("component", "commands").Logger(),
+		Logger:        log,
 		SweepInterval: c.sweep, ResultTimeout: c.resultTimeout, ResendAfter: c.resendAfter,
 		ResultResend: c.resultResend, Replica: replica, LeaseTTL: c.lease, DeliveryTick: c.tick,
 	})

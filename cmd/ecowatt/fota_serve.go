@@ -63,7 +63,7 @@ func newFOTA(c fotaConfig, dataDir string, rdb redis.UniversalClient, prefix, re
 	}
 	f, err := fota.New(fota.Config{
 		Redis: rdb, Keys: keys, Fleet: svc, Key: key, Reg: reg, Replica: replica,
-		Logger:    log.With().Str("component", "fota").Logger(),
+		Logger:    log,
 		ChunkSize: c.chunkSize, UpdateTimeout: c.updateTimeout, ManifestResend: c.manifestResend,
 		SweepInterval: c.sweep, LeaseTTL: c.leaseTTL, ImageCacheBytes: imageCache,
 	})

@@ -94,7 +94,7 @@ func newMessaging(ctx context.Context, c serveConfig, replica string, svc **back
 			Operators:  operatorAuth{svc},
 			Presence:   presence{svc},
 			OnReject:   onReject,
-			Logger:     log.With().Str("component", "broker").Logger(),
+			Logger:     log,
 			Registerer: reg,
 		})
 		if err != nil {

@@ -83,6 +83,10 @@ func runServe(ctx context.Context, e env, args []string) error {
 	return serve(ctx, e, c, log)
 }
 
+// newLogger builds the root logger. Each package adds its own "component"
+// field in its constructor (it knows its name, and every caller gets it), so
+// cmd passes this logger on bare: adding one here too would repeat the key
+// in every JSON line.
 func newLogger(e env, level, format string) (zerolog.Logger, error) {
 	lvl, err := zerolog.ParseLevel(level)
 	if err != nil {
@@ -155,7 +159,7 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		Prefix:     c.redisPrefix,
 		Vault:      vault,
 		Bus:        brk.bus(),
-		Logger:     log.With().Str("component", "backend").Logger(),
+		Logger:     log,
 		Random:     rand.Reader,
 		Registerer: reg,
 		Workers:    c.uplinkWorkers,
@@ -165,7 +169,7 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	}
 	cfgSvc, err := config.New(config.Config{
 		Backend:       svc,
-		Logger:        log.With().Str("component", "config").Logger(),
+		Logger:        log,
 		Registerer:    reg,
 		SweepInterval: c.configSweep,
 		Replica:       replica,
@@ -181,7 +185,7 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	tm, err := telemetry.New(telemetry.Config{
 		Redis:      rdb,
 		Keys:       keys,
-		Logger:     log.With().Str("component", "telemetry").Logger(),
+		Logger:     log,
 		Registerer: reg,
 		Retention:  c.telemetryRetention,
 	})
@@ -217,7 +221,7 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		Fleet:      svc,
 		Commands:   cmds,
 		AdminToken: c.adminToken,
-		Logger:     log.With().Str("component", "http").Logger(),
+		Logger:     log,
 		Gatherer:   reg,
 		Configs:    cfgSvc,
 		Telemetry:  tm,

@@ -99,9 +99,6 @@ func Open(dir string) (*Store, error) {
 	return &Store{dir: dir}, nil
 }
 
-// Dir is the state directory.
-func (s *Store) Dir() string { return s.dir }
-
 // SetFault installs (or, with nil, removes) a fault hook.
 func (s *Store) SetFault(f Fault) {
 	s.mu.Lock()

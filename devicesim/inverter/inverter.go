@@ -1,5 +1,6 @@
 // Package inverter simulates the solar inverter an EcoWatt gateway polls: a
-// Modbus RTU slave (address 0x11) serving the register map of DESIGN §4
+// Modbus RTU slave (address 0x11) serving the register map of
+// docs/PROTOCOL.md §11.1
 // with plausible, seed-deterministic values driven by an injected clock,
 // and the course simulator's fault injection (exception, CRC error,
 // corruption, packet drop, delay).
@@ -19,12 +20,6 @@ import (
 // Register is an entry of the register map; the map itself is part of the
 // wire contract and lives in package telemetry.
 type Register = telemetry.Register
-
-// Registers returns the register map ordered by address.
-func Registers() []Register { return telemetry.Registers() }
-
-// ByName looks a register up by its alias, e.g. "export_power".
-func ByName(name string) (Register, bool) { return telemetry.RegisterByName(name) }
 
 // ByAddr looks a register up by its address.
 func ByAddr(addr uint16) (Register, bool) {

@@ -33,7 +33,8 @@ const (
 	CodeOutputPower uint8 = 9
 )
 
-// registerMap returns the register map of DESIGN §4, indexed by code.
+// registerMap returns the register map (docs/PROTOCOL.md §11.1), indexed by
+// code.
 func registerMap() [NumRegisters]Register {
 	return [NumRegisters]Register{
 		{Code: 0, Name: "voltage", Description: "Vac1 L1 phase voltage", Unit: "V", Gain: 10},
