@@ -148,21 +148,21 @@ func New(cfg Config) (*Service, error) {
 		cfg.MessageTimeout = 10 * time.Second
 	}
 	s := &Service{
-		rdb:     cfg.Redis,
-		keys:    keys,
-		vault:   cfg.Vault,
-		bus:     cfg.Bus,
-		log:     cfg.Logger.With().Str("component", "backend").Logger(),
-		now:     cfg.Now,
-		random:  &lockedReader{r: cfg.Random},
-		cfg:     cfg,
-		cache:   newKeyCache(cfg.KeyCacheSize, cfg.KeyCacheTTL),
-		hub:     newHub(),
+		rdb:    cfg.Redis,
+		keys:   keys,
+		vault:  cfg.Vault,
+		bus:    cfg.Bus,
+		log:    cfg.Logger.With().Str("component", "backend").Logger(),
+		now:    cfg.Now,
+		random: &lockedReader{r: cfg.Random},
+		cfg:    cfg,
+		cache:  newKeyCache(cfg.KeyCacheSize, cfg.KeyCacheTTL),
+		hub:    newHub(),
 
 		brokerSamples: newSampler(brokerSampleEvery, brokerSamplesPerWindow, brokerSampleNames),
-		stopped: make(chan struct{}),
-		uplink:  make(map[string][]UplinkHandler),
-		ops:     make(map[string]OpsHandler),
+		stopped:       make(chan struct{}),
+		uplink:        make(map[string][]UplinkHandler),
+		ops:           make(map[string]OpsHandler),
 	}
 	if s.m, err = newMetrics(cfg.Registerer, s.onlineCount); err != nil {
 		return nil, fmt.Errorf("new backend: %w", err)

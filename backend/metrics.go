@@ -16,7 +16,7 @@ type metrics struct {
 	handlerErrors  *prometheus.CounterVec
 	eventsDropped  prometheus.Counter
 	passwordChecks prometheus.Counter // bcrypt comparisons of operator passwords
-	suppressed   prometheus.Counter // broker rejections folded into a later sample event
+	suppressed     prometheus.Counter // broker rejections folded into a later sample event
 }
 
 func newMetrics(reg prometheus.Registerer, online func() float64) (*metrics, error) {
