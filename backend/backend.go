@@ -83,10 +83,9 @@ type Service struct {
 	hub    *hub
 	shards []chan job
 
-	// dummyHash is compared against for unknown operators, so that a
-	// wrong name costs as much time as a wrong password.
-	dummyHash []byte
-	verified  verifiedPasswords
+	verified verifiedPasswords
+
+	brokerSamples *sampler // which broker rejections become events
 
 	stopped chan struct{} // closed when Run returns; enqueue stops blocking
 	tracked atomic.Bool   // the broker reports connections: presence follows generations (presence.go)
@@ -151,23 +150,21 @@ func New(cfg Config) (*Service, error) {
 		cfg.MessageTimeout = 10 * time.Second
 	}
 	s := &Service{
-		rdb:     cfg.Redis,
-		keys:    keys,
-		vault:   cfg.Vault,
-		bus:     cfg.Bus,
-		log:     cfg.Logger.With().Str("component", "backend").Logger(),
-		now:     cfg.Now,
-		random:  &lockedReader{r: cfg.Random},
-		cfg:     cfg,
-		cache:   newKeyCache(cfg.KeyCacheSize, cfg.KeyCacheTTL),
-		hub:     newHub(),
-		stopped: make(chan struct{}),
-		uplink:  make(map[string][]UplinkHandler),
-		ops:     make(map[string]OpsHandler),
-	}
-	s.dummyHash, err = bcrypt.GenerateFromPassword([]byte("ecowatt-dummy-password"), cfg.BcryptCost)
-	if err != nil {
-		return nil, fmt.Errorf("new backend: %w", err)
+		rdb:    cfg.Redis,
+		keys:   keys,
+		vault:  cfg.Vault,
+		bus:    cfg.Bus,
+		log:    cfg.Logger.With().Str("component", "backend").Logger(),
+		now:    cfg.Now,
+		random: &lockedReader{r: cfg.Random},
+		cfg:    cfg,
+		cache:  newKeyCache(cfg.KeyCacheSize, cfg.KeyCacheTTL),
+		hub:    newHub(),
+
+		brokerSamples: newSampler(brokerSampleEvery, brokerSamplesPerWindow, brokerSampleNames),
+		stopped:       make(chan struct{}),
+		uplink:        make(map[string][]UplinkHandler),
+		ops:           make(map[string]OpsHandler),
 	}
 	if s.m, err = newMetrics(cfg.Registerer, s.onlineCount); err != nil {
 		return nil, fmt.Errorf("new backend: %w", err)

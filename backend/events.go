@@ -92,7 +92,13 @@ func (s *Service) Events(ctx context.Context, dev string, count int64) ([]Event,
 // empty or invalid when the offender is not a known device.
 func (s *Service) SecurityEvent(ctx context.Context, dev, reason, detail string) {
 	s.m.rejections.WithLabelValues(reason).Inc()
-	s.log.Warn().Str("device", dev).Str("reason", reason).Str("detail", detail).Msg("security rejection")
+	s.securityRecord(ctx, dev, reason, detail, map[string]any{"reason": reason, "detail": detail})
+}
+
+// securityRecord logs a security event and writes it to the security
+// stream and dev's audit stream.
+func (s *Service) securityRecord(ctx context.Context, dev, reason, detail string, data map[string]any) {
+	s.log.Warn().Str("device", dev).Str("reason", reason).Str("detail", detail).Any("data", data).Msg("security rejection")
 	now := s.now().UTC()
 	err := s.rdb.XAdd(ctx, &redis.XAddArgs{
 		Stream: s.keys.Security(),
@@ -103,7 +109,6 @@ func (s *Service) SecurityEvent(ctx context.Context, dev, reason, detail string)
 	if err != nil {
 		s.log.Error().Err(err).Msg("security stream append")
 	}
-	data := map[string]string{"reason": reason, "detail": detail}
 	if topics.ValidateID(dev) != nil {
 		raw, _ := json.Marshal(data)
 		s.hub.publish(Event{Device: dev, Kind: topics.EventSecurity, At: now, Data: raw})

@@ -20,7 +20,8 @@ const (
 
 // EnsureOperator creates operator name, or resets its password and role
 // (the ECOWATT_OPERATOR=name:password bootstrap runs it at every start).
-// Names follow the device ID rules; passwords are stored as bcrypt hashes.
+// Names follow the device ID rules and must not be a device's ID
+// (CodeConflict); passwords are stored as bcrypt hashes.
 func (s *Service) EnsureOperator(ctx context.Context, name, password, role string) error {
 	if err := topics.ValidateID(name); err != nil {
 		return &Error{Code: CodeInvalid, Field: "name", Message: "operator name must be 1-64 characters of A-Z a-z 0-9 _ -", Err: err}
@@ -35,47 +36,66 @@ func (s *Service) EnsureOperator(ctx context.Context, name, password, role strin
 	if err != nil {
 		return fmt.Errorf("ensure operator %s: %w", name, err)
 	}
+	const clash = "operator name %q is a device's id; devices and operators need distinct names"
+	if err := s.nameFree(ctx, s.keys.Device(name), "name", clash, name); err != nil {
+		return err
+	}
 	key := s.keys.Operator(name)
 	now := s.now().UnixMilli()
+	var created *redis.BoolCmd
 	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.HSetNX(ctx, key, "created_at", now)
+		created = p.HSetNX(ctx, key, "created_at", now)
 		p.HSet(ctx, key, "name", name, "hash", hash, "role", role, "updated_at", now)
 		return nil
 	})
 	if err != nil {
 		return unavailable("ensure operator "+name, err)
 	}
+	// A device may have been provisioned since the check (see nameFree);
+	// an account that existed before stays (that device undoes itself).
+	if err := s.nameFree(ctx, s.keys.Device(name), "name", clash, name); err != nil {
+		if created.Val() {
+			if derr := s.rdb.Del(ctx, key).Err(); derr != nil {
+				return unavailable("ensure operator "+name+": undo", derr)
+			}
+		}
+		return err
+	}
 	s.log.Info().Str("operator", name).Str("role", role).Msg("operator account set")
 	return nil
 }
 
 // AuthenticateOperator checks an operator's password and returns its role.
-// A wrong name and a wrong password give the same CodeUnauthorized error
-// and take the same time.
+// An unknown name is a CodeNotFound error found without bcrypt, so that
+// logins under made-up names cost an attacker's CPU, not ours (the broker
+// throttles the rest); this tells a name that exists from one that does
+// not, which operator names, like device IDs, are not meant to hide. A
+// wrong password is CodeUnauthorized.
 func (s *Service) AuthenticateOperator(ctx context.Context, name, password string) (string, error) {
-	hash, role := s.dummyHash, ""
-	known := false
-	if topics.ValidateID(name) == nil {
-		h, err := s.rdb.HMGet(ctx, s.keys.Operator(name), "hash", "role").Result()
-		if err != nil {
-			return "", unavailable("authenticate operator", err)
-		}
-		if hs, ok := h[0].(string); ok {
-			hash, known = []byte(hs), true
-			role, _ = h[1].(string)
-		}
+	if topics.ValidateID(name) != nil {
+		return "", Errorf(CodeNotFound, "name", "no operator %q", name)
 	}
-	var err error
-	if !known || !s.verified.has(hash, password) {
+	h, err := s.rdb.HMGet(ctx, s.keys.Operator(name), "hash", "role").Result()
+	if err != nil {
+		return "", unavailable("authenticate operator", err)
+	}
+	hs, ok := h[0].(string)
+	if !ok {
+		return "", Errorf(CodeNotFound, "name", "no operator %q", name)
+	}
+	hash := []byte(hs)
+	role, _ := h[1].(string)
+	if !s.verified.has(hash, password) {
+		s.m.passwordChecks.Inc()
 		err = bcrypt.CompareHashAndPassword(hash, []byte(password))
-		if err == nil && known {
+		if err == nil {
 			s.verified.add(hash, password)
 		}
 	}
 	if err != nil && !errors.Is(err, bcrypt.ErrMismatchedHashAndPassword) {
 		s.log.Error().Err(err).Str("operator", name).Msg("operator hash unreadable")
 	}
-	if !known || err != nil || (role != RoleAdmin && role != RoleViewer) {
+	if err != nil || (role != RoleAdmin && role != RoleViewer) {
 		return "", Errorf(CodeUnauthorized, "", "wrong operator name or password")
 	}
 	return role, nil

@@ -65,10 +65,14 @@ return 1
 
 // Provision registers device id with a fresh random 256-bit PSK and returns
 // the PSK; this is the only time it is revealed. An invalid ID is a
-// CodeInvalid error, an existing device CodeConflict; neither changes state.
+// CodeInvalid error, an existing device or an operator of that name
+// CodeConflict; neither changes state.
 func (s *Service) Provision(ctx context.Context, id string) ([]byte, error) {
 	if err := topics.ValidateID(id); err != nil {
 		return nil, &Error{Code: CodeInvalid, Field: "id", Message: "id must be 1-64 characters of A-Z a-z 0-9 _ -", Err: err}
+	}
+	if err := s.nameFree(ctx, s.keys.Operator(id), "id", "device id %q is an operator's name; devices and operators need distinct names", id); err != nil {
+		return nil, err
 	}
 	psk := make([]byte, envelope.KeySize)
 	if _, err := io.ReadFull(s.random, psk); err != nil {
@@ -87,6 +91,15 @@ func (s *Service) Provision(ctx context.Context, id string) ([]byte, error) {
 	}
 	if created == 0 {
 		return nil, Errorf(CodeConflict, "id", "device %s already exists", id)
+	}
+	// An operator of that name may have been created since the check above
+	// (another slot, so not in the script): look again now that the device
+	// exists and undo it if so (see nameFree).
+	if err := s.nameFree(ctx, s.keys.Operator(id), "id", "device id %q is an operator's name; devices and operators need distinct names", id); err != nil {
+		if derr := s.rdb.Del(ctx, s.keys.Device(id), s.keys.PSK(id), s.keys.RxHigh(id), s.keys.RxBits(id)).Err(); derr != nil {
+			return nil, unavailable("provision "+id+": undo", derr)
+		}
+		return nil, err
 	}
 	// The index is a separate slot, so it is written after the device;
 	// ZADD is idempotent.
@@ -284,4 +297,22 @@ func (c *keyCache) forget(id string) {
 		c.order.Remove(el)
 		delete(c.items, id)
 	}
+}
+
+// nameFree returns a CodeConflict error when key (the other kind of
+// account of the same name) exists. Devices and operators share the broker's
+// username space, so a name is one or the other. The two live in different
+// Redis slots, so Provision and EnsureOperator each write their own key
+// first and then call nameFree, undoing their write on a conflict: of two
+// racing creations the later one always sees the earlier (at worst both
+// are refused), and no name is ever left both.
+func (s *Service) nameFree(ctx context.Context, key, field, format string, args ...any) error {
+	n, err := s.rdb.Exists(ctx, key).Result()
+	if err != nil {
+		return unavailable("check name", err)
+	}
+	if n > 0 {
+		return Errorf(CodeConflict, field, format, args...)
+	}
+	return nil
 }

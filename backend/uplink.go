@@ -14,9 +14,9 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Reasons for security rejections: the values of the reason label of
-// ecowatt_security_rejections_total and of security events. The broker
-// reports its own rejections through SecurityEvent with the last four.
+// Reasons for security rejections of device messages: values of the
+// reason label of ecowatt_security_rejections_total and of security events.
+// The broker's own reasons (BrokerRejection) are in brokerReasons.
 const (
 	ReasonUnknownDevice = "unknown_device"
 	ReasonMalformed     = "malformed"
@@ -28,17 +28,11 @@ const (
 	ReasonTopicMismatch = "topic_mismatch"
 	ReasonOversized     = "oversized"
 	ReasonInvalidBody   = "invalid_body"
-
-	ReasonBadPassword = "bad_password"
-	ReasonACL         = "acl_denied"
-	ReasonWill        = "will_denied"
-	ReasonBadOperator = "bad_operator"
 )
 
 var allReasons = []string{
 	ReasonUnknownDevice, ReasonMalformed, ReasonBadMAC, ReasonDecrypt, ReasonReplay,
 	ReasonStale, ReasonBadTopic, ReasonTopicMismatch, ReasonOversized, ReasonInvalidBody,
-	ReasonBadPassword, ReasonACL, ReasonWill, ReasonBadOperator,
 }
 
 // MaxOpsSize bounds an operator message.

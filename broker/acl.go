@@ -9,18 +9,32 @@ import (
 // Rejection reasons, the values of Rejection.Reason and of the reason label
 // of ecowatt_broker_rejections_total.
 const (
-	ReasonUnknownDevice   = "unknown_device"   // neither a provisioned device nor an operator
-	ReasonBadPassword     = "bad_password"     // wrong or malformed password (token)
-	ReasonExpiredPassword = "expired_password" // device token outside its ±5 minute window
-	ReasonBadClientID     = "bad_client_id"    // device client ID != its ID, or an operator using a device's ID
-	ReasonAuthError       = "auth_error"       // the device or operator store failed
-	ReasonACLPublish      = "acl_publish"      // publish outside the account's topics
-	ReasonACLSubscribe    = "acl_subscribe"    // subscription outside the account's topics
-	ReasonACLWill         = "acl_will"         // will message to a forbidden topic, or retained
-	ReasonACLRetain       = "acl_retain"       // a client published with the retain flag
-	ReasonPacketTooLarge  = "packet_too_large" // packet above Config.MaxPacketSize
-	ReasonSlowConsumer    = "slow_consumer"    // a subscriber stopped reading; disconnected
+	ReasonUnknownDevice   = "unknown_device"         // neither a provisioned device nor an operator
+	ReasonBadPassword     = "bad_password"           // wrong or malformed password (token)
+	ReasonExpiredPassword = "expired_password"       // device token outside its ±5 minute window
+	ReasonBadClientID     = "bad_client_id"          // device client ID != its ID, or an operator using a device's ID
+	ReasonAuthError       = "auth_error"             // the device or operator store failed
+	ReasonACLPublish      = "acl_publish"            // publish outside the account's topics
+	ReasonACLSubscribe    = "acl_subscribe"          // subscription outside the account's topics
+	ReasonACLWill         = "acl_will"               // will message to a forbidden topic, or retained
+	ReasonACLRetain       = "acl_retain"             // a client published with the retain flag
+	ReasonPacketTooLarge  = "packet_too_large"       // packet above Config.MaxPacketSize
+	ReasonSlowConsumer    = "slow_consumer"          // a subscriber stopped reading; disconnected
+	ReasonThrottled       = "throttled"              // a login refused unchecked: too many failures from its address or for its operator name
+	ReasonSubscriptions   = "too_many_subscriptions" // a subscription beyond the account's limit
+	ReasonFilterTooLong   = "filter_too_long"        // a subscription filter above the account's limit
+	ReasonSessionTakeover = "session_takeover"       // a second authenticated connection replaced a live one
 )
+
+// Reasons returns every Reason* value, for metrics and the docs test.
+func Reasons() []string {
+	return []string{
+		ReasonUnknownDevice, ReasonBadPassword, ReasonExpiredPassword, ReasonBadClientID,
+		ReasonAuthError, ReasonACLPublish, ReasonACLSubscribe, ReasonACLWill, ReasonACLRetain,
+		ReasonPacketTooLarge, ReasonSlowConsumer, ReasonThrottled, ReasonSubscriptions,
+		ReasonFilterTooLong, ReasonSessionTakeover,
+	}
+}
 
 // identity is who an authenticated connection belongs to.
 type identity struct {

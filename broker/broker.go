@@ -74,6 +74,8 @@ type Rejection struct {
 	Username, ClientID string
 	Reason             string // one of the Reason* constants
 	Detail             string // human-readable, e.g. the topic
+
+	operator bool // an operator's wrong password (counts against the name)
 }
 
 // Message is a message delivered to an in-process subscriber.
@@ -123,6 +125,13 @@ type Config struct {
 
 	OnReject func(Rejection) // may be nil; called for every auth/ACL/size rejection
 
+	// Login throttles (throttle.go); zero values take DefaultAddressThrottle
+	// and DefaultOperatorThrottle.
+	AddressThrottle, OperatorThrottle Throttle
+	// Subscription limits (limits.go); zero values take
+	// DefaultDeviceSubscriptions and DefaultOperatorSubscriptions.
+	DeviceSubscriptions, OperatorSubscriptions SubscriptionLimits
+
 	Logger     zerolog.Logger
 	Now        func() time.Time      // default time.Now; checks password tokens
 	Registerer prometheus.Registerer // may be nil
@@ -145,6 +154,8 @@ type Server struct {
 	log   zerolog.Logger
 	mochi *mqtt.Server
 	m     *metrics
+
+	addrThrottle, opThrottle *throttle // failed logins by source address, by operator name
 
 	mu        sync.Mutex // guards fields below
 	idents    map[net.Conn]*identity
@@ -190,6 +201,18 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ClientWriteBuffer <= 0 {
 		cfg.ClientWriteBuffer = DefaultClientWriteBuffer
 	}
+	if cfg.AddressThrottle == (Throttle{}) {
+		cfg.AddressThrottle = DefaultAddressThrottle
+	}
+	if cfg.OperatorThrottle == (Throttle{}) {
+		cfg.OperatorThrottle = DefaultOperatorThrottle
+	}
+	if cfg.DeviceSubscriptions == (SubscriptionLimits{}) {
+		cfg.DeviceSubscriptions = DefaultDeviceSubscriptions
+	}
+	if cfg.OperatorSubscriptions == (SubscriptionLimits{}) {
+		cfg.OperatorSubscriptions = DefaultOperatorSubscriptions
+	}
 	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
 		return nil, errors.New("broker: TLSCert and TLSKey must be given together")
 	}
@@ -208,6 +231,9 @@ func New(cfg Config) (*Server, error) {
 		idents: map[net.Conn]*identity{},
 		tcp:    cfg.MQTTListener,
 		tls:    cfg.MQTTSListener,
+
+		addrThrottle: newThrottle(cfg.AddressThrottle),
+		opThrottle:   newThrottle(cfg.OperatorThrottle),
 	}
 	s.mochi = mqtt.New(&mqtt.Options{
 		Capabilities:             caps,

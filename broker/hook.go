@@ -34,6 +34,8 @@ func (h *hook) Provides(b byte) bool {
 		mqtt.OnConnectAuthenticate,
 		mqtt.OnACLCheck,
 		mqtt.OnSubscribe,
+		mqtt.OnSubscribed,
+		mqtt.OnSessionEstablish,
 		mqtt.OnPacketRead,
 		mqtt.OnDisconnect,
 		mqtt.OnPublishDropped,
@@ -75,7 +77,9 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
 	return h.s.identityOf(cl) != nil
 }
 
-// authenticate decides who a connecting client is.
+// authenticate decides who a connecting client is. A source address or
+// operator name with too many recent failures is refused before any
+// lookup (throttle.go).
 func (s *Server) authenticate(cl *mqtt.Client, pk packets.Packet) (*identity, *Rejection, packets.Code) {
 	ctx, cancel := context.WithTimeout(context.Background(), authTimeout)
 	defer cancel()
@@ -83,8 +87,57 @@ func (s *Server) authenticate(cl *mqtt.Client, pk packets.Packet) (*identity, *R
 	if cl.Properties.Props.AssignedClientID != "" {
 		clientID = "" // the client sent none; mochi made up a unique one
 	}
-	return authenticate(ctx, s.cfg.Devices, s.cfg.Operators, s.cfg.Now(),
-		string(pk.Connect.Username), string(pk.Connect.Password), clientID)
+	name, addr, now := string(pk.Connect.Username), remoteHost(cl.Net.Remote), s.cfg.Now()
+	if rej := throttled(now, addr, name, s.addrThrottle, s.opThrottle); rej != nil {
+		code := packets.ErrConnectionRateExceeded
+		if cl.Properties.ProtocolVersion < 5 {
+			code = packets.ErrServerUnavailable // 3.1.1 has no better code; clients back off
+		}
+		return nil, rej, code
+	}
+	id, rej, code := authenticate(ctx, s.cfg.Devices, s.cfg.Operators, now, name, string(pk.Connect.Password), clientID)
+	loginOutcome(now, addr, name, id, rej, s.addrThrottle, s.opThrottle)
+	return id, rej, code
+}
+
+// throttled returns the rejection of a login whose address or operator
+// name is locked out, or nil. Device names are never locked: a device
+// token cannot be guessed, and a lock would let anyone keep a device out.
+func throttled(now time.Time, addr, name string, byAddr, byName *throttle) *Rejection {
+	if d := byAddr.wait(addr, now); d > 0 {
+		return &Rejection{Reason: ReasonThrottled,
+			Detail: fmt.Sprintf("too many failed logins from %s; retry in %s", addr, d.Round(time.Millisecond))}
+	}
+	if d := byName.wait(name, now); d > 0 {
+		return &Rejection{Reason: ReasonThrottled,
+			Detail: fmt.Sprintf("too many failed logins for operator %q; retry in %s", name, d.Round(time.Millisecond))}
+	}
+	return nil
+}
+
+// loginOutcome feeds a checked login to the throttles: a failure (not a
+// store error) counts against the address, an operator's wrong password
+// against its name too; an operator's success clears its name.
+func loginOutcome(now time.Time, addr, name string, id *identity, rej *Rejection, byAddr, byName *throttle) {
+	switch {
+	case rej == nil:
+		if !id.device {
+			byName.reset(name)
+		}
+	case rej.Reason != ReasonAuthError:
+		byAddr.fail(addr, now)
+		if rej.operator {
+			byName.fail(name, now)
+		}
+	}
+}
+
+// remoteHost is the host part of a remote address ("" when unknown).
+func remoteHost(remote string) string {
+	if h, _, err := net.SplitHostPort(remote); err == nil {
+		return h
+	}
+	return remote
 }
 
 // backendClientPrefix starts the client IDs of backend replicas on an
@@ -145,7 +198,8 @@ func authenticate(ctx context.Context, devices DeviceAuth, operators OperatorAut
 		if errors.Is(err, ErrUnknownOperator) {
 			reason = ReasonUnknownDevice
 		}
-		return nil, &Rejection{Reason: reason, Detail: "operator: " + err.Error()}, packets.ErrBadUsernameOrPassword
+		return nil, &Rejection{Reason: reason, Detail: "operator: " + err.Error(), operator: reason == ReasonBadPassword},
+			packets.ErrBadUsernameOrPassword
 	}
 	if role != RoleAdmin && role != RoleViewer {
 		return nil, &Rejection{Reason: ReasonAuthError, Detail: fmt.Sprintf("operator role %q", role)}, packets.ErrBadUsernameOrPassword
@@ -196,14 +250,22 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	return true
 }
 
-// OnSubscribe reports refused filters; OnACLCheck then refuses them.
+// OnSubscribe refuses filters beyond the client's subscription limits (see
+// limits.go) and reports filters the ACL refuses; OnACLCheck then refuses
+// both.
 func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	s := h.s
 	if cl.Net.Inline {
 		return pk
 	}
 	id := s.identityOf(cl)
+	if id != nil {
+		s.limitSubscriptions(cl, id, &pk)
+	}
 	for _, sub := range pk.Filters {
+		if sub.Filter == refusedQuota || sub.Filter == refusedLength {
+			continue // reported by limitSubscriptions
+		}
 		if id == nil || !allowRead(id, sub.Filter) {
 			s.reject(Rejection{Username: string(cl.Properties.Username), ClientID: cl.ID,
 				Reason: ReasonACLSubscribe, Detail: "subscribe to " + sub.Filter})

@@ -35,6 +35,9 @@ func newMetrics(reg prometheus.Registerer, info *system.Info) (*metrics, error) 
 			Help: "Messages not delivered to a device subscriber because it disconnected or stopped reading.",
 		}),
 	}
+	for _, r := range Reasons() {
+		m.rejections.WithLabelValues(r) // rates work from the first scrape
+	}
 	if reg == nil {
 		return m, nil
 	}

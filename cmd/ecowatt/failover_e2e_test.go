@@ -104,7 +104,7 @@ func startOn(t *testing.T, prefix, dataDir, token, redisURL, brokerURL, replica 
 	s.args = append([]string{"serve",
 		"--http-addr", "127.0.0.1:0", "--redis", redisURL, "--redis-prefix", prefix,
 		"--data-dir", dataDir, "--admin-token", token, "--log-level", "warn",
-		"--broker-url", brokerURL, "--replica-id", replica,
+		"--broker-url", brokerURL, "--broker-insecure", "--replica-id", replica,
 	}, extra...)
 	s.start(t)
 	t.Cleanup(func() { s.stop(t) })

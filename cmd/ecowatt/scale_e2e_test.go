@@ -79,7 +79,7 @@ func (s *testServer) metric(t *testing.T, name, match string) float64 {
 // completes once, and each replica names itself in /metrics.
 func TestScaleExternalBroker(t *testing.T) {
 	url := mosquittoURL(t)
-	extra := append([]string{"--broker-url", url, "--replica-id", "rep-a", "--config-sweep", "1s"}, commandArgs...)
+	extra := append([]string{"--broker-url", url, "--broker-insecure", "--replica-id", "rep-a", "--config-sweep", "1s"}, commandArgs...)
 	a := startServer(t, extra...)
 	b := startReplica(t, a, "rep-b")
 

@@ -24,6 +24,7 @@ import (
 type scaleConfig struct {
 	brokerURL, brokerUser, brokerPassword, brokerCA string
 	replicaID                                       string
+	brokerInsecure                                  bool
 }
 
 func (c *scaleConfig) register(fs *flag.FlagSet) {
@@ -31,6 +32,7 @@ func (c *scaleConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.brokerUser, "broker-user", "", "the replicas' account on the external broker (a superuser for the /mqtt/ auth callbacks)")
 	fs.StringVar(&c.brokerPassword, "broker-password", "", "password of --broker-user")
 	fs.StringVar(&c.brokerCA, "broker-ca", "", "PEM CA bundle to verify the external broker's TLS certificate")
+	fs.BoolVar(&c.brokerInsecure, "broker-insecure", false, "acknowledge an external broker without --broker-user (anonymous: it must then enforce device auth and ACLs by itself, or anyone can publish and subscribe); without it serve refuses to start")
 	fs.StringVar(&c.replicaID, "replica-id", "", "this replica's identity in logs, /metrics and leases (default: host name and a random suffix)")
 }
 
@@ -82,7 +84,7 @@ type messaging struct {
 // newMessaging builds the broker side. svc is filled in later (the
 // backend needs the bus first); the callbacks only run after serving.
 func newMessaging(ctx context.Context, c serveConfig, replica string, svc **backend.Service, log zerolog.Logger, reg prometheus.Registerer) (*messaging, error) {
-	onReject := func(r broker.Rejection) { (*svc).SecurityEvent(context.Background(), r.Username, r.Reason, r.Detail) }
+	onReject := func(r broker.Rejection) { (*svc).BrokerRejection(context.Background(), r.Username, r.Reason, r.Detail) }
 	if c.scale.brokerURL == "" {
 		brk, err := broker.New(broker.Config{
 			MQTTAddr:   c.mqttAddr,
@@ -104,6 +106,15 @@ func newMessaging(ctx context.Context, c serveConfig, replica string, svc **back
 	}
 	if (c.scale.brokerUser == "") != (c.scale.brokerPassword == "") {
 		return nil, usageError{"--broker-user and --broker-password go together"}
+	}
+	if c.scale.brokerUser == "" {
+		if !c.scale.brokerInsecure {
+			return nil, usageError{"--broker-url without --broker-user: the replicas would log in anonymously, so the broker lets anyone in " +
+				"and no EcoWatt auth or ACL applies; set --broker-user/--broker-password (a superuser of the broker's auth plugin pointed at /mqtt/), " +
+				"or pass --broker-insecure (ECOWATT_BROKER_INSECURE=true) if the broker enforces auth and ACLs by itself"}
+		}
+		log.Warn().Str("event", "security").Str("broker", c.scale.brokerURL).
+			Msg("INSECURE: --broker-insecure: logging in to the external broker anonymously; EcoWatt's device auth and ACLs apply only if the broker calls /mqtt/")
 	}
 	auth, err := authhttp.Handler(authhttp.Config{
 		Auth:      broker.Authenticator{Devices: deviceAuth{svc}, Operators: operatorAuth{svc}},
