@@ -237,7 +237,7 @@ local st, ver = ARGV[1], ARGV[2]
 local final = ARGV[8] == '1'
 if ver == '' or ver ~= prev[4] then
   if (st == 'rolled_back' or st == 'failed') and prev[9] == '1' then
-    redis.call('HDEL', KEYS[1], 'fota_rollback_req')
+    -- the answer to a rollback request: admitted
   elseif final and not ((st == 'succeeded' or st == 'failed') and ver == prev[8]) then
     return {-2, st .. ' for version ' .. ver .. ', which was never offered to this device'}
   else
@@ -258,6 +258,7 @@ else
   end
   if st == 'rebooting' or st == 'pending_verify' then redis.call('HSET', KEYS[1], 'fota_rebooted', '1') end
 end
+if (st == 'rolled_back' or st == 'failed') and prev[9] == '1' then redis.call('HDEL', KEYS[1], 'fota_rollback_req') end
 redis.call('HSET', KEYS[1], 'fota_state', ARGV[1], 'fota_version', ARGV[2], 'fota_received', ARGV[3],
   'fota_total', ARGV[4], 'fota_reason', ARGV[5], 'fota_detail', ARGV[6], 'fota_updated_at', ARGV[7])
 if prev[3] == '1' and prev[4] == ARGV[2] and (prev[1] ~= ARGV[1] or prev[2] ~= ARGV[3]) then
