@@ -5,10 +5,10 @@ import (
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/ecowatt/ecowatt/topics"
 	"github.com/ecowatt/ecowatt/topics/envelope"
 	wire "github.com/ecowatt/ecowatt/topics/fota"
-	mqtt "github.com/eclipse/paho.mqtt.golang"
 )
 
 // rogueClient is a raw MQTT client holding one device's valid key: it
