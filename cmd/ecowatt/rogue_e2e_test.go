@@ -14,11 +14,10 @@ import (
 // rogueClient is a raw MQTT client holding one device's valid key: it
 // publishes what devicesim never would.
 type rogueClient struct {
-	id    string
-	keys  envelope.Keys
-	c     mqtt.Client
-	nonce uint64
-	down  chan mqtt.Message
+	id   string
+	keys envelope.Keys
+	c    mqtt.Client
+	down chan mqtt.Message
 }
 
 func newRogueClient(t *testing.T, s *testServer, id string, psk []byte) *rogueClient {
