@@ -28,11 +28,12 @@ const (
 	ReasonTopicMismatch = "topic_mismatch"
 	ReasonOversized     = "oversized"
 	ReasonInvalidBody   = "invalid_body"
+	ReasonNonceJump     = "nonce_jump"
 )
 
 var allReasons = []string{
 	ReasonUnknownDevice, ReasonMalformed, ReasonBadMAC, ReasonDecrypt, ReasonReplay,
-	ReasonStale, ReasonBadTopic, ReasonTopicMismatch, ReasonOversized, ReasonInvalidBody,
+	ReasonStale, ReasonBadTopic, ReasonTopicMismatch, ReasonOversized, ReasonInvalidBody, ReasonNonceJump,
 }
 
 // MaxOpsSize bounds an operator message.
@@ -110,6 +111,9 @@ func (s *Service) processUplink(ctx context.Context, t topics.Topic, j job) {
 	case errors.Is(err, envelope.ErrStale):
 		s.SecurityEvent(ctx, dev, ReasonStale, err.Error()+" on "+topic)
 		return
+	case errors.Is(err, ErrNonceJump):
+		s.SecurityEvent(ctx, dev, ReasonNonceJump, err.Error()+" on "+topic)
+		return
 	case errors.Is(err, ErrNotFound):
 		s.SecurityEvent(ctx, dev, ReasonUnknownDevice, "device removed; message on "+topic)
 		return
@@ -175,6 +179,18 @@ func (s *Service) processOps(ctx context.Context, t topics.Topic, j job) {
 	}
 }
 
+// MaxNonceJump bounds how far an uplink nonce may lie above the device's
+// high-water mark (PROTOCOL.md, "Nonce jump bound"). A device skips at
+// most one reservation block per boot (devicesim: 64 nonces), so 2^32 is
+// millions of reboots without one accepted message; a larger jump is a
+// window-poisoning attempt by a holder of the key (one nonce 2^53-1 would
+// make every later genuine nonce stale) and is refused as ErrNonceJump.
+const MaxNonceJump = 1 << 32
+
+// ErrNonceJump refuses an uplink nonce more than MaxNonceJump above the
+// high-water mark.
+var ErrNonceJump = errors.New("nonce jumps too far ahead")
+
 // replayScript is envelope.Window in Redis, plus last_seen on acceptance.
 // The window is kept as the highest accepted nonce (KEYS[1]) and a 64-bit
 // ring (KEYS[2]) where bit n%64 is set when nonce n, within 64 of the
@@ -182,15 +198,17 @@ func (s *Service) processOps(ctx context.Context, t topics.Topic, j job) {
 // indexed by n%64 instead of high-n, so no 64-bit integers are needed in
 // Lua: nonces stay below 2^53 and are exact in Lua numbers.
 //
-// KEYS: rxhigh, rxbits, dev hash. ARGV: nonce, now (unix ms).
-// Returns 1 accepted, 0 unknown device, -1 replay, -2 stale; and the high
-// water mark before the call.
+// KEYS: rxhigh, rxbits, dev hash. ARGV: nonce, now (unix ms), max jump.
+// Returns 1 accepted, 0 unknown device, -1 replay, -2 stale, -3 jump
+// above the bound (nothing written); and the high water mark before the
+// call.
 var replayScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[3]) == 0 then return {0, '0'} end
 local n = tonumber(ARGV[1])
 local hs = redis.call('GET', KEYS[1]) or '0'
 local high = tonumber(hs)
 if n < 1 then return {-2, hs} end
+if n - high > tonumber(ARGV[3]) then return {-3, hs} end
 if n > high then
   if n - high >= 64 then
     redis.call('DEL', KEYS[2])
@@ -216,7 +234,7 @@ func (s *Service) acceptNonce(ctx context.Context, dev string, n uint64) error {
 	}
 	res, err := replayScript.Run(ctx, s.rdb,
 		[]string{s.keys.RxHigh(dev), s.keys.RxBits(dev), s.keys.Device(dev)},
-		strconv.FormatUint(n, 10), s.now().UnixMilli()).Slice()
+		strconv.FormatUint(n, 10), s.now().UnixMilli(), MaxNonceJump).Slice()
 	if err != nil {
 		return fmt.Errorf("replay check %s: %w", dev, err)
 	}
@@ -229,6 +247,8 @@ func (s *Service) acceptNonce(ctx context.Context, dev string, n uint64) error {
 		return Errorf(CodeNotFound, "id", "no device %q", dev)
 	case -1:
 		return fmt.Errorf("%w: %d", envelope.ErrReplay, n)
+	case -3:
+		return fmt.Errorf("%w: %d is more than 2^32 above %s", ErrNonceJump, n, high)
 	default:
 		return fmt.Errorf("%w: %d <= %s-%d", envelope.ErrStale, n, high, envelope.WindowSize)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync/atomic"
 
 	"github.com/ecowatt/ecowatt/backend"
 	"github.com/ecowatt/ecowatt/topics"
@@ -79,6 +80,15 @@ func (s *Service) Submit(ctx context.Context, dev, operator string, c topics.Ops
 		reqKey, hasReq = s.reqKey(dev, c.RequestID), "1"
 	}
 	life := ttl + s.cfg.ResultTimeout + s.cfg.Retention
+	// The fleet-wide ID index is another Cluster slot than the device's
+	// records, so one script cannot write both. It is written first: a
+	// crash after it leaves an index entry for a command that never
+	// existed (GET answers 404, as it should, until it expires), where the
+	// other order left an accepted command that GET and DELETE could never
+	// find.
+	if err := s.rdb.Set(ctx, s.indexKey(cid), dev, life).Err(); err != nil {
+		return Command{}, false, unavailable("queue command for "+dev+": index", err)
+	}
 	args := append([]any{cid, hasReq, s.cfg.MaxHistory, life.Milliseconds()}, fields...)
 	res, err := enqueueScript.Run(ctx, s.rdb,
 		[]string{k.dev, s.cmdKey(dev, cid), k.active, k.history, k.seq, reqKey}, args...).Slice()
@@ -87,6 +97,21 @@ func (s *Service) Submit(ctx context.Context, dev, operator string, c topics.Ops
 	}
 	code, _ := res[0].(int64)
 	val, _ := res[1].(string)
+	if code == 1 && testCrashAfterEnqueue.Load() {
+		return Command{}, false, errTestCrash
+	}
+	if code != 1 {
+		// Nothing was queued under cid. An existing request's command
+		// gets its index back if a crash of an older version lost it.
+		pipe := s.rdb.Pipeline()
+		pipe.Del(ctx, s.indexKey(cid))
+		if code == 2 {
+			pipe.SetNX(ctx, s.indexKey(val), dev, life)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return Command{}, false, unavailable("queue command for "+dev+": index", err)
+		}
+	}
 	switch code {
 	case 0:
 		s.m.total.WithLabelValues("rejected").Inc()
@@ -98,14 +123,11 @@ func (s *Service) Submit(ctx context.Context, dev, operator string, c topics.Ops
 		}
 		return cmd, false, err
 	}
-	// The fleet-wide keys are another slot: written after the device's.
-	pipe := s.rdb.Pipeline()
-	pipe.Set(ctx, s.indexKey(cid), dev, life)
-	pipe.ZAdd(ctx, s.activeDevices(), redis.Z{Member: dev})
-	if _, err := pipe.Exec(ctx); err != nil {
+	// cmdactive is another slot too, written after the device's.
+	if err := s.rdb.ZAdd(ctx, s.activeDevices(), redis.Z{Member: dev}).Err(); err != nil {
 		// The sweep cannot find the device without cmdactive: say so;
 		// the command is queued and the next submit or birth repairs it.
-		s.log.Error().Err(err).Str("device", dev).Str("command", cid).Msg("command indexes not written")
+		s.log.Error().Err(err).Str("device", dev).Str("command", cid).Msg("command index cmdactive not written")
 	}
 	s.m.total.WithLabelValues(StateQueued).Inc()
 	// The command is what the script wrote: no need to read it back.
@@ -120,6 +142,12 @@ func (s *Service) Submit(ctx context.Context, dev, operator string, c topics.Ops
 	s.kick(ctx, dev, false)
 	return cmd, true, nil
 }
+
+// testCrashAfterEnqueue, set by tests, makes Submit stop dead right after
+// the device's records are written, as a kill -9 there would.
+var testCrashAfterEnqueue atomic.Bool
+
+var errTestCrash = errors.New("test: crash after enqueue")
 
 // newID returns a fresh command ID (a ULID: sortable by creation time).
 func (s *Service) newID() (string, error) {

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"math"
 
 	"github.com/ecowatt/ecowatt/backend"
 	"github.com/ecowatt/ecowatt/topics"
 	"github.com/ecowatt/ecowatt/topics/envelope"
+	"github.com/ecowatt/ecowatt/topics/telemetry"
 )
 
 // HandleResult records a device's command_result (an authenticated,
@@ -16,8 +18,9 @@ import (
 // reporting it received the command after its expiry makes it expired).
 // A repeated result of an ended command changes nothing (idempotent); a
 // result that contradicts the recorded end is kept as late_result. A
-// malformed body, or an ID that is not a command of this device, is
-// CodeInvalid (a security event).
+// malformed body, an ID that is not a command of this device, or a value
+// that does not fit the command (checkResultValue), is CodeInvalid (a
+// security event).
 func (s *Service) HandleResult(ctx context.Context, dev string, m envelope.Message) error {
 	r, err := decodeResult(m.Body)
 	if err != nil {
@@ -30,6 +33,13 @@ func (s *Service) HandleResult(ctx context.Context, dev string, m envelope.Messa
 			log.Debug().Str("state", cmd.State).Msg("receipt ignored: command past sent")
 		}
 		return unknownResult(err, r.ID)
+	}
+	cmd, err := s.load(ctx, dev, r.ID)
+	if err != nil {
+		return unknownResult(err, r.ID)
+	}
+	if err := checkResultValue(cmd, r); err != nil {
+		return err
 	}
 	to, fields := StateSucceeded, resultFields(r)
 	if r.Status == topics.ResultFailed {
@@ -59,6 +69,47 @@ func (s *Service) HandleResult(ctx context.Context, dev string, m envelope.Messa
 	log.Warn().Str("state", cur).Msg("result arrived after the command ended; kept as late_result")
 	if len(res) > 0 {
 		s.emit(ctx, parse(flatHash(res)), cur)
+	}
+	return nil
+}
+
+// checkResultValue checks a success or failure result's value against
+// its command: a write_register success reports exactly the value written
+// (the device reads it back), a read_register success a value in the
+// register's range (writable registers: their write range; others: the
+// raw u16), a failure at most a raw u16; reboot and ping carry no value.
+// A result outside is CodeInvalid (a security event) and changes nothing.
+func checkResultValue(c Command, r topics.CommandResult) error {
+	bad := func(format string, args ...any) error {
+		return backend.Errorf(backend.CodeInvalid, "value", "command_result for %s %s: "+format, append([]any{c.Action, c.ID}, args...)...)
+	}
+	switch c.Action {
+	case topics.ActionPing, topics.ActionReboot:
+		if r.Value != nil {
+			return bad("carries value %d; %s has none", *r.Value, c.Action)
+		}
+		return nil
+	}
+	reg, ok := telemetry.RegisterByName(c.TargetRegister)
+	if !ok {
+		return nil // not a command this backend queued
+	}
+	if r.Value == nil {
+		if r.Status == topics.ResultSuccess {
+			return bad("success without the register's value")
+		}
+		return nil
+	}
+	v := *r.Value
+	lo, hi := 0, math.MaxUint16
+	if reg.Writable && r.Status == topics.ResultSuccess {
+		lo, hi = int(reg.Min), int(reg.Max)
+	}
+	switch {
+	case v < lo || v > hi:
+		return bad("value %d outside %d-%d of %s", v, lo, hi, reg.Name)
+	case c.Action == topics.ActionWriteRegister && r.Status == topics.ResultSuccess && c.Value != nil && v != *c.Value:
+		return bad("success reports %d, the command wrote %d", v, *c.Value)
 	}
 	return nil
 }

@@ -181,8 +181,9 @@ func ackResult(a topics.ConfigAck, desired int64) string {
 // device now runs (its previous reported config with the accepted fields
 // applied; rejected fields keep their old value), the pending flag
 // (cleared only by an ack of the desired version), a history entry and a
-// config event. Acks of other versions are recorded but leave the desired
-// version pending.
+// config event. Acks of older versions are recorded but leave the desired
+// version pending; an ack of a version above the desired one was never
+// issued and is CodeInvalid (a security event), changing nothing.
 func (s *Service) handleAck(ctx context.Context, dev string, m envelope.Message) error {
 	ack, changes, err := parseAck(m.Body)
 	if err != nil {
@@ -197,6 +198,11 @@ func (s *Service) handleAck(ctx context.Context, dev string, m envelope.Message)
 		r, err := s.read(ctx, tx, dev)
 		if err != nil {
 			return err
+		}
+		if ack.Version > r.version {
+			// Never issued (versions count up from 1 with every set): storing
+			// it would move the reported version past every genuine ack.
+			return backend.Errorf(backend.CodeInvalid, "version", "config ack for version %d, which was never issued (desired is %d)", ack.Version, r.version)
 		}
 		now := s.now().UTC()
 		result = ackResult(ack, r.version)
@@ -254,6 +260,10 @@ func (s *Service) handleAck(ctx context.Context, dev string, m envelope.Message)
 		return err
 	}
 	if err := s.watch(ctx, txf, s.keys.Device(dev), s.cfgKey(dev)); err != nil {
+		if backend.ErrorCode(err) == backend.CodeInvalid {
+			s.m.acks.WithLabelValues(AckUnknown).Inc()
+			return err
+		}
 		return unavailable("config ack "+dev, err)
 	}
 	s.m.acks.WithLabelValues(result).Inc()

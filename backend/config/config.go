@@ -114,7 +114,7 @@ const (
 	AckPartial  = "partial"  // some fields accepted, some rejected
 	AckRejected = "rejected" // fields rejected, none accepted
 	AckStale    = "stale"    // for a version older than the desired one
-	AckUnknown  = "unknown"  // for a version newer than the desired one
+	AckUnknown  = "unknown"  // refused: for a version newer than the desired one (never issued)
 )
 
 // New checks cfg, registers the metrics and the handlers of config acks,

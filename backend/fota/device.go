@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/ecowatt/ecowatt/backend"
 	"github.com/ecowatt/ecowatt/topics"
@@ -43,7 +44,7 @@ end
 redis.call('HSET', KEYS[1], 'fota_target', ARGV[1], 'fota_rollout', ARGV[2], 'fota_active', '1',
   'fota_result', '', 'fota_state', 'pending', 'fota_version', ARGV[1], 'fota_received', '0',
   'fota_total', ARGV[4], 'fota_reason', '', 'fota_detail', '', 'fota_started_at', ARGV[3],
-  'fota_updated_at', ARGV[3], 'fota_sent_at', ARGV[3], 'fota_progress_at', ARGV[3])
+  'fota_updated_at', ARGV[3], 'fota_sent_at', ARGV[3], 'fota_progress_at', ARGV[3], 'fota_rebooted', '0')
 return 1
 `)
 
@@ -107,10 +108,48 @@ func (s *Service) DeviceStatus(ctx context.Context, dev string) (backend.DeviceF
 	return *d.FOTA, nil
 }
 
+// servedTTL is how long the record of the chunks served to a device for a
+// version (servedKey) is kept after the last chunk: an update restarted
+// later resumes from the device's bitmap without asking for them again.
+const servedTTL = 30 * 24 * time.Hour
+
+// servedKey is the bitmap of the chunks of version served to dev: the
+// evidence that a device reporting a download done was sent every chunk.
+func (s *Service) servedKey(dev, version string) string {
+	return s.keys.Dev(dev, "fota_served:"+version)
+}
+
+// serveScript admits a fota_request: only for the device's active update
+// target, and within its byte budget, a token bucket kept in the device
+// hash (fota_tokens, fota_tokens_at) so that every replica shares it.
+// Admitted chunks are marked in the served bitmap.
+// KEYS: dev hash, served bitmap. ARGV: version, now ms, rate bytes/s,
+// burst bytes, cost bytes, ttl ms, chunk indices...
+// Returns {1} admitted, {0} unknown device, {-1, target, active} not the
+// target, {-2, tokens} over budget.
+var serveScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
+local h = redis.call('HMGET', KEYS[1], 'fota_active', 'fota_target', 'fota_tokens', 'fota_tokens_at')
+if h[1] ~= '1' or h[2] ~= ARGV[1] then return {-1, h[2] or '', h[1] or '0'} end
+local now, rate, burst, cost = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local tokens = burst
+if h[3] and h[4] then
+  tokens = math.min(burst, tonumber(h[3]) + math.max(0, now - tonumber(h[4])) * rate / 1000)
+end
+if tokens < cost then return {-2, tostring(math.floor(tokens))} end
+redis.call('HSET', KEYS[1], 'fota_tokens', tostring(tokens - cost), 'fota_tokens_at', ARGV[2])
+for i = 7, #ARGV do redis.call('SETBIT', KEYS[2], tonumber(ARGV[i]), 1) end
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+return {1}
+`)
+
 // HandleRequest answers a device's fota_request with exactly the chunks
 // it names, in the order named. A request for an unknown version or an
-// index beyond the manifest is a bad body (a security event), and nothing
-// is sent.
+// index beyond the manifest, or for a version that is not the device's
+// active update target, is a bad body (a security event), and nothing is
+// sent. A request over the device's byte budget (ChunkRate, ChunkBurst)
+// is counted and gets nothing: the device asks again after its chunk
+// timeout.
 func (s *Service) HandleRequest(ctx context.Context, dev string, m envelope.Message) error {
 	req, err := wire.ParseRequest(m.Body)
 	if err != nil {
@@ -127,6 +166,30 @@ func (s *Service) HandleRequest(ctx context.Context, dev string, m envelope.Mess
 		if c >= f.Chunks {
 			return backend.Errorf(backend.CodeInvalid, "", "fota_request: chunk %d of firmware %s, which has %d", c, f.Version, f.Chunks)
 		}
+	}
+	args := []any{f.Version, s.now().UnixMilli(), s.cfg.ChunkRate, s.cfg.ChunkBurst,
+		len(req.Chunks) * f.ChunkSize, servedTTL.Milliseconds()}
+	for _, c := range req.Chunks {
+		args = append(args, c)
+	}
+	res, err := serveScript.Run(ctx, s.rdb, []string{s.keys.Device(dev), s.servedKey(dev, f.Version)}, args...).Slice()
+	if err != nil {
+		return unavailable("fota_request of "+dev, err)
+	}
+	switch code, _ := res[0].(int64); code {
+	case 0:
+		return nil // removed meanwhile
+	case -1:
+		target, _ := res[1].(string)
+		if res[2] != "1" {
+			return backend.Errorf(backend.CodeInvalid, "", "fota_request for firmware %s, which is not the target of an active update (none)", f.Version)
+		}
+		return backend.Errorf(backend.CodeInvalid, "", "fota_request for firmware %s, which is not the target of the active update (%s)", f.Version, target)
+	case -2:
+		s.m.limited.Inc()
+		s.log.Warn().Str("device", dev).Str("version", f.Version).Int("chunks", len(req.Chunks)).
+			Str("tokens", fmt.Sprint(res[1])).Msg("fota_request over the device's byte budget: no chunk sent")
+		return nil
 	}
 	data, err := s.chunks(ctx, f, req.Chunks)
 	if err != nil {
@@ -145,23 +208,64 @@ func (s *Service) HandleRequest(ctx context.Context, dev string, m envelope.Mess
 	return nil
 }
 
-// statusScript records a fota_status in the device hash and ends the
-// active update when the status is final for its target. Returns {0} for
-// an unknown device, else {1 or 2 (update ended), previous state, previous
-// received, rollout}.
+// statusScript admits a fota_status and records it in the device hash,
+// ending the active update when the status is final for its target.
+//
+// Admission (PROTOCOL.md 12.7, "Status admission"): a status for the
+// target of the device's current or last update must follow what the
+// backend saw: downloading at most the chunks served, verifying and later
+// states only once every chunk was served, succeeded only after a reboot
+// was reported (rebooting, pending_verify, or a signed birth running the
+// target); failed is allowed at any step. A status for another version is
+// recorded only as the answer to a rollback the backend asked for; other
+// final ones are refused, except succeeded or failed for the version the
+// device runs (its signed birth says so: a device repeating its state, or
+// refusing a manifest it could not parse), which are ignored like every
+// non-final one. Refused: {-2, why}; ignored: {-1}.
+// Otherwise returns {0} for an unknown device, else {1 or 2 (update
+// ended), previous state, previous received, rollout, same version}.
 // A status for the target that changes the chunks received or the state
 // is progress (fota_progress_at).
-// KEYS: dev hash. ARGV: state, version, received, total, reason, detail, now ms, final (0/1).
+// KEYS: dev hash, served bitmap of the status's version. ARGV: state,
+// version, received, total, reason, detail, now ms, final (0/1), chunks of
+// that version (-1 when not uploaded).
 var statusScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
-local prev = redis.call('HMGET', KEYS[1], 'fota_state', 'fota_received', 'fota_active', 'fota_target', 'fota_rollout', 'fota_version')
+local prev = redis.call('HMGET', KEYS[1], 'fota_state', 'fota_received', 'fota_active', 'fota_target', 'fota_rollout',
+  'fota_version', 'fota_rebooted', 'firmware_version', 'fota_rollback_req')
+local st, ver = ARGV[1], ARGV[2]
+local final = ARGV[8] == '1'
+if ver == '' or ver ~= prev[4] then
+  if (st == 'rolled_back' or st == 'failed') and prev[9] == '1' then
+    -- the answer to a rollback request: admitted
+  elseif final and not ((st == 'succeeded' or st == 'failed') and ver == prev[8]) then
+    return {-2, st .. ' for version ' .. ver .. ', which was never offered to this device'}
+  else
+    return {-1}
+  end
+else
+  local total = tonumber(ARGV[9])
+  local served = redis.call('BITCOUNT', KEYS[2])
+  if st == 'downloading' then
+    if tonumber(ARGV[3]) > served then
+      return {-2, 'downloading with ' .. ARGV[3] .. ' chunks received, ' .. served .. ' served'}
+    end
+  elseif st ~= 'failed' and st ~= 'idle' and (total < 0 or served < total) then
+    return {-2, st .. ' after ' .. served .. ' of ' .. ARGV[9] .. ' chunks served'}
+  end
+  if st == 'succeeded' and prev[7] ~= '1' and prev[8] ~= ver then
+    return {-2, 'succeeded with no reboot reported'}
+  end
+  if st == 'rebooting' or st == 'pending_verify' then redis.call('HSET', KEYS[1], 'fota_rebooted', '1') end
+end
+if (st == 'rolled_back' or st == 'failed') and prev[9] == '1' then redis.call('HDEL', KEYS[1], 'fota_rollback_req') end
 redis.call('HSET', KEYS[1], 'fota_state', ARGV[1], 'fota_version', ARGV[2], 'fota_received', ARGV[3],
   'fota_total', ARGV[4], 'fota_reason', ARGV[5], 'fota_detail', ARGV[6], 'fota_updated_at', ARGV[7])
 if prev[3] == '1' and prev[4] == ARGV[2] and (prev[1] ~= ARGV[1] or prev[2] ~= ARGV[3]) then
   redis.call('HSET', KEYS[1], 'fota_progress_at', ARGV[7])
 end
 local ended = 1
-if ARGV[8] == '1' and prev[3] == '1' and prev[4] == ARGV[2] then
+if final and prev[3] == '1' and prev[4] == ARGV[2] then
   redis.call('HSET', KEYS[1], 'fota_active', '0', 'fota_result', ARGV[1])
   ended = 2
 end
@@ -182,10 +286,28 @@ func (s *Service) HandleStatus(ctx context.Context, dev string, m envelope.Messa
 	if st.State == wire.StateSucceeded || st.State == wire.StateFailed || st.State == wire.StateRolledBack {
 		final = "1"
 	}
-	res, err := statusScript.Run(ctx, s.rdb, []string{s.keys.Device(dev)}, string(st.State), st.Version,
-		st.ChunkReceived, st.TotalChunks, st.Reason, st.Detail, s.now().UnixMilli(), final).Slice()
+	chunks := -1
+	if st.Version != "" {
+		f, err := s.load(ctx, st.Version)
+		switch {
+		case err == nil:
+			chunks = f.Chunks
+		case !errors.Is(err, backend.ErrNotFound):
+			return err
+		}
+	}
+	res, err := statusScript.Run(ctx, s.rdb, []string{s.keys.Device(dev), s.servedKey(dev, st.Version)}, string(st.State), st.Version,
+		st.ChunkReceived, st.TotalChunks, st.Reason, st.Detail, s.now().UnixMilli(), final, chunks).Slice()
 	if err != nil {
 		return unavailable("fota_status of "+dev, err)
+	}
+	switch code, _ := res[0].(int64); code {
+	case -1:
+		s.log.Debug().Str("device", dev).Str("version", st.Version).Str("state", string(st.State)).Msg("fota_status about no update of ours: ignored")
+		return nil
+	case -2:
+		why, _ := res[1].(string)
+		return backend.Errorf(backend.CodeInvalid, "", "fota_status refused: %s", why)
 	}
 	if len(res) < 5 {
 		return nil // the device was removed
@@ -387,6 +509,11 @@ func (s *Service) Rollback(ctx context.Context, dev, reason, version string) err
 		reason = "operator request"
 	}
 	body := wire.RollbackBody{Rollback: &wire.Rollback{Reason: reason, Version: version}}
+	// The device's answer (rolled_back, or failed) is about a version the
+	// backend did not offer: statusScript admits it on this mark.
+	if err := s.rdb.HSet(ctx, s.keys.Device(dev), "fota_rollback_req", "1").Err(); err != nil {
+		return unavailable("rollback "+dev, err)
+	}
 	if err := s.fleet.Send(ctx, dev, topics.KindRollback, body); err != nil {
 		return fmt.Errorf("rollback %s: %w", dev, err)
 	}

@@ -105,6 +105,7 @@ func TestStatusTracking(t *testing.T) {
 	if _, err := h.svc.StartUpdate(h.ctx, "d1", "1.0.4", ""); err != nil {
 		t.Fatal(err)
 	}
+	h.serveAll("d1", "1.0.4")
 	h.bus.Reset()
 	for i := 0; i <= 100; i++ {
 		h.status("d1", wire.Status{Version: "1.0.4", State: wire.StateDownloading, ChunkReceived: i, TotalChunks: 100, Running: "1.0.0"})
@@ -122,8 +123,12 @@ func TestStatusTracking(t *testing.T) {
 	if !h.fotaOf("d1").Active {
 		t.Fatal("update ended before succeeded")
 	}
-	// A final status for another version does not end this update.
-	h.status("d1", wire.Status{Version: "1.0.3", State: wire.StateFailed, Reason: wire.ReasonDowngrade})
+	// A final status for a version never offered (nor running) is
+	// refused and does not end this update.
+	b, _ := json.Marshal(wire.StatusBody{FotaStatus: &wire.Status{Version: "1.0.3", State: wire.StateFailed, Reason: wire.ReasonDowngrade}})
+	if err := h.svc.HandleStatus(h.ctx, "d1", envelope.Message{Body: b}); backend.ErrorCode(err) != backend.CodeInvalid {
+		t.Fatalf("failed for a version never offered: %v", err)
+	}
 	if !h.fotaOf("d1").Active {
 		t.Fatal("a status about another version ended the update")
 	}
@@ -158,6 +163,9 @@ func TestResendAndTimeout(t *testing.T) {
 	if _, err := h.svc.StartUpdate(h.ctx, "d1", "1.0.4", ""); err != nil {
 		t.Fatal(err)
 	}
+	if err := request(t, h, "d1", "1.0.4", 0, 1); err != nil {
+		t.Fatal(err)
+	}
 	h.status("d1", wire.Status{Version: "1.0.4", State: wire.StateDownloading, ChunkReceived: 2, TotalChunks: 5})
 	h.svc.HandleBirth(h.ctx, "d1", envelope.Message{})
 	if n := len(h.manifests("d1")); n != 2 {
@@ -182,6 +190,7 @@ func TestResendAndTimeout(t *testing.T) {
 	if _, err := h.svc.StartUpdate(h.ctx, "d2", "1.0.4", ""); err != nil {
 		t.Fatal(err)
 	}
+	h.serveAll("d2", "1.0.4")
 	h.status("d2", wire.Status{Version: "1.0.4", State: wire.StatePendingVerify, ChunkReceived: 5, TotalChunks: 5})
 	h.rdb.HSet(h.ctx, h.svc.keys.Device("d2"), "firmware_version", "1.0.4")
 	h.svc.HandleBirth(h.ctx, "d2", envelope.Message{})

@@ -66,6 +66,10 @@ const (
 	DefaultManifestResend = 30 * time.Second
 	DefaultSweepInterval  = 2 * time.Second
 	DefaultLeaseTTL       = 10 * time.Second
+	// 1 MiB/s and 2 MiB of burst per device: ten times what an ESP32
+	// pulls over MQTT, and a 1 MiB image never waits.
+	DefaultChunkRate  = 1 << 20
+	DefaultChunkBurst = 2 << 20
 )
 
 // Fleet is what the FOTA service needs from the backend; *backend.Service
@@ -99,6 +103,12 @@ type Config struct {
 	ManifestResend time.Duration // no progress for this long: send the manifest again; default DefaultManifestResend
 	SweepInterval  time.Duration // how often the lease holder sweeps and advances; default DefaultSweepInterval
 	LeaseTTL       time.Duration // lifetime of the lease, renewed every sweep; default DefaultLeaseTTL
+	// ChunkRate and ChunkBurst bound the firmware bytes served to one
+	// device: a token bucket (in the device hash, so shared by replicas)
+	// refilled at ChunkRate bytes/s up to ChunkBurst; a request that would
+	// overdraw it gets no chunk (the device asks again after its chunk
+	// timeout). Defaults DefaultChunkRate and DefaultChunkBurst.
+	ChunkRate, ChunkBurst int64
 	// ImageCacheBytes bounds the in-memory cache of firmware images that
 	// chunks are served from; default DefaultImageCacheBytes, negative:
 	// no cache (every chunk is a GETRANGE).
@@ -173,6 +183,12 @@ func New(cfg Config) (*Service, error) {
 	}
 	if cfg.LeaseTTL <= 0 {
 		cfg.LeaseTTL = DefaultLeaseTTL
+	}
+	if cfg.ChunkRate <= 0 {
+		cfg.ChunkRate = DefaultChunkRate
+	}
+	if cfg.ChunkBurst <= 0 {
+		cfg.ChunkBurst = DefaultChunkBurst
 	}
 	if cfg.ImageCacheBytes == 0 {
 		cfg.ImageCacheBytes = DefaultImageCacheBytes
@@ -343,6 +359,7 @@ const (
 // metrics are the service's Prometheus collectors.
 type metrics struct {
 	chunks   prometheus.Counter
+	limited  prometheus.Counter
 	updates  *prometheus.CounterVec
 	rollouts *prometheus.CounterVec
 }
@@ -353,6 +370,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "ecowatt_fota_chunks_sent_total",
 			Help: "Firmware chunks sent to devices, each in answer to a request naming it.",
 		}),
+		limited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ecowatt_fota_requests_limited_total",
+			Help: "fota_request messages answered with no chunk because the device's byte budget (ChunkRate, ChunkBurst) was spent.",
+		}),
 		updates: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ecowatt_fota_updates_total",
 			Help: "Device firmware updates ended, by result (succeeded, failed, rolled_back, timed_out).",
@@ -362,7 +383,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Rollouts ended, by result (completed, aborted).",
 		}, []string{"result"}),
 	}
-	for _, c := range []prometheus.Collector{m.chunks, m.updates, m.rollouts} {
+	for _, c := range []prometheus.Collector{m.chunks, m.limited, m.updates, m.rollouts} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

@@ -112,10 +112,36 @@ func (h *harness) status(dev string, st wire.Status) {
 	}
 }
 
-// finish reports the end of dev's update to version in state st.
+// finish reports the end of dev's update to version in state st. For
+// succeeded and rolled_back it first does what a genuine device does
+// before (the backend refuses them otherwise): it fetches every chunk and
+// reports the reboot (once: a repeat after the end needs nothing more).
 func (h *harness) finish(dev, version string, st wire.State, reason string) {
 	h.t.Helper()
+	if (st == wire.StateSucceeded || st == wire.StateRolledBack) && h.fotaOf(dev).Active {
+		h.serveAll(dev, version)
+		h.status(dev, wire.Status{Version: version, State: wire.StateRebooting, ChunkReceived: 3, TotalChunks: 3})
+	}
 	h.status(dev, wire.Status{Version: version, State: st, ChunkReceived: 3, TotalChunks: 3, Reason: reason})
+}
+
+// serveAll has dev fetch every chunk of version (its active update).
+func (h *harness) serveAll(dev, version string) {
+	h.t.Helper()
+	f, err := h.svc.load(h.ctx, version)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for i := 0; i < f.Chunks; i += wire.MaxWindow {
+		var idx []int
+		for c := i; c < min(i+wire.MaxWindow, f.Chunks); c++ {
+			idx = append(idx, c)
+		}
+		b, _ := json.Marshal(wire.RequestBody{FotaRequest: &wire.Request{Version: version, Chunks: idx}})
+		if err := h.svc.HandleRequest(h.ctx, dev, envelope.Message{Body: b}); err != nil {
+			h.t.Fatalf("request %s %v: %v", version, idx, err)
+		}
+	}
 }
 
 // manifests returns the manifests sent to dev.

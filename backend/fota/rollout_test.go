@@ -360,10 +360,14 @@ func TestRolloutAdvancesOnEvents(t *testing.T) {
 	}
 	st := wire.Status{State: wire.StateSucceeded, Version: "1.0.4", Running: "1.0.4"}
 	b, _ := json.Marshal(wire.StatusBody{FotaStatus: &st})
+	h.serveAll("d00", "1.0.4")
+	h.status("d00", wire.Status{State: wire.StateRebooting, Version: "1.0.4", ChunkReceived: 3, TotalChunks: 3})
 	if err := s.HandleStatus(h.ctx, "d00", envelope.Message{Body: b}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor("the next batch to start", func() bool { return h.fotaOf("d01").Active })
+	h.serveAll("d01", "1.0.4")
+	h.status("d01", wire.Status{State: wire.StateRebooting, Version: "1.0.4", ChunkReceived: 3, TotalChunks: 3})
 	s.HandleStatus(h.ctx, "d01", envelope.Message{Body: b})
 	waitFor("completion", func() bool { return h.rollout(r.ID).State == RolloutCompleted })
 }
@@ -427,6 +431,7 @@ func TestRolloutRefusedManifest(t *testing.T) {
 		if _, err := h.svc.StartUpdate(h.ctx, "d00", "1.0.4", ""); err != nil {
 			t.Fatal(err)
 		}
+		h.serveAll("d00", "1.0.4")
 		for i := range 4 {
 			h.clk.Add(2 * time.Minute)
 			h.status("d00", wire.Status{Version: "1.0.4", State: wire.StateDownloading, ChunkReceived: i + 1, TotalChunks: 5})
