@@ -116,7 +116,7 @@ func truncate(s string, n int) string {
 	return s
 }
 
-// HandleBirth hands a device that came online to the deliverer, which
+// HandleBirth hands a device that came online to the sender (the delivery lease holder), which
 // sends its queued commands and repeats every unfinished one (the device
 // may have lost them, or their results, while it was away).
 func (s *Service) HandleBirth(ctx context.Context, dev string, m envelope.Message) error {

@@ -222,51 +222,15 @@ const (
 	ViaMQTT = "mqtt"
 )
 
-// Run redelivers pending versions to online devices every SweepInterval
-// while this replica holds the sweep lease, trying to take it every
-// SweepInterval while another replica holds it, until ctx is done. It
-// returns once the lease is released and its renewer has ended.
+// Run redelivers pending versions to online devices while this replica
+// holds the sweep lease: at once, then every SweepInterval; while another
+// replica holds it, Run tries to take it every SweepInterval. It returns
+// once ctx is done and the lease is released.
 func (s *Service) Run(ctx context.Context) error {
-	t := time.NewTicker(s.cfg.SweepInterval)
-	defer t.Stop()
-	log := s.log.With().Str("lease", "config-sweep").Str("token", s.sweeper.Token()).Logger()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		held, release, err := s.sweeper.Hold(ctx)
-		switch {
-		case errors.Is(err, lease.ErrHeld):
-			continue
-		case err != nil:
-			if ctx.Err() == nil {
-				log.Warn().Err(err).Msg("take lease")
-			}
-			continue
-		}
-		log.Info().Msg("lease taken: this replica sweeps")
-		s.sweepWhileHeld(held, t.C)
-		release()
-		if ctx.Err() == nil {
-			log.Warn().Msg("lease lost: another replica sweeps")
-		}
-	}
-}
-
-// sweepWhileHeld sweeps at once and then at every tick until held ends.
-func (s *Service) sweepWhileHeld(held context.Context, tick <-chan time.Time) {
-	for {
-		if _, err := s.Sweep(held); err != nil && held.Err() == nil {
-			s.log.Error().Err(err).Msg("config sweep failed")
-		}
-		select {
-		case <-held.Done():
-			return
-		case <-tick:
-		}
-	}
+	return lease.Run(ctx, s.sweeper, s.cfg.SweepInterval, func(held context.Context) error {
+		_, err := s.Sweep(held)
+		return err
+	})
 }
 
 // notFound is the error for an unknown device.

@@ -12,13 +12,13 @@ import (
 // maxBatch bounds how many of one device's commands one pass looks at.
 const maxBatch = 1000
 
-// deliver sends dev's queued commands in order when it is online, expires
+// sendDevice sends dev's queued commands in order when it is online, expires
 // those past their TTL, re-sends sent ones that got no receipt within
 // ResendAfter and delivered ones without a result for ResultResend, and
 // with all re-sends every unfinished one. Only the delivery lease holder
-// calls it, and only from dev's delivery shard (deliverLoop), so that
+// calls it, and only from dev's delivery shard (sendLoop), so that
 // commands leave in order.
-func (s *Service) deliver(ctx context.Context, dev string, all bool) error {
+func (s *Service) sendDevice(ctx context.Context, dev string, all bool) error {
 	cids, err := s.activeIDs(ctx, dev)
 	if err != nil || len(cids) == 0 { // nothing to do: spare the device lookup
 		return err
@@ -177,7 +177,7 @@ func (s *Service) sweep(ctx context.Context) error {
 }
 
 // sweepDevice expires and times out dev's commands and hands the device
-// to the deliverer (through cmdwake, as the delivery lease may be another
+// to the sender (through cmdwake, as the delivery lease may be another
 // replica's) when something is waiting to go out.
 func (s *Service) sweepDevice(ctx context.Context, dev string) error {
 	cmds, err := s.active(ctx, dev)
