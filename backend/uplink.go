@@ -127,6 +127,10 @@ func (s *Service) processUplink(ctx context.Context, t topics.Topic, j job) {
 	s.dispatch(ctx, dev, t.Kind, m)
 }
 
+// dispatch runs every handler of kind, in order, even when one fails: a
+// Redis hiccup in one service's handler must not hide the message from
+// the others. A bad body (CodeInvalid from any handler) is one security
+// event; other failures are counted and logged once, joined.
 func (s *Service) dispatch(ctx context.Context, dev, kind string, m envelope.Message) {
 	s.mu.RLock()
 	hs := s.uplink[kind]
@@ -137,18 +141,22 @@ func (s *Service) dispatch(ctx context.Context, dev, kind string, m envelope.Mes
 	}
 	start := time.Now()
 	defer func() { s.m.handlerLatency.WithLabelValues(kind).Observe(time.Since(start).Seconds()) }()
+	var invalid, failed []error
 	for _, h := range hs {
-		err := h(ctx, dev, m)
-		if err == nil {
-			continue
+		switch err := h(ctx, dev, m); {
+		case err == nil:
+		case ErrorCode(err) == CodeInvalid:
+			invalid = append(invalid, err)
+		default:
+			failed = append(failed, err)
 		}
-		if ErrorCode(err) == CodeInvalid {
-			s.SecurityEvent(ctx, dev, ReasonInvalidBody, kind+": "+err.Error())
-			return
-		}
-		s.m.handlerErrors.WithLabelValues(kind).Inc()
-		s.log.Error().Err(err).Str("device", dev).Str("kind", kind).Msg("uplink handler failed")
-		return
+	}
+	if len(invalid) > 0 {
+		s.SecurityEvent(ctx, dev, ReasonInvalidBody, kind+": "+errors.Join(invalid...).Error())
+	}
+	if len(failed) > 0 {
+		s.m.handlerErrors.WithLabelValues(kind).Add(float64(len(failed)))
+		s.log.Error().Err(errors.Join(failed...)).Str("device", dev).Str("kind", kind).Msg("uplink handler failed")
 	}
 }
 
