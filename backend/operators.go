@@ -43,7 +43,7 @@ func (s *Service) EnsureOperator(ctx context.Context, name, password, role strin
 		return nil
 	})
 	if err != nil {
-		return unavailable("ensure operator "+name, err)
+		return Unavailable("ensure operator "+name, err)
 	}
 	s.log.Info().Str("operator", name).Str("role", role).Msg("operator account set")
 	return nil
@@ -58,7 +58,7 @@ func (s *Service) AuthenticateOperator(ctx context.Context, name, password strin
 	if topics.ValidateID(name) == nil {
 		h, err := s.rdb.HMGet(ctx, s.keys.Operator(name), "hash", "role").Result()
 		if err != nil {
-			return "", unavailable("authenticate operator", err)
+			return "", Unavailable("authenticate operator", err)
 		}
 		if hs, ok := h[0].(string); ok {
 			hash, known = []byte(hs), true
@@ -91,7 +91,7 @@ func (s *Service) OperatorRole(ctx context.Context, name string) (string, error)
 		if errors.Is(err, redis.Nil) {
 			return "", Errorf(CodeNotFound, "name", "no operator %q", name)
 		}
-		return "", unavailable("operator role", err)
+		return "", Unavailable("operator role", err)
 	}
 	return role, nil
 }

@@ -81,11 +81,9 @@ func TestOpsRejectionEchoesRequestID(t *testing.T) {
 	if err := h.fleet.EnsureOperator(h.ctx, "op", "pw", backend.RoleAdmin); err != nil {
 		t.Fatal(err)
 	}
+	h.runOps()
 	before := h.snapshot()
-	err := h.svc.HandleOps(h.ctx, "dev-1", "op", []byte(`{"action":"write_register","target_register":"export_power","value":150,"request_id":"r-9"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	h.ops("dev-1", "op", `{"action":"write_register","target_register":"export_power","value":150,"request_id":"r-9"}`)
 	h.assertUnchanged(t, before)
 	evs := h.events("dev-1")
 	if len(evs) != 1 || evs[0]["status"] != "rejected" || evs[0]["request_id"] != "r-9" {
@@ -95,9 +93,7 @@ func TestOpsRejectionEchoesRequestID(t *testing.T) {
 		t.Errorf("rejection %v does not name the field", evs[0])
 	}
 	// A good one is queued and its events carry the request_id.
-	if err := h.svc.HandleOps(h.ctx, "dev-1", "op", []byte(`{"action":"ping","request_id":"r-10"}`)); err != nil {
-		t.Fatal(err)
-	}
+	h.ops("dev-1", "op", `{"action":"ping","request_id":"r-10"}`)
 	evs = h.events("dev-1")
 	if last := evs[len(evs)-1]; last["state"] != StateQueued || last["request_id"] != "r-10" || last["operator"] != "op" {
 		t.Errorf("queued event %v", last)
@@ -384,12 +380,11 @@ func TestOpsNeedsAnAdmin(t *testing.T) {
 	if err := h.fleet.EnsureOperator(h.ctx, "viewer1", "pw", backend.RoleViewer); err != nil {
 		t.Fatal(err)
 	}
+	h.runOps()
 	for _, op := range []string{"", "viewer1", "nobody"} {
 		t.Run("operator "+op, func(t *testing.T) {
 			before := h.snapshot()
-			if err := h.svc.HandleOps(h.ctx, "dev-1", op, []byte(`{"action":"ping","request_id":"x"}`)); err != nil {
-				t.Fatal(err)
-			}
+			h.ops("dev-1", op, `{"action":"ping","request_id":"x"}`)
 			h.assertUnchanged(t, before)
 			evs := h.events("dev-1")
 			last := evs[len(evs)-1]
@@ -397,5 +392,28 @@ func TestOpsNeedsAnAdmin(t *testing.T) {
 				t.Fatalf("last event %v; want a forbidden rejection", last)
 			}
 		})
+	}
+}
+
+// runOps runs the fleet with the service attached, so that operator
+// messages enter where they do in production: on the ops topic.
+func (h *harness) runOps() {
+	h.t.Helper()
+	h.svc.Attach()
+	h.run("fleet", h.fleet.Run)
+	h.bus.WaitSubscribed(h.t, 2, 5*time.Second)
+}
+
+// ops publishes an operator message on ecowatt/v1/ops/{dev}/command and
+// waits for the command event it causes.
+func (h *harness) ops(dev, operator, body string) {
+	h.t.Helper()
+	ch, cancel := h.fleet.SubscribeEvents(backend.EventFilter{Device: dev, Kind: topics.EventCommand})
+	defer cancel()
+	h.bus.Deliver(backend.Message{Topic: topics.Ops(dev, topics.KindCommand), Payload: []byte(body), Username: operator})
+	select {
+	case <-ch:
+	case <-time.After(5 * time.Second):
+		h.t.Fatalf("no command event for %s after an ops message", dev)
 	}
 }

@@ -54,7 +54,7 @@ func (s *Service) HandleResult(ctx context.Context, dev string, m envelope.Messa
 	}
 	res, err := lateScript.Run(ctx, s.rdb, []string{s.cmdKey(dev, r.ID)}, late...).Slice()
 	if err != nil {
-		return unavailable("late result "+r.ID, err)
+		return backend.Unavailable("late result "+r.ID, err)
 	}
 	log.Warn().Str("state", cur).Msg("result arrived after the command ended; kept as late_result")
 	if len(res) > 0 {

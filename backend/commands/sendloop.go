@@ -2,6 +2,7 @@ package commands
 
 import (
 	"context"
+	"github.com/ecowatt/ecowatt/backend"
 	"hash/fnv"
 	"sync"
 	"time"
@@ -73,7 +74,7 @@ func (s *Service) takeWoken(ctx context.Context) (map[string]bool, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, unavailable("woken devices", err)
+		return nil, backend.Unavailable("woken devices", err)
 	}
 	out := make(map[string]bool, len(get.Val()))
 	for dev, v := range get.Val() {
@@ -165,7 +166,7 @@ func (s *Service) takeOver(ctx context.Context, sh shards) {
 		n++
 	}
 	if err := it.Err(); err != nil && ctx.Err() == nil {
-		s.log.Error().Err(unavailable("command takeover", err)).Msg("command delivery")
+		s.log.Error().Err(backend.Unavailable("command takeover", err)).Msg("command delivery")
 	}
 	if n > 0 {
 		s.log.Info().Int("devices", n).Msg("delivery taken over: unfinished commands are sent again")

@@ -249,7 +249,7 @@ func (s *Service) handleAck(ctx context.Context, dev string, m envelope.Message)
 		return err
 	}
 	if err := s.watch(ctx, txf, s.keys.Device(dev), s.cfgKey(dev)); err != nil {
-		return unavailable("config ack "+dev, err)
+		return backend.Unavailable("config ack "+dev, err)
 	}
 	s.m.acks.WithLabelValues(result).Inc()
 	if cleared {

@@ -237,15 +237,3 @@ func (s *Service) Run(ctx context.Context) error {
 func notFound(dev string) error {
 	return backend.Errorf(backend.CodeNotFound, "id", "no device %q", dev)
 }
-
-// unavailable wraps a Redis failure; a cancelled context stays itself.
-func unavailable(op string, err error) error {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("%s: %w", op, err)
-	}
-	var be *backend.Error
-	if errors.As(err, &be) {
-		return err
-	}
-	return &backend.Error{Code: backend.CodeUnavailable, Message: "storage unavailable", Err: fmt.Errorf("%s: %w", op, err)}
-}

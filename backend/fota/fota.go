@@ -302,13 +302,6 @@ func (s *Service) randomHex(n int) (string, error) {
 	return hex.EncodeToString(b), nil
 }
 
-func unavailable(op string, err error) error {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("%s: %w", op, err)
-	}
-	return &backend.Error{Code: backend.CodeUnavailable, Message: "storage unavailable", Err: fmt.Errorf("%s: %w", op, err)}
-}
-
 // Results of ecowatt_fota_updates_total and ecowatt_rollouts_total.
 const (
 	ResultSucceeded  = "succeeded"
