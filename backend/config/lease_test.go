@@ -13,15 +13,6 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// ownRedis is the harness's backend with a replica's own Redis connection,
-// so that a crash can be faked by closing it.
-type ownRedis struct {
-	Backend
-	rdb redis.UniversalClient
-}
-
-func (o ownRedis) Redis() redis.UniversalClient { return o.rdb }
-
 type sweepReplica struct {
 	name   string
 	s      *Service
@@ -37,7 +28,8 @@ func (h *harness) startSweeper(name string, every time.Duration) *sweepReplica {
 		h.t.Fatal(err)
 	}
 	s, err := New(Config{
-		Backend: ownRedis{h.b, rdb}, Replica: name,
+		// The replica's own Redis connection, so that a crash can be faked by closing it.
+		Redis: rdb, Keys: h.b.Keys(), Fleet: h.b, Replica: name,
 		Logger:        zerolog.New(zerolog.NewTestWriter(h.t)).Level(zerolog.ErrorLevel),
 		SweepInterval: every, LeaseTTL: 300 * time.Millisecond,
 	})

@@ -83,14 +83,14 @@ var _ Fleet = (*backend.Service)(nil)
 
 // Config holds a Service's dependencies. Redis, Fleet and Key are required.
 type Config struct {
-	Redis  redis.UniversalClient
-	Keys   store.Keys // zero value: store.DefaultPrefix
-	Fleet  Fleet
-	Key    ed25519.PrivateKey // firmware-signing key
-	Logger zerolog.Logger
-	Now    func() time.Time      // default time.Now
-	Random io.Reader             // rollout IDs and the lease token; default crypto/rand.Reader
-	Reg    prometheus.Registerer // default: a private registry
+	Redis      redis.UniversalClient
+	Keys       store.Keys // zero value: store.DefaultPrefix
+	Fleet      Fleet
+	Key        ed25519.PrivateKey // firmware-signing key
+	Logger     zerolog.Logger
+	Now        func() time.Time      // default time.Now
+	Random     io.Reader             // rollout IDs and the lease token; default crypto/rand.Reader
+	Registerer prometheus.Registerer // default: a private registry
 	// Replica names this replica in the lease; default lease.ReplicaID.
 	Replica string
 
@@ -159,8 +159,8 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Random == nil {
 		cfg.Random = rand.Reader
 	}
-	if cfg.Reg == nil {
-		cfg.Reg = prometheus.NewRegistry()
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
 	}
 	if cfg.UpdateTimeout <= 0 {
 		cfg.UpdateTimeout = DefaultUpdateTimeout
@@ -177,7 +177,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.ImageCacheBytes == 0 {
 		cfg.ImageCacheBytes = DefaultImageCacheBytes
 	}
-	m, err := newMetrics(cfg.Reg)
+	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("new fota: %w", err)
 	}
