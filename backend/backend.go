@@ -4,6 +4,14 @@
 // signed downlink. State lives in Redis (see store.Keys for the layout), so
 // any number of Service replicas can serve one fleet. It reaches the MQTT
 // broker only through the Bus interface.
+//
+// The services built on it (backend/config, backend/commands,
+// backend/fota) share one shape: New(Config) checks the config and
+// registers metrics, Attach registers the uplink and ops handlers on the
+// Fleet, Run(ctx) runs the work that needs a lease (backend/lease.Run)
+// until ctx is done. Their Config names the dependencies alike: Redis,
+// Keys (the *Service's Keys), Fleet (what the service needs of *Service,
+// declared in its package), Registerer, Logger, Now, Replica.
 package backend
 
 import (

@@ -54,7 +54,7 @@ func (s *Service) Send(ctx context.Context, dev, kind string, body any) error {
 	now := s.now()
 	n, err := txNonceScript.Run(ctx, s.rdb, []string{s.keys.TxNonce(dev)}, now.UnixMicro()).Uint64()
 	if err != nil {
-		return unavailable("send "+kind+" to "+dev+": nonce", err)
+		return Unavailable("send "+kind+" to "+dev+": nonce", err)
 	}
 	if n > envelope.MaxNonce {
 		return fmt.Errorf("send %s to %s: downlink nonces exhausted", kind, dev)
@@ -102,7 +102,7 @@ func (s *Service) SendBinary(ctx context.Context, dev, kind string, payloads ...
 	now := s.now()
 	last, err := txNonceBlockScript.Run(ctx, s.rdb, []string{s.keys.TxNonce(dev)}, now.UnixMicro(), len(payloads)).Uint64()
 	if err != nil {
-		return unavailable("send "+kind+" to "+dev+": nonce", err)
+		return Unavailable("send "+kind+" to "+dev+": nonce", err)
 	}
 	if last > envelope.MaxNonce {
 		return fmt.Errorf("send %s to %s: downlink nonces exhausted", kind, dev)

@@ -1,8 +1,11 @@
 package backend
 
 import (
+	"context"
 	"errors"
 	"fmt"
+
+	"github.com/ecowatt/ecowatt/topics"
 )
 
 // Error codes. httpapi maps each to one HTTP status, in one place.
@@ -83,4 +86,35 @@ func ErrorMessage(err error) (message, field string) {
 		return e.Code, e.Field
 	}
 	return e.Message, e.Field
+}
+
+// Unavailable wraps a failure of the state store (Redis) in op as
+// CodeUnavailable. A cancelled or timed-out context stays itself (a client
+// that hung up is not a store outage, and must not read as a 503), and an
+// *Error already in err's chain is kept as it is.
+func Unavailable(op string, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	var be *Error
+	if errors.As(err, &be) {
+		return err
+	}
+	return &Error{Code: CodeUnavailable, Message: "storage unavailable", Err: fmt.Errorf("%s: %w", op, err)}
+}
+
+// Invalid turns a validation error (a *topics.FieldError, or several,
+// from the rules both sides run) into a CodeInvalid *Error naming the
+// first offending field. The message is the whole validation error, so
+// that every offending field is listed.
+func Invalid(err error) error {
+	fe, ok := errors.AsType[*topics.FieldError](err)
+	if !ok {
+		return &Error{Code: CodeInvalid, Message: err.Error(), Err: err}
+	}
+	msg := err.Error()
+	if fe == err && fe.Field == "" {
+		msg = fe.Reason // not "invalid input: ..." twice over
+	}
+	return &Error{Code: CodeInvalid, Field: fe.Field, Message: msg, Err: err}
 }

@@ -66,7 +66,7 @@ func (s *Service) Events(ctx context.Context, dev string, count int64) ([]Event,
 	}
 	msgs, err := s.rdb.XRevRangeN(ctx, s.keys.Audit(dev), "+", "-", count).Result()
 	if err != nil {
-		return nil, unavailable("events "+dev, err)
+		return nil, Unavailable("events "+dev, err)
 	}
 	out := make([]Event, 0, len(msgs))
 	for _, m := range msgs {

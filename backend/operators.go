@@ -49,14 +49,14 @@ func (s *Service) EnsureOperator(ctx context.Context, name, password, role strin
 		return nil
 	})
 	if err != nil {
-		return unavailable("ensure operator "+name, err)
+		return Unavailable("ensure operator "+name, err)
 	}
 	// A device may have been provisioned since the check (see nameFree);
 	// an account that existed before stays (that device undoes itself).
 	if err := s.nameFree(ctx, s.keys.Device(name), "name", clash, name); err != nil {
 		if created.Val() {
 			if derr := s.rdb.Del(ctx, key).Err(); derr != nil {
-				return unavailable("ensure operator "+name+": undo", derr)
+				return Unavailable("ensure operator "+name+": undo", derr)
 			}
 		}
 		return err
@@ -77,7 +77,7 @@ func (s *Service) AuthenticateOperator(ctx context.Context, name, password strin
 	}
 	h, err := s.rdb.HMGet(ctx, s.keys.Operator(name), "hash", "role").Result()
 	if err != nil {
-		return "", unavailable("authenticate operator", err)
+		return "", Unavailable("authenticate operator", err)
 	}
 	hs, ok := h[0].(string)
 	if !ok {
@@ -111,7 +111,7 @@ func (s *Service) OperatorRole(ctx context.Context, name string) (string, error)
 		if errors.Is(err, redis.Nil) {
 			return "", Errorf(CodeNotFound, "name", "no operator %q", name)
 		}
-		return "", unavailable("operator role", err)
+		return "", Unavailable("operator role", err)
 	}
 	return role, nil
 }

@@ -39,7 +39,7 @@ return redis.call('HINCRBY', KEYS[1], 'conn_gen', 1)
 func (s *Service) DeviceConnected(ctx context.Context, id string) (uint64, error) {
 	gen, err := connectScript.Run(ctx, s.rdb, []string{s.keys.Device(id)}).Int64()
 	if err != nil {
-		return 0, unavailable("connect "+id, err)
+		return 0, Unavailable("connect "+id, err)
 	}
 	if gen <= 0 {
 		return 0, Errorf(CodeNotFound, "id", "no device %q", id)
@@ -69,7 +69,7 @@ return 1
 func (s *Service) DeviceDisconnected(ctx context.Context, id string, gen uint64, cause string) error {
 	res, err := disconnectScript.Run(ctx, s.rdb, []string{s.keys.Device(id)}, gen, s.now().UnixMilli()).Int()
 	if err != nil {
-		return unavailable("disconnect "+id, err)
+		return Unavailable("disconnect "+id, err)
 	}
 	s.m.disconnects.WithLabelValues(cause).Inc()
 	switch res {

@@ -87,7 +87,7 @@ func (s *Service) Provision(ctx context.Context, id string) ([]byte, error) {
 		[]string{s.keys.Device(id), s.keys.PSK(id), s.keys.RxHigh(id), s.keys.RxBits(id)},
 		id, now.UnixMilli(), sealed).Int()
 	if err != nil {
-		return nil, unavailable("provision "+id, err)
+		return nil, Unavailable("provision "+id, err)
 	}
 	if created == 0 {
 		return nil, Errorf(CodeConflict, "id", "device %s already exists", id)
@@ -97,14 +97,14 @@ func (s *Service) Provision(ctx context.Context, id string) ([]byte, error) {
 	// exists and undo it if so (see nameFree).
 	if err := s.nameFree(ctx, s.keys.Operator(id), "id", "device id %q is an operator's name; devices and operators need distinct names", id); err != nil {
 		if derr := s.rdb.Del(ctx, s.keys.Device(id), s.keys.PSK(id), s.keys.RxHigh(id), s.keys.RxBits(id)).Err(); derr != nil {
-			return nil, unavailable("provision "+id+": undo", derr)
+			return nil, Unavailable("provision "+id+": undo", derr)
 		}
 		return nil, err
 	}
 	// The index is a separate slot, so it is written after the device;
 	// ZADD is idempotent.
 	if err := s.rdb.ZAdd(ctx, s.keys.Devices(), redis.Z{Member: id}).Err(); err != nil {
-		return nil, unavailable("provision "+id+": index", err)
+		return nil, Unavailable("provision "+id+": index", err)
 	}
 	s.cache.forget(id)
 	s.log.Info().Str("device", id).Msg("device provisioned")
@@ -118,7 +118,7 @@ func (s *Service) Device(ctx context.Context, id string) (Device, error) {
 	}
 	h, err := s.rdb.HGetAll(ctx, s.keys.Device(id)).Result()
 	if err != nil {
-		return Device{}, unavailable("get device "+id, err)
+		return Device{}, Unavailable("get device "+id, err)
 	}
 	if len(h) == 0 {
 		return Device{}, Errorf(CodeNotFound, "id", "no device %q", id)
@@ -130,7 +130,7 @@ func (s *Service) Device(ctx context.Context, id string) (Device, error) {
 func (s *Service) Devices(ctx context.Context) ([]Device, error) {
 	ids, err := s.rdb.ZRange(ctx, s.keys.Devices(), 0, -1).Result()
 	if err != nil {
-		return nil, unavailable("list devices", err)
+		return nil, Unavailable("list devices", err)
 	}
 	out := make([]Device, 0, len(ids))
 	const batch = 500
@@ -144,7 +144,7 @@ func (s *Service) Devices(ctx context.Context) ([]Device, error) {
 			return nil
 		})
 		if err != nil {
-			return nil, unavailable("list devices", err)
+			return nil, Unavailable("list devices", err)
 		}
 		for i, c := range cmds {
 			if h := c.Val(); len(h) > 0 {
@@ -214,7 +214,7 @@ func (s *Service) DeviceKeys(ctx context.Context, id string) (*envelope.Keys, er
 		return nil, Errorf(CodeNotFound, "id", "no device %q", id)
 	}
 	if err != nil {
-		return nil, unavailable("device keys "+id, err)
+		return nil, Unavailable("device keys "+id, err)
 	}
 	psk, err := s.vault.Open(id, sealed)
 	if err != nil {
@@ -227,13 +227,6 @@ func (s *Service) DeviceKeys(ctx context.Context, id string) (*envelope.Keys, er
 	}
 	s.cache.put(id, k, now)
 	return &k, nil
-}
-
-func unavailable(op string, err error) error {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("%s: %w", op, err)
-	}
-	return &Error{Code: CodeUnavailable, Message: "storage unavailable", Err: fmt.Errorf("%s: %w", op, err)}
 }
 
 // keyCache is a bounded LRU of derived keys with a TTL, so that a key
@@ -309,7 +302,7 @@ func (c *keyCache) forget(id string) {
 func (s *Service) nameFree(ctx context.Context, key, field, format string, args ...any) error {
 	n, err := s.rdb.Exists(ctx, key).Result()
 	if err != nil {
-		return unavailable("check name", err)
+		return Unavailable("check name", err)
 	}
 	if n > 0 {
 		return Errorf(CodeConflict, field, format, args...)

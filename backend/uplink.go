@@ -45,9 +45,10 @@ const MaxOpsSize = 64 << 10
 type UplinkHandler func(ctx context.Context, dev string, m envelope.Message) error
 
 // OpsHandler processes a plain JSON message an operator published to
-// ecowatt/v1/ops/{dev}/{kind}. operator is the publishing account. When it
-// returns an error, the Service emits a "rejected" event of the same kind
-// carrying the error's client-safe message.
+// ecowatt/v1/ops/{dev}/{kind}. operator is the publishing account, already
+// checked to be an admin. When it returns an error, the Service emits a
+// "rejected" event of the same kind carrying the error's client-safe
+// message (and the body's request_id, when it has one).
 type OpsHandler func(ctx context.Context, dev, operator string, body []byte) error
 
 // Handle adds h for uplink kind (topics.Kind*). Several handlers of one kind
@@ -125,6 +126,10 @@ func (s *Service) processUplink(ctx context.Context, t topics.Topic, j job) {
 	s.dispatch(ctx, dev, t.Kind, m)
 }
 
+// dispatch runs every handler of kind, in order, even when one fails: a
+// Redis hiccup in one service's handler must not hide the message from
+// the others. A bad body (CodeInvalid from any handler) is one security
+// event; other failures are counted and logged once, joined.
 func (s *Service) dispatch(ctx context.Context, dev, kind string, m envelope.Message) {
 	s.mu.RLock()
 	hs := s.uplink[kind]
@@ -135,18 +140,22 @@ func (s *Service) dispatch(ctx context.Context, dev, kind string, m envelope.Mes
 	}
 	start := time.Now()
 	defer func() { s.m.handlerLatency.WithLabelValues(kind).Observe(time.Since(start).Seconds()) }()
+	var invalid, failed []error
 	for _, h := range hs {
-		err := h(ctx, dev, m)
-		if err == nil {
-			continue
+		switch err := h(ctx, dev, m); {
+		case err == nil:
+		case ErrorCode(err) == CodeInvalid:
+			invalid = append(invalid, err)
+		default:
+			failed = append(failed, err)
 		}
-		if ErrorCode(err) == CodeInvalid {
-			s.SecurityEvent(ctx, dev, ReasonInvalidBody, kind+": "+err.Error())
-			return
-		}
-		s.m.handlerErrors.WithLabelValues(kind).Inc()
-		s.log.Error().Err(err).Str("device", dev).Str("kind", kind).Msg("uplink handler failed")
-		return
+	}
+	if len(invalid) > 0 {
+		s.SecurityEvent(ctx, dev, ReasonInvalidBody, kind+": "+errors.Join(invalid...).Error())
+	}
+	if len(failed) > 0 {
+		s.m.handlerErrors.WithLabelValues(kind).Add(float64(len(failed)))
+		s.log.Error().Err(errors.Join(failed...)).Str("device", dev).Str("kind", kind).Msg("uplink handler failed")
 	}
 }
 
@@ -162,19 +171,18 @@ func (s *Service) processOps(ctx context.Context, t topics.Topic, j job) {
 	case h == nil:
 		err = Errorf(CodeInvalid, "", "operator %s messages are not supported yet", t.Kind)
 	default:
-		err = h(ctx, dev, op, j.msg.Payload)
+		// The broker lets only admins publish on ops topics; the role is
+		// checked again here, once for every kind, because an external
+		// broker's ACL is not ours.
+		if err = s.checkAdmin(ctx, op, t.Kind); err == nil {
+			err = h(ctx, dev, op, j.msg.Payload)
+		}
 	}
 	if err == nil {
 		return
 	}
-	msg, field := ErrorMessage(err)
 	s.log.Info().Err(err).Str("device", dev).Str("operator", op).Str("kind", t.Kind).Msg("operator message rejected")
-	data := map[string]any{
-		"status":   "rejected",
-		"operator": op,
-		"error":    map[string]string{"code": ErrorCode(err), "message": msg, "field": field},
-	}
-	if eerr := s.Emit(ctx, dev, t.Kind, data); eerr != nil {
+	if eerr := s.Emit(ctx, dev, t.Kind, rejection(op, err, j.msg.Payload)); eerr != nil {
 		s.log.Error().Err(eerr).Str("device", dev).Msg("emit operator rejection")
 	}
 }
@@ -190,6 +198,42 @@ const MaxNonceJump = 1 << 32
 // ErrNonceJump refuses an uplink nonce more than MaxNonceJump above the
 // high-water mark.
 var ErrNonceJump = errors.New("nonce jumps too far ahead")
+
+// checkAdmin allows only a known admin operator to send ops messages.
+func (s *Service) checkAdmin(ctx context.Context, operator, kind string) error {
+	if operator == "" {
+		return Errorf(CodeForbidden, "", "anonymous operator messages are not accepted")
+	}
+	role, err := s.OperatorRole(ctx, operator)
+	if err != nil && ErrorCode(err) != CodeNotFound {
+		return err
+	}
+	if role != RoleAdmin {
+		return Errorf(CodeForbidden, "", "operator %q may not send %s messages", operator, kind)
+	}
+	return nil
+}
+
+// rejection is the event document of a refused operator message: status
+// "rejected", the operator, the client-safe error and, when the body has
+// a readable one, its request_id, so that a script can match its request.
+func rejection(operator string, err error, body []byte) map[string]any {
+	msg, field := ErrorMessage(err)
+	data := map[string]any{
+		"status":   "rejected",
+		"operator": operator,
+		"error":    map[string]string{"code": ErrorCode(err), "message": msg, "field": field},
+	}
+	var loose struct {
+		RequestID any `json:"request_id"`
+	}
+	if json.Unmarshal(body, &loose) == nil {
+		if id, ok := loose.RequestID.(string); ok && id != "" && len(id) <= topics.MaxRequestIDLen {
+			data["request_id"] = id
+		}
+	}
+	return data
+}
 
 // replayScript is envelope.Window in Redis, plus last_seen on acceptance.
 // The window is kept as the highest accepted nonce (KEYS[1]) and a 64-bit

@@ -2,7 +2,6 @@ package commands
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -15,26 +14,13 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Invalid turns a validation error from package topics into a
-// CodeInvalid *backend.Error naming the field.
-func Invalid(err error) error {
-	if fe, ok := errors.AsType[*topics.FieldError](err); ok {
-		msg := fe.Reason
-		if fe.Field != "" {
-			msg = fe.Field + ": " + fe.Reason
-		}
-		return &backend.Error{Code: backend.CodeInvalid, Field: fe.Field, Message: msg, Err: err}
-	}
-	return &backend.Error{Code: backend.CodeInvalid, Message: "invalid command: " + err.Error(), Err: err}
-}
-
 // Parse parses and validates an operator's command document (see
 // topics.ParseOpsCommand); errors are CodeInvalid and count as rejected.
 func (s *Service) Parse(body []byte) (topics.OpsCommand, error) {
 	c, err := topics.ParseOpsCommand(body)
 	if err != nil {
 		s.m.total.WithLabelValues("rejected").Inc()
-		return topics.OpsCommand{}, Invalid(err)
+		return topics.OpsCommand{}, backend.Invalid(err)
 	}
 	return c, nil
 }
@@ -46,7 +32,7 @@ func (s *Service) Parse(body []byte) (topics.OpsCommand, error) {
 func (s *Service) Submit(ctx context.Context, dev, operator string, c topics.OpsCommand) (cmd Command, created bool, err error) {
 	if err := topics.ValidateCommand(c); err != nil {
 		s.m.total.WithLabelValues("rejected").Inc()
-		return Command{}, false, Invalid(err)
+		return Command{}, false, backend.Invalid(err)
 	}
 	if topics.ValidateID(dev) != nil {
 		s.m.total.WithLabelValues("rejected").Inc()
@@ -87,13 +73,13 @@ func (s *Service) Submit(ctx context.Context, dev, operator string, c topics.Ops
 	// other order left an accepted command that GET and DELETE could never
 	// find.
 	if err := s.rdb.Set(ctx, s.indexKey(cid), dev, life).Err(); err != nil {
-		return Command{}, false, unavailable("queue command for "+dev+": index", err)
+		return Command{}, false, backend.Unavailable("queue command for "+dev+": index", err)
 	}
 	args := append([]any{cid, hasReq, s.cfg.MaxHistory, life.Milliseconds()}, fields...)
 	res, err := enqueueScript.Run(ctx, s.rdb,
 		[]string{k.dev, s.cmdKey(dev, cid), k.active, k.history, k.seq, reqKey}, args...).Slice()
 	if err != nil {
-		return Command{}, false, unavailable("queue command for "+dev, err)
+		return Command{}, false, backend.Unavailable("queue command for "+dev, err)
 	}
 	code, _ := res[0].(int64)
 	val, _ := res[1].(string)
@@ -109,7 +95,7 @@ func (s *Service) Submit(ctx context.Context, dev, operator string, c topics.Ops
 			pipe.SetNX(ctx, s.indexKey(val), dev, life)
 		}
 		if _, err := pipe.Exec(ctx); err != nil {
-			return Command{}, false, unavailable("queue command for "+dev+": index", err)
+			return Command{}, false, backend.Unavailable("queue command for "+dev+": index", err)
 		}
 	}
 	switch code {
@@ -170,7 +156,7 @@ func (s *Service) deviceOf(ctx context.Context, cid string) (string, error) {
 		return "", backend.Errorf(backend.CodeNotFound, "id", "no command %q", cid)
 	}
 	if err != nil {
-		return "", unavailable("find command "+cid, err)
+		return "", backend.Unavailable("find command "+cid, err)
 	}
 	return dev, nil
 }
@@ -228,13 +214,13 @@ func (s *Service) List(ctx context.Context, dev string, limit int, before string
 			return Page{}, backend.Errorf(backend.CodeInvalid, "before", "no command %q in the history of %s", before, dev)
 		}
 		if err != nil {
-			return Page{}, unavailable("list commands of "+dev, err)
+			return Page{}, backend.Unavailable("list commands of "+dev, err)
 		}
 		max = "(" + strconv.FormatInt(int64(seq), 10)
 	}
 	cids, err := s.rdb.ZRevRangeByScore(ctx, k.history, &redis.ZRangeBy{Max: max, Min: "-inf", Count: int64(limit + 1)}).Result()
 	if err != nil {
-		return Page{}, unavailable("list commands of "+dev, err)
+		return Page{}, backend.Unavailable("list commands of "+dev, err)
 	}
 	page := Page{Commands: []Command{}}
 	if len(cids) > limit {
@@ -255,22 +241,6 @@ func (s *Service) List(ctx context.Context, dev string, limit int, before string
 	return page, nil
 }
 
-// checkOperator allows only a known admin operator to queue commands over
-// MQTT.
-func (s *Service) checkOperator(ctx context.Context, operator string) error {
-	if operator == "" {
-		return backend.Errorf(backend.CodeForbidden, "", "anonymous operator messages are not accepted")
-	}
-	role, err := s.fleet.OperatorRole(ctx, operator)
-	if err != nil && backend.ErrorCode(err) != backend.CodeNotFound {
-		return err
-	}
-	if role != backend.RoleAdmin {
-		return backend.Errorf(backend.CodeForbidden, "", "operator %q may not send commands", operator)
-	}
-	return nil
-}
-
 func toAny(ss []string) []any {
 	out := make([]any, len(ss))
 	for i, s := range ss {
@@ -279,44 +249,16 @@ func toAny(ss []string) []any {
 	return out
 }
 
-// HandleOps queues a command an operator published on
-// ecowatt/v1/ops/{dev}/command. A rejected command gets an event of its
-// own (status "rejected", with the reason and the request_id when one can
-// be read), so that a script can match it; it is not queued. The broker
-// lets only admins publish there; the role is checked again here, because
-// an external broker's ACL is not ours.
+// HandleOps queues a command an operator (an admin: backend.Service
+// checks the role) published on ecowatt/v1/ops/{dev}/command. A refused
+// command is not queued; backend.Service turns the error into a rejection
+// event on ecowatt/v1/events/{dev}/command, with the request_id when one
+// can be read, so that a script can match it.
 func (s *Service) HandleOps(ctx context.Context, dev, operator string, body []byte) error {
-	err := s.checkOperator(ctx, operator)
-	var c topics.OpsCommand
-	if err == nil {
-		c, err = s.Parse(body)
+	c, err := s.Parse(body)
+	if err != nil {
+		return err
 	}
-	if err == nil {
-		_, _, err = s.Submit(ctx, dev, operator, c)
-	}
-	if err == nil {
-		return nil
-	}
-	msg, field := backend.ErrorMessage(err)
-	s.log.Info().Err(err).Str("device", dev).Str("operator", operator).Msg("operator command rejected")
-	data := map[string]any{
-		"status":   "rejected",
-		"operator": operator,
-		"error":    map[string]string{"code": backend.ErrorCode(err), "message": msg, "field": field},
-	}
-	var loose struct {
-		RequestID any `json:"request_id"`
-	}
-	if json.Unmarshal(body, &loose) == nil {
-		if id, ok := loose.RequestID.(string); ok && id != "" && len(id) <= topics.MaxRequestIDLen {
-			data["request_id"] = id
-		}
-	}
-	if topics.ValidateID(dev) != nil {
-		return err // the service's own rejection path handles bad topics
-	}
-	if eerr := s.fleet.Emit(ctx, dev, topics.EventCommand, data); eerr != nil {
-		s.log.Error().Err(eerr).Str("device", dev).Msg("emit command rejection")
-	}
-	return nil
+	_, _, err = s.Submit(ctx, dev, operator, c)
+	return err
 }

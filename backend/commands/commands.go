@@ -191,7 +191,7 @@ type Service struct {
 
 	mu      sync.Mutex // guards running
 	running bool
-	wake    chan struct{} // capacity 1: this replica's deliverer has work in cmdwake
+	wake    chan struct{} // capacity 1: this replica's sender has work in cmdwake
 
 	shardMu sync.Mutex // guards shards
 	shards  shards     // the delivery workers' queues while this replica holds the delivery lease, else nil
@@ -308,7 +308,7 @@ func (s *Service) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Go(func() { s.deliverLoop(ctx) })
+	wg.Go(func() { s.sendLoop(ctx) })
 	wg.Go(func() { s.sweepLoop(ctx) })
 	<-ctx.Done()
 	return nil

@@ -81,11 +81,9 @@ func TestOpsRejectionEchoesRequestID(t *testing.T) {
 	if err := h.fleet.EnsureOperator(h.ctx, "op", "pw", backend.RoleAdmin); err != nil {
 		t.Fatal(err)
 	}
+	h.runOps()
 	before := h.snapshot()
-	err := h.svc.HandleOps(h.ctx, "dev-1", "op", []byte(`{"action":"write_register","target_register":"export_power","value":150,"request_id":"r-9"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	h.ops("dev-1", "op", `{"action":"write_register","target_register":"export_power","value":150,"request_id":"r-9"}`)
 	h.assertUnchanged(t, before)
 	evs := h.events("dev-1")
 	if len(evs) != 1 || evs[0]["status"] != "rejected" || evs[0]["request_id"] != "r-9" {
@@ -95,9 +93,7 @@ func TestOpsRejectionEchoesRequestID(t *testing.T) {
 		t.Errorf("rejection %v does not name the field", evs[0])
 	}
 	// A good one is queued and its events carry the request_id.
-	if err := h.svc.HandleOps(h.ctx, "dev-1", "op", []byte(`{"action":"ping","request_id":"r-10"}`)); err != nil {
-		t.Fatal(err)
-	}
+	h.ops("dev-1", "op", `{"action":"ping","request_id":"r-10"}`)
 	evs = h.events("dev-1")
 	if last := evs[len(evs)-1]; last["state"] != StateQueued || last["request_id"] != "r-10" || last["operator"] != "op" {
 		t.Errorf("queued event %v", last)
@@ -116,7 +112,7 @@ func TestLifecycle(t *testing.T) {
 	if want := h.clk.Now().Add(10 * time.Minute); !c.ExpiresAt.Equal(want) {
 		t.Errorf("expires_at %v, want %v", c.ExpiresAt, want)
 	}
-	if err := h.svc.deliver(h.ctx, "dev-1", false); err != nil {
+	if err := h.svc.sendDevice(h.ctx, "dev-1", false); err != nil {
 		t.Fatal(err)
 	}
 	c = h.wantState(c.ID, StateSent)
@@ -186,7 +182,7 @@ func TestResultWithoutReceipt(t *testing.T) {
 	h := newHarness(t)
 	h.device("dev-1", true)
 	c := h.submit("dev-1", `{"action":"ping"}`)
-	h.svc.deliver(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.ctx, "dev-1", false)
 	if err := h.result("dev-1", topics.CommandResult{ID: c.ID, Status: topics.ResultFailed, Error: "modbus exception 03 illegal data value"}); err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +199,7 @@ func TestResultBadInput(t *testing.T) {
 	h.device("dev-1", true)
 	h.device("dev-2", true)
 	c := h.submit("dev-1", `{"action":"ping"}`)
-	h.svc.deliver(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.ctx, "dev-1", false)
 	cases := []struct{ name, dev, body string }{
 		{"not json", "dev-1", `{"command_result":`},
 		{"no command_result", "dev-1", `{"result":{}}`},
@@ -240,7 +236,7 @@ func TestCancel(t *testing.T) {
 		t.Fatalf("cancel queued: %+v %v", c, err)
 	}
 	h.setOnline("dev-1", true)
-	h.svc.deliver(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.ctx, "dev-1", false)
 	if d := h.downlinks("dev-1"); len(d) != 1 || d[0].ID != b.ID {
 		t.Fatalf("downlinks %+v; the cancelled command must not go", d)
 	}
@@ -276,7 +272,7 @@ func TestExpired(t *testing.T) {
 	h.wantState(a.ID, StateExpired)
 	h.wantState(b.ID, StateQueued)
 	h.setOnline("dev-1", true)
-	h.svc.deliver(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.ctx, "dev-1", false)
 	h.wantState(b.ID, StateSent)
 	h.clk.Add(5 * time.Minute)
 	h.svc.sweep(h.ctx)
@@ -289,7 +285,7 @@ func TestExpired(t *testing.T) {
 	}
 	// The device refusing a command it got too late also makes it expired.
 	c = h.submit("dev-1", `{"action":"ping"}`)
-	h.svc.deliver(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.ctx, "dev-1", false)
 	h.result("dev-1", topics.CommandResult{ID: c.ID, Status: topics.ResultFailed, Error: "expired"})
 	h.wantState(c.ID, StateExpired)
 	// Once nothing is active the device leaves the sweep's index.
@@ -305,7 +301,7 @@ func TestTimedOut(t *testing.T) {
 	h := newHarness(t)
 	h.device("dev-1", true)
 	c := h.submit("dev-1", `{"action":"reboot"}`)
-	h.svc.deliver(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.ctx, "dev-1", false)
 	h.result("dev-1", topics.CommandResult{ID: c.ID, Status: topics.ResultDelivered})
 	h.clk.Add(59 * time.Second)
 	h.svc.sweep(h.ctx)
@@ -336,30 +332,30 @@ func TestDeliveryOrderAndResend(t *testing.T) {
 	for _, v := range []int{10, 20, 30} {
 		ids = append(ids, h.submit("dev-1", `{"action":"write_register","target_register":"export_power","value":`+itoa(v)+`}`).ID)
 	}
-	h.svc.deliver(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.ctx, "dev-1", false)
 	if n := len(h.downlinks("dev-1")); n != 0 {
 		t.Fatalf("%d sent to an offline device", n)
 	}
 	h.setOnline("dev-1", true)
-	h.svc.deliver(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.ctx, "dev-1", false)
 	if got := idsOf(h.downlinks("dev-1")); got != strings.Join(ids, ",") {
 		t.Fatalf("sent %s, want %s", got, strings.Join(ids, ","))
 	}
 	h.result("dev-1", topics.CommandResult{ID: ids[0], Status: topics.ResultDelivered})
 	h.clk.Add(5 * time.Second)
-	h.svc.deliver(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.ctx, "dev-1", false)
 	if n := len(h.downlinks("dev-1")); n != 3 {
 		t.Fatalf("%d downlinks before ResendAfter, want 3", n)
 	}
 	h.clk.Add(6 * time.Second)
-	h.svc.deliver(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.ctx, "dev-1", false)
 	if got := idsOf(h.downlinks("dev-1")[3:]); got != ids[1]+","+ids[2] {
 		t.Fatalf("resent %s, want the two without a receipt", got)
 	}
 	if c := h.get(ids[1]); c.Attempts != 2 || c.State != StateSent {
 		t.Errorf("resent command %+v", c)
 	}
-	h.svc.deliver(h.ctx, "dev-1", true) // reconnect: everything unfinished
+	h.svc.sendDevice(h.ctx, "dev-1", true) // reconnect: everything unfinished
 	if got := idsOf(h.downlinks("dev-1")[5:]); got != strings.Join(ids, ",") {
 		t.Fatalf("after reconnect sent %s", got)
 	}
@@ -384,12 +380,11 @@ func TestOpsNeedsAnAdmin(t *testing.T) {
 	if err := h.fleet.EnsureOperator(h.ctx, "viewer1", "pw", backend.RoleViewer); err != nil {
 		t.Fatal(err)
 	}
+	h.runOps()
 	for _, op := range []string{"", "viewer1", "nobody"} {
 		t.Run("operator "+op, func(t *testing.T) {
 			before := h.snapshot()
-			if err := h.svc.HandleOps(h.ctx, "dev-1", op, []byte(`{"action":"ping","request_id":"x"}`)); err != nil {
-				t.Fatal(err)
-			}
+			h.ops("dev-1", op, `{"action":"ping","request_id":"x"}`)
 			h.assertUnchanged(t, before)
 			evs := h.events("dev-1")
 			last := evs[len(evs)-1]
@@ -397,5 +392,28 @@ func TestOpsNeedsAnAdmin(t *testing.T) {
 				t.Fatalf("last event %v; want a forbidden rejection", last)
 			}
 		})
+	}
+}
+
+// runOps runs the fleet with the service attached, so that operator
+// messages enter where they do in production: on the ops topic.
+func (h *harness) runOps() {
+	h.t.Helper()
+	h.svc.Attach()
+	h.run("fleet", h.fleet.Run)
+	h.bus.WaitSubscribed(h.t, 2, 5*time.Second)
+}
+
+// ops publishes an operator message on ecowatt/v1/ops/{dev}/command and
+// waits for the command event it causes.
+func (h *harness) ops(dev, operator, body string) {
+	h.t.Helper()
+	ch, cancel := h.fleet.SubscribeEvents(backend.EventFilter{Device: dev, Kind: topics.EventCommand})
+	defer cancel()
+	h.bus.Deliver(backend.Message{Topic: topics.Ops(dev, topics.KindCommand), Payload: []byte(body), Username: operator})
+	select {
+	case <-ch:
+	case <-time.After(5 * time.Second):
+		h.t.Fatalf("no command event for %s after an ops message", dev)
 	}
 }

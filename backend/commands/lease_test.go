@@ -177,22 +177,22 @@ func TestResultResend(t *testing.T) {
 	h := newHarness(t)
 	h.device("dev-1", true)
 	c := h.submit("dev-1", `{"action":"ping"}`)
-	h.svc.deliver(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.ctx, "dev-1", false)
 	h.result("dev-1", topics.CommandResult{ID: c.ID, Status: topics.ResultDelivered})
 	h.clk.Add(h.svc.cfg.ResultResend - time.Second)
-	h.svc.deliver(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.ctx, "dev-1", false)
 	if n := len(h.downlinks("dev-1")); n != 1 {
 		t.Fatalf("%d downlinks before ResultResend, want 1", n)
 	}
 	h.clk.Add(time.Second)
-	h.svc.deliver(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.ctx, "dev-1", false)
 	if n := len(h.downlinks("dev-1")); n != 2 {
 		t.Fatalf("%d downlinks at ResultResend, want 2", n)
 	}
 	if got := h.wantState(c.ID, StateDelivered); got.Attempts != 2 {
 		t.Errorf("attempts %d, want 2", got.Attempts)
 	}
-	h.svc.deliver(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.ctx, "dev-1", false)
 	if n := len(h.downlinks("dev-1")); n != 2 {
 		t.Fatalf("%d downlinks right after a resend, want 2", n)
 	}

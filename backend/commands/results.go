@@ -64,7 +64,7 @@ func (s *Service) HandleResult(ctx context.Context, dev string, m envelope.Messa
 	}
 	res, err := lateScript.Run(ctx, s.rdb, []string{s.cmdKey(dev, r.ID)}, late...).Slice()
 	if err != nil {
-		return unavailable("late result "+r.ID, err)
+		return backend.Unavailable("late result "+r.ID, err)
 	}
 	log.Warn().Str("state", cur).Msg("result arrived after the command ended; kept as late_result")
 	if len(res) > 0 {
@@ -167,7 +167,7 @@ func truncate(s string, n int) string {
 	return s
 }
 
-// HandleBirth hands a device that came online to the deliverer, which
+// HandleBirth hands a device that came online to the sender (the delivery lease holder), which
 // sends its queued commands and repeats every unfinished one (the device
 // may have lost them, or their results, while it was away).
 func (s *Service) HandleBirth(ctx context.Context, dev string, m envelope.Message) error {

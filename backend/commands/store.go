@@ -2,7 +2,6 @@ package commands
 
 import (
 	"context"
-	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -178,7 +177,7 @@ func (s *Service) transition(ctx context.Context, dev, cid string, from []string
 	}
 	res, err := transitionScript.Run(ctx, s.rdb, []string{s.cmdKey(dev, cid), s.devKeys(dev).active}, args...).Slice()
 	if err != nil {
-		return Command{}, "", false, unavailable("command "+cid+" -> "+to, err)
+		return Command{}, "", false, backend.Unavailable("command "+cid+" -> "+to, err)
 	}
 	code, _ := res[0].(int64)
 	cur, _ := res[1].(string)
@@ -248,7 +247,7 @@ func (s *Service) emit(ctx context.Context, c Command, from string) {
 func (s *Service) load(ctx context.Context, dev, cid string) (Command, error) {
 	h, err := s.rdb.HGetAll(ctx, s.cmdKey(dev, cid)).Result()
 	if err != nil {
-		return Command{}, unavailable("get command "+cid, err)
+		return Command{}, backend.Unavailable("get command "+cid, err)
 	}
 	if len(h) == 0 {
 		return Command{}, backend.Errorf(backend.CodeNotFound, "id", "no command %q", cid)
@@ -268,7 +267,7 @@ func (s *Service) loadMany(ctx context.Context, dev string, cids []string) (cmds
 		cmdsOut[i] = pipe.HGetAll(ctx, s.cmdKey(dev, cid))
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, nil, unavailable("get commands of "+dev, err)
+		return nil, nil, backend.Unavailable("get commands of "+dev, err)
 	}
 	for i, c := range cmdsOut {
 		h := c.Val()
@@ -341,9 +340,4 @@ func msTime(s string) *time.Time {
 	}
 	t := time.UnixMilli(ms).UTC()
 	return &t
-}
-
-// unavailable wraps a Redis failure.
-func unavailable(op string, err error) error {
-	return &backend.Error{Code: backend.CodeUnavailable, Message: "state store unavailable", Err: fmt.Errorf("%s: %w", op, err)}
 }

@@ -264,7 +264,7 @@ func (s *Service) handleAck(ctx context.Context, dev string, m envelope.Message)
 			s.m.acks.WithLabelValues(AckUnknown).Inc()
 			return err
 		}
-		return unavailable("config ack "+dev, err)
+		return backend.Unavailable("config ack "+dev, err)
 	}
 	s.m.acks.WithLabelValues(result).Inc()
 	if cleared {

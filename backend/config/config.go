@@ -48,19 +48,16 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// Backend is what the config service needs from the backend;
+// Fleet is what the config service needs from the backend;
 // *backend.Service has it.
-type Backend interface {
-	Redis() redis.UniversalClient
-	Keys() store.Keys
-	OperatorRole(ctx context.Context, name string) (string, error)
+type Fleet interface {
 	Send(ctx context.Context, dev, kind string, body any) error
 	Emit(ctx context.Context, dev, kind string, data any) error
 	Handle(kind string, h backend.UplinkHandler)
 	HandleOps(kind string, h backend.OpsHandler)
 }
 
-var _ Backend = (*backend.Service)(nil)
+var _ Fleet = (*backend.Service)(nil)
 
 // Defaults of Config.
 const (
@@ -69,9 +66,11 @@ const (
 	DefaultSweepBatch    = 500
 )
 
-// Config holds a Service's dependencies. Backend is required.
+// Config holds a Service's dependencies. Redis and Fleet are required.
 type Config struct {
-	Backend    Backend
+	Redis      redis.UniversalClient
+	Keys       store.Keys // zero value: store.DefaultPrefix
+	Fleet      Fleet
 	Logger     zerolog.Logger
 	Now        func() time.Time      // default time.Now
 	Registerer prometheus.Registerer // default: a private registry
@@ -87,11 +86,10 @@ type Config struct {
 	LeaseTTL time.Duration
 }
 
-// Service manages desired and reported configuration. Create it with New
-// (which registers its handlers on the backend) and run the redelivery
-// sweep with Run.
+// Service manages desired and reported configuration. Create it with New,
+// wire it with Attach and run the redelivery sweep with Run.
 type Service struct {
-	b    Backend
+	b    Fleet
 	rdb  redis.UniversalClient
 	keys store.Keys
 	log  zerolog.Logger
@@ -117,11 +115,17 @@ const (
 	AckUnknown  = "unknown"  // refused: for a version newer than the desired one (never issued)
 )
 
-// New checks cfg, registers the metrics and the handlers of config acks,
-// births (reconciliation) and operator config messages on cfg.Backend.
+// New checks cfg and builds a Service, registering its metrics.
 func New(cfg Config) (*Service, error) {
-	if cfg.Backend == nil {
-		return nil, errors.New("new config service: Backend is required")
+	if cfg.Redis == nil || cfg.Fleet == nil {
+		return nil, errors.New("new config service: Redis and Fleet are required")
+	}
+	if cfg.Keys.Prefix() == "" {
+		k, err := store.NewKeys(store.DefaultPrefix)
+		if err != nil {
+			return nil, fmt.Errorf("new config service: %w", err)
+		}
+		cfg.Keys = k
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -145,9 +149,9 @@ func New(cfg Config) (*Service, error) {
 		cfg.Replica = lease.ReplicaID(rand.Reader)
 	}
 	s := &Service{
-		b:    cfg.Backend,
-		rdb:  cfg.Backend.Redis(),
-		keys: cfg.Backend.Keys(),
+		b:    cfg.Fleet,
+		rdb:  cfg.Redis,
+		keys: cfg.Keys,
 		log:  cfg.Logger.With().Str("component", "config").Logger(),
 		now:  cfg.Now,
 		cfg:  cfg,
@@ -182,10 +186,16 @@ func New(cfg Config) (*Service, error) {
 	for _, r := range []string{AckAccepted, AckPartial, AckRejected, AckStale, AckUnknown} {
 		s.m.acks.WithLabelValues(r)
 	}
+	return s, nil
+}
+
+// Attach registers the service's handlers on the fleet: config acks
+// (topics.KindConfigAck), births (reconciliation) and operator config
+// messages (ecowatt/v1/ops/{id}/config).
+func (s *Service) Attach() {
 	s.b.Handle(topics.KindConfigAck, s.handleAck)
 	s.b.Handle(topics.KindBirth, s.handleBirth)
 	s.b.HandleOps(topics.KindConfig, s.handleOps)
-	return s, nil
 }
 
 // Fields of the cfg hash.
@@ -222,66 +232,18 @@ const (
 	ViaMQTT = "mqtt"
 )
 
-// Run redelivers pending versions to online devices every SweepInterval
-// while this replica holds the sweep lease, trying to take it every
-// SweepInterval while another replica holds it, until ctx is done. It
-// returns once the lease is released and its renewer has ended.
+// Run redelivers pending versions to online devices while this replica
+// holds the sweep lease: at once, then every SweepInterval; while another
+// replica holds it, Run tries to take it every SweepInterval. It returns
+// once ctx is done and the lease is released.
 func (s *Service) Run(ctx context.Context) error {
-	t := time.NewTicker(s.cfg.SweepInterval)
-	defer t.Stop()
-	log := s.log.With().Str("lease", "config-sweep").Str("token", s.sweeper.Token()).Logger()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		held, release, err := s.sweeper.Hold(ctx)
-		switch {
-		case errors.Is(err, lease.ErrHeld):
-			continue
-		case err != nil:
-			if ctx.Err() == nil {
-				log.Warn().Err(err).Msg("take lease")
-			}
-			continue
-		}
-		log.Info().Msg("lease taken: this replica sweeps")
-		s.sweepWhileHeld(held, t.C)
-		release()
-		if ctx.Err() == nil {
-			log.Warn().Msg("lease lost: another replica sweeps")
-		}
-	}
-}
-
-// sweepWhileHeld sweeps at once and then at every tick until held ends.
-func (s *Service) sweepWhileHeld(held context.Context, tick <-chan time.Time) {
-	for {
-		if _, err := s.Sweep(held); err != nil && held.Err() == nil {
-			s.log.Error().Err(err).Msg("config sweep failed")
-		}
-		select {
-		case <-held.Done():
-			return
-		case <-tick:
-		}
-	}
+	return lease.Run(ctx, s.sweeper, s.cfg.SweepInterval, func(held context.Context) error {
+		_, err := s.Sweep(held)
+		return err
+	})
 }
 
 // notFound is the error for an unknown device.
 func notFound(dev string) error {
 	return backend.Errorf(backend.CodeNotFound, "id", "no device %q", dev)
-}
-
-// unavailable wraps a Redis failure; a cancelled context stays itself.
-func unavailable(op string, err error) error {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("%s: %w", op, err)
-	}
-	var be *backend.Error
-	if errors.As(err, &be) {
-		return err
-	}
-	return &backend.Error{Code: backend.CodeUnavailable, Message: "storage unavailable", Err: fmt.Errorf("%s: %w", op, err)}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/ecowatt/ecowatt/backend"
 	"strconv"
 
 	"github.com/ecowatt/ecowatt/topics"
@@ -36,7 +37,7 @@ func (s *Service) deliver(ctx context.Context, dev string, redelivery bool) erro
 		return nil
 	})
 	if err != nil {
-		return unavailable("deliver config "+dev+": record", err)
+		return backend.Unavailable("deliver config "+dev+": record", err)
 	}
 	s.log.Debug().Str("device", dev).Int64("version", r.version).Bool("redelivery", redelivery).Msg("config sent")
 	return nil
@@ -78,7 +79,7 @@ func (s *Service) handleBirth(ctx context.Context, dev string, m envelope.Messag
 		return nil
 	}
 	if err != nil {
-		return unavailable("config birth "+dev, err)
+		return backend.Unavailable("config birth "+dev, err)
 	}
 	version := atoi(str(res[0]))
 	pending := str(res[1]) == "1"
@@ -96,11 +97,11 @@ func (s *Service) handleBirth(ctx context.Context, dev string, m envelope.Messag
 		// Acknowledged once, but the device has lost it (a reset flash):
 		// pending again until it acknowledges.
 		if err := s.rdb.HSet(ctx, s.cfgKey(dev), fPending, "1").Err(); err != nil {
-			return unavailable("config birth "+dev, err)
+			return backend.Unavailable("config birth "+dev, err)
 		}
 		score, _ := strconv.ParseFloat(str(res[2]), 64)
 		if err := s.rdb.ZAdd(ctx, s.pendingKey(), redis.Z{Score: score, Member: dev}).Err(); err != nil {
-			return unavailable("config birth "+dev+": pending index", err)
+			return backend.Unavailable("config birth "+dev+": pending index", err)
 		}
 	}
 	s.log.Info().Str("device", dev).Int64("device_version", b.ConfigVersion).Int64("desired_version", version).
@@ -133,7 +134,7 @@ func (s *Service) unpend(ctx context.Context, dev, score string) {
 func (s *Service) Sweep(ctx context.Context) (int, error) {
 	zs, err := s.rdb.ZRangeWithScores(ctx, s.pendingKey(), 0, -1).Result()
 	if err != nil {
-		return 0, unavailable("config sweep", err)
+		return 0, backend.Unavailable("config sweep", err)
 	}
 	now := s.now().UnixMilli()
 	every := s.cfg.SweepInterval.Milliseconds()
@@ -152,7 +153,7 @@ func (s *Service) Sweep(ctx context.Context) (int, error) {
 			return nil
 		})
 		if err != nil {
-			return sent, unavailable("config sweep", err)
+			return sent, backend.Unavailable("config sweep", err)
 		}
 		for i, z := range batch {
 			id, _ := z.Member.(string)

@@ -43,10 +43,11 @@ func newHarness(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.s, err = New(Config{Backend: h.b, Logger: log, Now: h.clock.Now, SweepInterval: 30 * time.Second})
+	h.s, err = New(Config{Redis: rdb, Keys: h.b.Keys(), Fleet: h.b, Logger: log, Now: h.clock.Now, SweepInterval: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
+	h.s.Attach()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- h.b.Run(ctx) }()

@@ -13,15 +13,6 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// ownRedis is the harness's backend with a replica's own Redis connection,
-// so that a crash can be faked by closing it.
-type ownRedis struct {
-	Backend
-	rdb redis.UniversalClient
-}
-
-func (o ownRedis) Redis() redis.UniversalClient { return o.rdb }
-
 type sweepReplica struct {
 	name   string
 	s      *Service
@@ -30,16 +21,17 @@ type sweepReplica struct {
 	done   chan error
 }
 
-func (h *harness) startSweeper(name string) *sweepReplica {
+func (h *harness) startSweeper(name string, every time.Duration) *sweepReplica {
 	h.t.Helper()
 	rdb, err := redistest.NewClient(os.Getenv(redistest.EnvURL))
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	s, err := New(Config{
-		Backend: ownRedis{h.b, rdb}, Replica: name,
+		// The replica's own Redis connection, so that a crash can be faked by closing it.
+		Redis: rdb, Keys: h.b.Keys(), Fleet: h.b, Replica: name,
 		Logger:        zerolog.New(zerolog.NewTestWriter(h.t)).Level(zerolog.ErrorLevel),
-		SweepInterval: 50 * time.Millisecond, LeaseTTL: 300 * time.Millisecond,
+		SweepInterval: every, LeaseTTL: 300 * time.Millisecond,
 	})
 	if err != nil {
 		h.t.Fatal(err)
@@ -83,7 +75,7 @@ func TestSweepLease(t *testing.T) {
 				t.Fatal(err)
 			}
 			h.set("on", `{"sampling_interval":10,"upload_interval":30}`) // pending until acked: every sweep resends
-			reps := []*sweepReplica{h.startSweeper("rep-a"), h.startSweeper("rep-b")}
+			reps := []*sweepReplica{h.startSweeper("rep-a", 50*time.Millisecond), h.startSweeper("rep-b", 50*time.Millisecond)}
 
 			var victim, survivor *sweepReplica
 			deadline := time.Now().Add(5 * time.Second)
@@ -126,5 +118,28 @@ func TestSweepLease(t *testing.T) {
 				t.Errorf("stopped replica still swept: %v -> %v", before, n)
 			}
 		})
+	}
+}
+
+// TestRunSweepsAtOnce: the first lease attempt and the first sweep happen
+// when Run starts, not a whole SweepInterval (30 s by default) later.
+func TestRunSweepsAtOnce(t *testing.T) {
+	h := newHarness(t)
+	h.device("late")
+	h.set("late", `{"sampling_interval":10,"upload_interval":30}`)
+	// Online, and the version was sent long ago without an ack: due.
+	if err := h.rdb.HSet(h.ctx, h.s.keys.Device("late"), "online", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.rdb.HSet(h.ctx, h.s.cfgKey("late"), fSentAt, 1).Err(); err != nil {
+		t.Fatal(err)
+	}
+	r := h.startSweeper("rep-a", time.Hour)
+	deadline := time.Now().Add(3 * time.Second)
+	for r.redeliveries() < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("no sweep within 3 s of Run with a one-hour SweepInterval")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

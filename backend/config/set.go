@@ -41,7 +41,7 @@ func (s *Service) Set(ctx context.Context, dev string, patch []byte, who Who) (R
 		if _, rerr := s.read(ctx, s.rdb, dev); rerr != nil {
 			return Result{}, rerr
 		}
-		return Result{}, invalid(err)
+		return Result{}, backend.Invalid(err)
 	}
 	var res Result
 	var created Entry
@@ -52,7 +52,7 @@ func (s *Service) Set(ctx context.Context, dev string, patch []byte, who Who) (R
 		}
 		next, err := topics.ApplyPatch(r.desired, u)
 		if err != nil {
-			return invalid(err)
+			return backend.Invalid(err)
 		}
 		_, ack := topics.ValidateUpdate(r.desired, u)
 		res = Result{Changes: ack.Accepted}
@@ -90,7 +90,7 @@ func (s *Service) Set(ctx context.Context, dev string, patch []byte, who Who) (R
 		return nil
 	}
 	if err := s.watch(ctx, txf, s.keys.Device(dev), s.cfgKey(dev)); err != nil {
-		return Result{}, unavailable("set config "+dev, err)
+		return Result{}, backend.Unavailable("set config "+dev, err)
 	}
 	if !res.Changed {
 		return res, nil
@@ -130,34 +130,11 @@ func (s *Service) watch(ctx context.Context, fn func(*redis.Tx) error, keys ...s
 	return backend.Errorf(backend.CodeConflict, "", "config of this device is changing too fast; try again")
 }
 
-// invalid turns a validation error into a CodeInvalid *backend.Error.
-func invalid(err error) error {
-	var fe *topics.FieldError
-	if !errors.As(err, &fe) {
-		return &backend.Error{Code: backend.CodeInvalid, Message: err.Error(), Err: err}
-	}
-	msg := err.Error()
-	if fe.Field == "" {
-		msg = fe.Reason
-	}
-	return &backend.Error{Code: backend.CodeInvalid, Field: fe.Field, Message: msg, Err: err}
-}
-
-// handleOps handles a partial config document an operator published on
-// ecowatt/v1/ops/{dev}/config. The broker lets only admins publish there;
-// the role is checked again, in case of an external broker. Errors become
-// a "rejected" config event (backend.Service does that).
+// handleOps handles a partial config document an operator (an admin:
+// backend.Service checks the role) published on
+// ecowatt/v1/ops/{dev}/config. Errors become a "rejected" config event
+// (backend.Service does that).
 func (s *Service) handleOps(ctx context.Context, dev, operator string, body []byte) error {
-	if operator == "" {
-		return backend.Errorf(backend.CodeForbidden, "", "anonymous operator messages are not accepted")
-	}
-	role, err := s.b.OperatorRole(ctx, operator)
-	if err != nil && backend.ErrorCode(err) != backend.CodeNotFound {
-		return err
-	}
-	if role != backend.RoleAdmin {
-		return backend.Errorf(backend.CodeForbidden, "", "operator %q may not change config", operator)
-	}
-	_, err = s.Set(ctx, dev, body, Who{By: operator, Via: ViaMQTT})
+	_, err := s.Set(ctx, dev, body, Who{By: operator, Via: ViaMQTT})
 	return err
 }

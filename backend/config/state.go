@@ -3,6 +3,7 @@ package config
 import (
 	"context"
 	"encoding/json"
+	"github.com/ecowatt/ecowatt/backend"
 	"slices"
 	"strconv"
 	"time"
@@ -155,7 +156,7 @@ func (s *Service) read(ctx context.Context, c redis.Cmdable, dev string) (record
 		return nil
 	})
 	if err != nil {
-		return record{}, unavailable("read config "+dev, err)
+		return record{}, backend.Unavailable("read config "+dev, err)
 	}
 	if exists.Val() == 0 {
 		return record{}, notFound(dev)
@@ -209,7 +210,7 @@ func (s *Service) History(ctx context.Context, dev string, limit int) ([]Entry, 
 	}
 	msgs, err := s.rdb.XRevRangeN(ctx, s.histKey(dev), "+", "-", int64(limit)).Result()
 	if err != nil {
-		return nil, unavailable("config history "+dev, err)
+		return nil, backend.Unavailable("config history "+dev, err)
 	}
 	out := make([]Entry, 0, len(msgs))
 	for _, m := range msgs {

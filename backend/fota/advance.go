@@ -43,7 +43,7 @@ return 1
 func (s *Service) advanceRollouts(ctx context.Context) error {
 	rids, err := s.rdb.ZRange(ctx, s.roActive(), 0, -1).Result()
 	if err != nil {
-		return unavailable("advance rollouts", err)
+		return backend.Unavailable("advance rollouts", err)
 	}
 	var errs []error
 	for _, rid := range rids {
@@ -97,7 +97,7 @@ func (s *Service) advance(ctx context.Context, rid string) error {
 		}
 		n, err := batchScript.Run(ctx, s.rdb, []string{s.roKey(rid)}, r.CurrentBatch, s.now().UnixMilli()).Int()
 		if err != nil {
-			return unavailable("advance rollout "+rid, err)
+			return backend.Unavailable("advance rollout "+rid, err)
 		}
 		if n == 1 {
 			r.CurrentBatch++
@@ -140,7 +140,7 @@ func (s *Service) reconcile(ctx context.Context, r *rolloutState) error {
 		return nil
 	})
 	if err != nil {
-		return unavailable("reconcile rollout "+r.ID, err)
+		return backend.Unavailable("reconcile rollout "+r.ID, err)
 	}
 	upd := map[string]string{}
 	why := map[string]string{}
@@ -246,7 +246,7 @@ func (s *Service) startPending(ctx context.Context, r *rolloutState) error {
 				res, err := claimScript.Run(ctx, s.rdb, keys, id).Slice()
 				if err != nil {
 					mu.Lock()
-					errs = append(errs, unavailable("rollout "+r.ID+": claim "+id, err))
+					errs = append(errs, backend.Unavailable("rollout "+r.ID+": claim "+id, err))
 					mu.Unlock()
 					continue
 				}
@@ -266,7 +266,7 @@ func (s *Service) startPending(ctx context.Context, r *rolloutState) error {
 				mu.Lock()
 				switch {
 				case uerr != nil:
-					errs = append(errs, err, unavailable("rollout "+r.ID+": unclaim "+id, uerr))
+					errs = append(errs, err, backend.Unavailable("rollout "+r.ID+": unclaim "+id, uerr))
 				case err == nil:
 					upd[id] = DevUpdating
 				case errors.Is(err, wire.ErrDowngrade):
@@ -319,7 +319,7 @@ func (s *Service) record(ctx context.Context, r *rolloutState, upd, why map[stri
 		return nil
 	})
 	if err != nil {
-		return unavailable("record rollout "+r.ID, err)
+		return backend.Unavailable("record rollout "+r.ID, err)
 	}
 	for id, st := range upd {
 		r.devs[id] = st
@@ -348,7 +348,7 @@ func (s *Service) cancelPending(ctx context.Context, rid string) error {
 		return nil
 	}
 	if err := cancelScript.Run(ctx, s.rdb, []string{s.roKey(rid), s.roDevs(rid)}, args...).Err(); err != nil {
-		return unavailable("cancel rollout "+rid, err)
+		return backend.Unavailable("cancel rollout "+rid, err)
 	}
 	return nil
 }

@@ -73,7 +73,7 @@ func (s *Service) StartUpdate(ctx context.Context, dev, version, rollout string)
 	now := s.now()
 	n, err := startScript.Run(ctx, s.rdb, []string{s.keys.Device(dev)}, version, rollout, now.UnixMilli(), f.Chunks).Int()
 	if err != nil {
-		return backend.DeviceFOTA{}, unavailable("start update of "+dev, err)
+		return backend.DeviceFOTA{}, backend.Unavailable("start update of "+dev, err)
 	}
 	switch n {
 	case 0:
@@ -84,7 +84,7 @@ func (s *Service) StartUpdate(ctx context.Context, dev, version, rollout string)
 		return s.DeviceStatus(ctx, dev) // already started by this rollout
 	}
 	if err := s.rdb.ZAdd(ctx, s.activeKey(), redis.Z{Score: float64(now.UnixMilli()), Member: dev}).Err(); err != nil {
-		return backend.DeviceFOTA{}, unavailable("start update of "+dev+": index", err)
+		return backend.DeviceFOTA{}, backend.Unavailable("start update of "+dev+": index", err)
 	}
 	s.log.Info().Str("device", dev).Str("version", version).Str("rollout", rollout).Msg("firmware update started")
 	if err := s.fleet.Send(ctx, dev, topics.KindFOTAManifest, f.body); err != nil {
@@ -174,7 +174,7 @@ func (s *Service) HandleRequest(ctx context.Context, dev string, m envelope.Mess
 	}
 	res, err := serveScript.Run(ctx, s.rdb, []string{s.keys.Device(dev), s.servedKey(dev, f.Version)}, args...).Slice()
 	if err != nil {
-		return unavailable("fota_request of "+dev, err)
+		return backend.Unavailable("fota_request of "+dev, err)
 	}
 	switch code, _ := res[0].(int64); code {
 	case 0:
@@ -299,7 +299,7 @@ func (s *Service) HandleStatus(ctx context.Context, dev string, m envelope.Messa
 	res, err := statusScript.Run(ctx, s.rdb, []string{s.keys.Device(dev), s.servedKey(dev, st.Version)}, string(st.State), st.Version,
 		st.ChunkReceived, st.TotalChunks, st.Reason, st.Detail, s.now().UnixMilli(), final, chunks).Slice()
 	if err != nil {
-		return unavailable("fota_status of "+dev, err)
+		return backend.Unavailable("fota_status of "+dev, err)
 	}
 	switch code, _ := res[0].(int64); code {
 	case -1:
@@ -369,7 +369,7 @@ func (s *Service) resend(ctx context.Context, dev string, onlyStale bool) error 
 	h, err := s.rdb.HMGet(ctx, s.keys.Device(dev), backend.FOTAActive, backend.FOTATarget, backend.FOTAState,
 		backend.FOTAVersion, backend.FOTAUpdatedAt, backend.FOTASentAt, "online", "firmware_version").Result()
 	if err != nil {
-		return unavailable("resend manifest to "+dev, err)
+		return backend.Unavailable("resend manifest to "+dev, err)
 	}
 	str := func(i int) string { v, _ := h[i].(string); return v }
 	active, target, state, version := str(0) == "1", str(1), str(2), str(3)
@@ -399,7 +399,7 @@ func (s *Service) resend(ctx context.Context, dev string, onlyStale bool) error 
 		return err
 	}
 	if err := s.rdb.HSet(ctx, s.keys.Device(dev), backend.FOTASentAt, now).Err(); err != nil {
-		return unavailable("resend manifest to "+dev, err)
+		return backend.Unavailable("resend manifest to "+dev, err)
 	}
 	s.log.Debug().Str("device", dev).Str("version", target).Bool("stale", onlyStale).Msg("manifest sent again")
 	return s.fleet.Send(ctx, dev, topics.KindFOTAManifest, f.body)
@@ -423,7 +423,7 @@ return 1
 func (s *Service) sweepUpdates(ctx context.Context) error {
 	devs, err := s.rdb.ZRange(ctx, s.activeKey(), 0, -1).Result()
 	if err != nil {
-		return unavailable("fota sweep", err)
+		return backend.Unavailable("fota sweep", err)
 	}
 	cmds := make([]*redis.SliceCmd, len(devs))
 	if _, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -433,7 +433,7 @@ func (s *Service) sweepUpdates(ctx context.Context) error {
 		}
 		return nil
 	}); err != nil && !errors.Is(err, redis.Nil) {
-		return unavailable("fota sweep", err)
+		return backend.Unavailable("fota sweep", err)
 	}
 	var errs []error
 	now := s.now().UnixMilli()
@@ -462,7 +462,7 @@ func (s *Service) sweepUpdates(ctx context.Context) error {
 		if progress < cutoff {
 			n, err := timeoutScript.Run(ctx, s.rdb, []string{s.keys.Device(dev)}, cutoff, str(1)).Int()
 			if err != nil {
-				errs = append(errs, unavailable("fota sweep "+dev, err))
+				errs = append(errs, backend.Unavailable("fota sweep "+dev, err))
 				continue
 			}
 			if n == 1 {
@@ -512,7 +512,7 @@ func (s *Service) Rollback(ctx context.Context, dev, reason, version string) err
 	// The device's answer (rolled_back, or failed) is about a version the
 	// backend did not offer: statusScript admits it on this mark.
 	if err := s.rdb.HSet(ctx, s.keys.Device(dev), "fota_rollback_req", "1").Err(); err != nil {
-		return unavailable("rollback "+dev, err)
+		return backend.Unavailable("rollback "+dev, err)
 	}
 	if err := s.fleet.Send(ctx, dev, topics.KindRollback, body); err != nil {
 		return fmt.Errorf("rollback %s: %w", dev, err)

@@ -147,13 +147,13 @@ func (s *Service) Upload(ctx context.Context, u Upload) (Firmware, error) {
 		mProject, f.Project, mFailBoot, strconv.FormatBool(f.FailBoot), mSigned, signed,
 		mUploadedAt, now.UnixMilli(), mManifest, raw).Int()
 	if err != nil {
-		return Firmware{}, unavailable("upload "+u.Version, err)
+		return Firmware{}, backend.Unavailable("upload "+u.Version, err)
 	}
 	if ok == 0 {
 		return Firmware{}, backend.Errorf(backend.CodeConflict, "version", "firmware %s is already uploaded; versions are immutable", u.Version)
 	}
 	if err := s.rdb.ZAdd(ctx, s.fwIndex(), redis.Z{Score: float64(now.UnixMilli()), Member: u.Version}).Err(); err != nil {
-		return Firmware{}, unavailable("upload "+u.Version+": index", err)
+		return Firmware{}, backend.Unavailable("upload "+u.Version+": index", err)
 	}
 	s.log.Info().Str("version", f.Version).Int64("size", f.Size).Int("chunks", f.Chunks).Str("signed", signed).
 		Bool("fail_boot", f.FailBoot).Msg("firmware uploaded")
@@ -205,7 +205,7 @@ func (s *Service) Firmware(ctx context.Context, version string) (Firmware, error
 func (s *Service) FirmwareList(ctx context.Context) ([]Firmware, error) {
 	vs, err := s.rdb.ZRange(ctx, s.fwIndex(), 0, -1).Result()
 	if err != nil {
-		return nil, unavailable("list firmware", err)
+		return nil, backend.Unavailable("list firmware", err)
 	}
 	out := make([]Firmware, 0, len(vs))
 	for _, v := range vs {
@@ -234,7 +234,7 @@ func (s *Service) load(ctx context.Context, version string) (*firmware, error) {
 	}
 	h, err := s.rdb.HGetAll(ctx, s.fwMeta(version)).Result()
 	if err != nil {
-		return nil, unavailable("load firmware "+version, err)
+		return nil, backend.Unavailable("load firmware "+version, err)
 	}
 	if len(h) == 0 {
 		return nil, backend.Errorf(backend.CodeNotFound, "version", "no firmware %q", version)
@@ -271,7 +271,7 @@ func (s *Service) readChunks(ctx context.Context, f *firmware, idx []int) ([][]b
 		return nil
 	})
 	if err != nil {
-		return nil, unavailable("read chunks of "+f.Version, err)
+		return nil, backend.Unavailable("read chunks of "+f.Version, err)
 	}
 	out := make([][]byte, len(idx))
 	for i, c := range idx {

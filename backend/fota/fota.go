@@ -87,14 +87,14 @@ var _ Fleet = (*backend.Service)(nil)
 
 // Config holds a Service's dependencies. Redis, Fleet and Key are required.
 type Config struct {
-	Redis  redis.UniversalClient
-	Keys   store.Keys // zero value: store.DefaultPrefix
-	Fleet  Fleet
-	Key    ed25519.PrivateKey // firmware-signing key
-	Logger zerolog.Logger
-	Now    func() time.Time      // default time.Now
-	Random io.Reader             // rollout IDs and the lease token; default crypto/rand.Reader
-	Reg    prometheus.Registerer // default: a private registry
+	Redis      redis.UniversalClient
+	Keys       store.Keys // zero value: store.DefaultPrefix
+	Fleet      Fleet
+	Key        ed25519.PrivateKey // firmware-signing key
+	Logger     zerolog.Logger
+	Now        func() time.Time      // default time.Now
+	Random     io.Reader             // rollout IDs and the lease token; default crypto/rand.Reader
+	Registerer prometheus.Registerer // default: a private registry
 	// Replica names this replica in the lease; default lease.ReplicaID.
 	Replica string
 
@@ -169,8 +169,8 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Random == nil {
 		cfg.Random = rand.Reader
 	}
-	if cfg.Reg == nil {
-		cfg.Reg = prometheus.NewRegistry()
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
 	}
 	if cfg.UpdateTimeout <= 0 {
 		cfg.UpdateTimeout = DefaultUpdateTimeout
@@ -193,7 +193,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.ImageCacheBytes == 0 {
 		cfg.ImageCacheBytes = DefaultImageCacheBytes
 	}
-	m, err := newMetrics(cfg.Reg)
+	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("new fota: %w", err)
 	}
@@ -217,7 +217,7 @@ func New(cfg Config) (*Service, error) {
 	}
 	s.lease, err = lease.New(lease.Config{
 		Redis: cfg.Redis, Key: cfg.Keys.Global("lease:fota"), Replica: cfg.Replica, TTL: cfg.LeaseTTL,
-		Random: s.random, Now: cfg.Now, Logger: s.log,
+		Random: s.random, Logger: s.log, // real time, not cfg.Now: the lease's expiry is Redis's
 	})
 	if err != nil {
 		return nil, fmt.Errorf("new fota: %w", err)
@@ -236,12 +236,13 @@ func (s *Service) Attach() {
 	s.fleet.Handle(topics.KindBirth, s.HandleBirth)
 }
 
-// Run holds or waits for the lease and, while holding it, sweeps device
-// updates and advances rollouts every SweepInterval, until ctx is done.
-// Between sweeps the holder also advances rollouts when woken by an event
-// (an update of a rollout ended, a rollout was created or resumed), at
-// most once per eventGap, so that a batch does not wait for the next
-// sweep. It releases the lease on the way out. Run may be called once.
+// Run holds or waits for the lease (lease.Run) and, while holding it,
+// sweeps device updates and advances rollouts at once and then every
+// SweepInterval, until ctx is done. Between sweeps the holder also
+// advances rollouts when woken by an event (an update of a rollout ended,
+// a rollout was created or resumed), at most once per eventGap, so that a
+// batch does not wait for the next sweep. It releases the lease on the
+// way out. Run may be called once.
 func (s *Service) Run(ctx context.Context) error {
 	s.mu.Lock()
 	if s.running {
@@ -250,57 +251,33 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.running = true
 	s.mu.Unlock()
+	return lease.Run(ctx, s.lease, s.cfg.SweepInterval, s.whileHeld)
+}
 
+// whileHeld is Run's work under the lease; it returns when held ends.
+func (s *Service) whileHeld(held context.Context) error {
 	t := time.NewTicker(s.cfg.SweepInterval)
 	defer t.Stop()
-	held := false
-	var acquired time.Time // when the last successful Tick took or renewed the lease
-	defer func() {
-		// Release whether or not the last tick saw the lease: a tick cut
-		// short by ctx may have renewed it without saying so. Release
-		// deletes only this replica's own token.
-		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if _, err := s.lease.Release(rctx); err != nil {
-			s.log.Warn().Err(err).Msg("release fota lease")
-		}
-	}()
-	tick := func() {
-		// The lease runs from its acquisition at the start of Tick, not
-		// from the end of the sweep that follows it.
-		start := s.now()
-		ok, err := s.Tick(ctx)
-		if err != nil && ctx.Err() == nil {
+	for {
+		if err := errors.Join(s.sweepUpdates(held), s.advanceRollouts(held)); err != nil && held.Err() == nil {
 			s.log.Error().Err(err).Msg("fota sweep")
 		}
-		if ok {
-			acquired = start
-		}
-		if ok != held {
-			s.log.Info().Bool("held", ok).Str("token", s.lease.Token()).Msg("fota lease")
-			held = ok
-		}
-	}
-	tick()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			tick()
-		case <-s.wake:
-			if !held {
-				continue // the holder's sweep will see it
-			}
-			if s.now().Sub(acquired) > s.cfg.LeaseTTL/2 {
-				tick() // renew before acting on a lease that may be lapsing
-			} else if err := s.advanceRollouts(ctx); err != nil && ctx.Err() == nil {
-				s.log.Error().Err(err).Msg("fota advance")
-			}
-			select { // coalesce a burst of events into one advance per gap
-			case <-ctx.Done():
+	events:
+		for {
+			select {
+			case <-held.Done():
 				return nil
-			case <-time.After(eventGap):
+			case <-t.C:
+				break events
+			case <-s.wake:
+				if err := s.advanceRollouts(held); err != nil && held.Err() == nil {
+					s.log.Error().Err(err).Msg("fota advance")
+				}
+				select { // coalesce a burst of events into one advance per gap
+				case <-held.Done():
+					return nil
+				case <-time.After(eventGap):
+				}
 			}
 		}
 	}
@@ -319,7 +296,9 @@ func (s *Service) poke() {
 
 // Tick takes or renews the lease and, when this replica holds it, sweeps
 // active updates and advances every active rollout once. It reports
-// whether the lease is held. Run calls it; tests call it directly.
+// whether the lease is held. It is one step of Run's work, for tests and
+// tools that drive the service by hand; it does not keep the lease
+// renewed (Run does, through lease.Run).
 func (s *Service) Tick(ctx context.Context) (bool, error) {
 	ok, err := s.lease.Acquire(ctx) // renews when already ours
 	if err != nil || !ok {
@@ -337,13 +316,6 @@ func (s *Service) randomHex(n int) (string, error) {
 		return "", fmt.Errorf("read random: %w", err)
 	}
 	return hex.EncodeToString(b), nil
-}
-
-func unavailable(op string, err error) error {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("%s: %w", op, err)
-	}
-	return &backend.Error{Code: backend.CodeUnavailable, Message: "storage unavailable", Err: fmt.Errorf("%s: %w", op, err)}
 }
 
 // Results of ecowatt_fota_updates_total and ecowatt_rollouts_total.

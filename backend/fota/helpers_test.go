@@ -65,7 +65,7 @@ func newHarness(t *testing.T) *harness {
 func (h *harness) newService() *Service {
 	h.t.Helper()
 	cfg := h.cfg
-	cfg.Reg = prometheus.NewRegistry()
+	cfg.Registerer = prometheus.NewRegistry()
 	s, err := New(cfg)
 	if err != nil {
 		h.t.Fatal(err)

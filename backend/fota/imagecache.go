@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ecowatt/ecowatt/backend"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
@@ -121,7 +122,7 @@ func (s *Service) chunks(ctx context.Context, f *firmware, idx []int) ([][]byte,
 			return nil, fmt.Errorf("read image of %s: not stored", f.Version)
 		}
 		if err != nil {
-			return nil, unavailable("read image of "+f.Version, err)
+			return nil, backend.Unavailable("read image of "+f.Version, err)
 		}
 		return b, nil
 	})

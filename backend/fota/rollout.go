@@ -204,7 +204,7 @@ func (s *Service) CreateRollout(ctx context.Context, spec RolloutSpec) (Rollout,
 		return nil
 	})
 	if err != nil {
-		return Rollout{}, unavailable("create rollout", err)
+		return Rollout{}, backend.Unavailable("create rollout", err)
 	}
 	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.ZAdd(ctx, s.roIndex(), redis.Z{Score: float64(now.UnixMilli()), Member: rid})
@@ -212,7 +212,7 @@ func (s *Service) CreateRollout(ctx context.Context, spec RolloutSpec) (Rollout,
 		return nil
 	})
 	if err != nil {
-		return Rollout{}, unavailable("create rollout: index", err)
+		return Rollout{}, backend.Unavailable("create rollout: index", err)
 	}
 	s.log.Info().Str("rollout", rid).Str("version", spec.Version).Int("devices", len(ids)).Int("canary", canary).
 		Int("batch_size", size).Float64("max_failure_percent", pct).Msg("rollout created")
@@ -258,7 +258,7 @@ func (s *Service) selectDevices(ctx context.Context, sel Selector) ([]string, er
 		return nil
 	})
 	if err != nil {
-		return nil, unavailable("create rollout: devices", err)
+		return nil, backend.Unavailable("create rollout: devices", err)
 	}
 	var unknown, busy []string
 	for i, c := range active {
@@ -308,7 +308,7 @@ func (s *Service) loadRollout(ctx context.Context, rid string) (*rolloutState, e
 		return nil
 	})
 	if err != nil {
-		return nil, unavailable("load rollout "+rid, err)
+		return nil, backend.Unavailable("load rollout "+rid, err)
 	}
 	m := h.Val()
 	if len(m) == 0 {
@@ -382,7 +382,7 @@ func (s *Service) Rollout(ctx context.Context, rid string) (Rollout, error) {
 		return nil
 	})
 	if err != nil {
-		return Rollout{}, unavailable("rollout "+rid, err)
+		return Rollout{}, backend.Unavailable("rollout "+rid, err)
 	}
 	starts := batchLayout(r.Total, r.Canary, r.BatchSize)
 	out.DeviceStates = map[string]int{}
@@ -433,7 +433,7 @@ func (s *Service) Rollout(ctx context.Context, rid string) (Rollout, error) {
 func (s *Service) Rollouts(ctx context.Context) ([]Rollout, error) {
 	ids, err := s.rdb.ZRevRange(ctx, s.roIndex(), 0, -1).Result()
 	if err != nil {
-		return nil, unavailable("list rollouts", err)
+		return nil, backend.Unavailable("list rollouts", err)
 	}
 	out := make([]Rollout, 0, len(ids))
 	for _, rid := range ids {
@@ -478,7 +478,7 @@ func (s *Service) setState(ctx context.Context, rid, to, reason string, from ...
 	}
 	n, err := setStateScript.Run(ctx, s.rdb, []string{s.roKey(rid)}, args...).Int()
 	if err != nil {
-		return false, unavailable("rollout "+rid+": "+to, err)
+		return false, backend.Unavailable("rollout "+rid+": "+to, err)
 	}
 	if n == 0 {
 		return false, backend.Errorf(backend.CodeNotFound, "rid", "no rollout %q", rid)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"flag"
-	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,11 +29,7 @@ func (c *commandConfig) register(fs *flag.FlagSet) {
 }
 
 // newCommands builds the command service on svc and attaches its handlers.
-func newCommands(c commandConfig, rdb redis.UniversalClient, prefix, replica string, svc *backend.Service, log zerolog.Logger, reg prometheus.Registerer) (*commandsvc.Service, error) {
-	keys, err := store.NewKeys(prefix)
-	if err != nil {
-		return nil, fmt.Errorf("commands: %w", err)
-	}
+func newCommands(c commandConfig, rdb redis.UniversalClient, keys store.Keys, replica string, svc *backend.Service, log zerolog.Logger, reg prometheus.Registerer) (*commandsvc.Service, error) {
 	cmds, err := commandsvc.New(commandsvc.Config{
 		Redis: rdb, Keys: keys, Fleet: svc, Registerer: reg,
 		Logger:        log,

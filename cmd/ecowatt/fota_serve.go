@@ -38,7 +38,7 @@ func (c *fotaConfig) register(fs *flag.FlagSet) {
 
 // newFOTA loads (or on first start creates) the firmware-signing key in
 // dataDir and builds the FOTA service on svc with its handlers attached.
-func newFOTA(c fotaConfig, dataDir string, rdb redis.UniversalClient, prefix, replica string, svc *backend.Service, log zerolog.Logger, reg prometheus.Registerer) (*fota.Service, error) {
+func newFOTA(c fotaConfig, dataDir string, rdb redis.UniversalClient, keys store.Keys, replica string, svc *backend.Service, log zerolog.Logger, reg prometheus.Registerer) (*fota.Service, error) {
 	if c.chunkSize < wire.MinChunkSize || c.chunkSize > wire.MaxChunkSize {
 		return nil, usageError{fmt.Sprintf("--chunk-size %d: want %d-%d bytes", c.chunkSize, wire.MinChunkSize, wire.MaxChunkSize)}
 	}
@@ -57,12 +57,8 @@ func newFOTA(c fotaConfig, dataDir string, rdb redis.UniversalClient, prefix, re
 		log.Warn().Str("private", filepath.Join(dataDir, wire.PrivateKeyFile)).Str("public", filepath.Join(dataDir, wire.PublicKeyFile)).
 			Msg("generated a firmware-signing key pair; give devices the public key (ecowatt fota pubkey) and back up the private key")
 	}
-	keys, err := store.NewKeys(prefix)
-	if err != nil {
-		return nil, fmt.Errorf("fota: %w", err)
-	}
 	f, err := fota.New(fota.Config{
-		Redis: rdb, Keys: keys, Fleet: svc, Key: key, Reg: reg, Replica: replica,
+		Redis: rdb, Keys: keys, Fleet: svc, Key: key, Registerer: reg, Replica: replica,
 		Logger:    log,
 		ChunkSize: c.chunkSize, UpdateTimeout: c.updateTimeout, ManifestResend: c.manifestResend,
 		SweepInterval: c.sweep, LeaseTTL: c.leaseTTL, ImageCacheBytes: imageCache,

@@ -136,6 +136,9 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	if err != nil {
 		return err
 	}
+	if _, err := store.NewKeys(c.redisPrefix); err != nil {
+		return usageError{fmt.Sprintf("--redis-prefix: %v", err)}
+	}
 	rdb, closeRedis, err := store.Open(ctx, c.redisURL, log)
 	if err != nil {
 		return err
@@ -167,8 +170,11 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	if err != nil {
 		return err
 	}
+	keys := svc.Keys() // one key builder for every service
 	cfgSvc, err := config.New(config.Config{
-		Backend:       svc,
+		Redis:         rdb,
+		Keys:          keys,
+		Fleet:         svc,
 		Logger:        log,
 		Registerer:    reg,
 		SweepInterval: c.configSweep,
@@ -178,10 +184,7 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	if err != nil {
 		return err
 	}
-	keys, err := store.NewKeys(c.redisPrefix)
-	if err != nil {
-		return usageError{fmt.Sprintf("--redis-prefix: %v", err)}
-	}
+	cfgSvc.Attach()
 	tm, err := telemetry.New(telemetry.Config{
 		Redis:      rdb,
 		Keys:       keys,
@@ -193,11 +196,11 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		return err
 	}
 	svc.Handle(topics.KindTelemetry, tm.Ingest)
-	cmds, err := newCommands(c.cmd, rdb, c.redisPrefix, replica, svc, log, reg)
+	cmds, err := newCommands(c.cmd, rdb, keys, replica, svc, log, reg)
 	if err != nil {
 		return err
 	}
-	fw, err := newFOTA(c.fota, c.dataDir, rdb, c.redisPrefix, replica, svc, log, reg)
+	fw, err := newFOTA(c.fota, c.dataDir, rdb, keys, replica, svc, log, reg)
 	if err != nil {
 		return err
 	}

@@ -2,14 +2,13 @@ package commands
 
 import (
 	"context"
-	"errors"
+	"github.com/ecowatt/ecowatt/backend"
 	"hash/fnv"
 	"sync"
 	"time"
 
 	"github.com/ecowatt/ecowatt/backend/lease"
 	"github.com/redis/go-redis/v9"
-	"github.com/rs/zerolog"
 )
 
 // wakeKey is the hash of devices the delivery lease holder must look at:
@@ -36,7 +35,7 @@ func (s *Service) kick(ctx context.Context, dev string, all bool) {
 		err = s.rdb.HSetNX(ctx, s.wakeKey(), dev, "0").Err()
 	}
 	if err != nil {
-		s.log.Warn().Err(err).Str("device", dev).Msg("wake deliverer: the sweep will find the device")
+		s.log.Warn().Err(err).Str("device", dev).Msg("wake sender: the sweep will find the device")
 		return
 	}
 	select {
@@ -75,7 +74,7 @@ func (s *Service) takeWoken(ctx context.Context) (map[string]bool, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, unavailable("woken devices", err)
+		return nil, backend.Unavailable("woken devices", err)
 	}
 	out := make(map[string]bool, len(get.Val()))
 	for dev, v := range get.Val() {
@@ -84,15 +83,15 @@ func (s *Service) takeWoken(ctx context.Context) (map[string]bool, error) {
 	return out, nil
 }
 
-// deliverLoop sends commands while this replica holds the delivery lease:
+// sendLoop sends commands while this replica holds the delivery lease:
 // only the lease holder sends, through DeliveryWorkers shards, each a
 // goroutine that delivers to its devices one after the other; a device
 // always maps to the same shard, so its commands leave in queue order,
 // while different devices go out in parallel. Devices woken on this
 // replica reach their shard at once (kick); those other replicas woke
 // are read from cmdwake every DeliveryTick.
-func (s *Service) deliverLoop(ctx context.Context) {
-	underLease(ctx, s.delivery, "command-delivery", s.cfg.DeliveryTick, s.log, func(held context.Context) {
+func (s *Service) sendLoop(ctx context.Context) {
+	lease.Run(ctx, s.delivery, s.cfg.DeliveryTick, func(held context.Context) error {
 		sh := newShards(s.cfg.DeliveryWorkers)
 		// Every unfinished command goes again before anything newer: the
 		// takeover's devices are in their shards before kicks can add more.
@@ -106,16 +105,16 @@ func (s *Service) deliverLoop(ctx context.Context) {
 			}
 		}()
 		for _, one := range sh {
-			wg.Go(func() { s.work(held, one) })
+			wg.Go(func() { s.sendShard(held, one) })
 		}
 		s.setShards(sh)
 		t := time.NewTicker(s.cfg.DeliveryTick)
 		defer t.Stop()
 		for {
-			s.deliverWoken(held, sh)
+			s.shardWoken(held, sh)
 			select {
 			case <-held.Done():
-				return
+				return nil
 			case <-s.wake:
 			case <-t.C:
 			}
@@ -123,10 +122,10 @@ func (s *Service) deliverLoop(ctx context.Context) {
 	})
 }
 
-// work delivers to the devices of one shard until ctx is done; a device
-// cut short goes back to the shard, which deliverLoop hands back to
+// sendShard sends to the devices of one shard until ctx is done; a device
+// cut short goes back to the shard, which sendLoop hands back to
 // cmdwake.
-func (s *Service) work(ctx context.Context, sh *shard) {
+func (s *Service) sendShard(ctx context.Context, sh *shard) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -138,7 +137,7 @@ func (s *Service) work(ctx context.Context, sh *shard) {
 			if !ok {
 				break
 			}
-			err := s.deliver(ctx, dev, all)
+			err := s.sendDevice(ctx, dev, all)
 			if ctx.Err() != nil {
 				sh.add(dev, all)
 				return
@@ -167,15 +166,15 @@ func (s *Service) takeOver(ctx context.Context, sh shards) {
 		n++
 	}
 	if err := it.Err(); err != nil && ctx.Err() == nil {
-		s.log.Error().Err(unavailable("command takeover", err)).Msg("command delivery")
+		s.log.Error().Err(backend.Unavailable("command takeover", err)).Msg("command delivery")
 	}
 	if n > 0 {
 		s.log.Info().Int("devices", n).Msg("delivery taken over: unfinished commands are sent again")
 	}
 }
 
-// deliverWoken hands the devices other replicas woke to their shards.
-func (s *Service) deliverWoken(ctx context.Context, sh shards) {
+// shardWoken hands the devices other replicas woke to their shards.
+func (s *Service) shardWoken(ctx context.Context, sh shards) {
 	woken, err := s.takeWoken(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -279,48 +278,5 @@ func (sh *shard) next() (dev string, all, ok bool) {
 // a restarted backend picks up where the last one stopped) and then every
 // SweepInterval.
 func (s *Service) sweepLoop(ctx context.Context) {
-	underLease(ctx, s.sweeper, "command-sweep", s.cfg.SweepInterval, s.log, func(held context.Context) {
-		t := time.NewTicker(s.cfg.SweepInterval)
-		defer t.Stop()
-		for {
-			if err := s.sweep(held); err != nil && held.Err() == nil {
-				s.log.Error().Err(err).Msg("command sweep")
-			}
-			select {
-			case <-held.Done():
-				return
-			case <-t.C:
-			}
-		}
-	})
-}
-
-// underLease runs work while this replica holds l, trying to take l at
-// once and then every retry while another replica holds it. work must
-// return when its context (cancelled when the lease is lost or ctx ends)
-// is done. underLease releases the lease and returns when ctx is done.
-func underLease(ctx context.Context, l *lease.Lease, name string, retry time.Duration, log zerolog.Logger, work func(held context.Context)) {
-	log = log.With().Str("lease", name).Str("token", l.Token()).Logger()
-	t := time.NewTicker(retry)
-	defer t.Stop()
-	for {
-		held, release, err := l.Hold(ctx)
-		switch {
-		case err == nil:
-			log.Info().Msg("lease taken: this replica does the work")
-			work(held)
-			release()
-			if ctx.Err() == nil {
-				log.Warn().Msg("lease lost: another replica does the work")
-			}
-		case errors.Is(err, lease.ErrHeld):
-		case ctx.Err() == nil:
-			log.Warn().Err(err).Msg("take lease")
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	lease.Run(ctx, s.sweeper, s.cfg.SweepInterval, s.sweep)
 }

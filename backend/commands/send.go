@@ -3,6 +3,7 @@ package commands
 import (
 	"context"
 	"fmt"
+	"github.com/ecowatt/ecowatt/backend"
 	"time"
 
 	"github.com/ecowatt/ecowatt/topics"
@@ -12,13 +13,13 @@ import (
 // maxBatch bounds how many of one device's commands one pass looks at.
 const maxBatch = 1000
 
-// deliver sends dev's queued commands in order when it is online, expires
+// sendDevice sends dev's queued commands in order when it is online, expires
 // those past their TTL, re-sends sent ones that got no receipt within
 // ResendAfter and delivered ones without a result for ResultResend, and
 // with all re-sends every unfinished one. Only the delivery lease holder
-// calls it, and only from dev's delivery shard (deliverLoop), so that
+// calls it, and only from dev's delivery shard (sendLoop), so that
 // commands leave in order.
-func (s *Service) deliver(ctx context.Context, dev string, all bool) error {
+func (s *Service) sendDevice(ctx context.Context, dev string, all bool) error {
 	cids, err := s.activeIDs(ctx, dev)
 	if err != nil || len(cids) == 0 { // nothing to do: spare the device lookup
 		return err
@@ -79,7 +80,7 @@ func (s *Service) send(ctx context.Context, c Command, from string) error {
 func (s *Service) resendDelivered(ctx context.Context, c Command) error {
 	ok, err := resendScript.Run(ctx, s.rdb, []string{s.cmdKey(c.Device, c.ID)}, StateDelivered, s.now().UnixMilli()).Int()
 	if err != nil {
-		return unavailable("resend "+c.ID, err)
+		return backend.Unavailable("resend "+c.ID, err)
 	}
 	if ok == 0 {
 		return nil // finished meanwhile
@@ -139,7 +140,7 @@ func (s *Service) active(ctx context.Context, dev string) ([]Command, error) {
 func (s *Service) activeIDs(ctx context.Context, dev string) ([]string, error) {
 	cids, err := s.rdb.ZRange(ctx, s.devKeys(dev).active, 0, maxBatch-1).Result()
 	if err != nil {
-		return nil, unavailable("active commands of "+dev, err)
+		return nil, backend.Unavailable("active commands of "+dev, err)
 	}
 	return cids, nil
 }
@@ -171,13 +172,13 @@ func (s *Service) sweep(ctx context.Context) error {
 		}
 	}
 	if err := it.Err(); err != nil {
-		return unavailable("command sweep", err)
+		return backend.Unavailable("command sweep", err)
 	}
 	return nil
 }
 
 // sweepDevice expires and times out dev's commands and hands the device
-// to the deliverer (through cmdwake, as the delivery lease may be another
+// to the sender (through cmdwake, as the delivery lease may be another
 // replica's) when something is waiting to go out.
 func (s *Service) sweepDevice(ctx context.Context, dev string) error {
 	cmds, err := s.active(ctx, dev)
@@ -224,11 +225,11 @@ func (s *Service) sweepDevice(ctx context.Context, dev string) error {
 // checks again after removing: a command queued in between puts it back.
 func (s *Service) forgetIfIdle(ctx context.Context, dev string) error {
 	if err := s.rdb.ZRem(ctx, s.activeDevices(), dev).Err(); err != nil {
-		return unavailable("command index", err)
+		return backend.Unavailable("command index", err)
 	}
 	n, err := s.rdb.ZCard(ctx, s.devKeys(dev).active).Result()
 	if err != nil {
-		return unavailable("command index", err)
+		return backend.Unavailable("command index", err)
 	}
 	if n > 0 {
 		return s.rdb.ZAdd(ctx, s.activeDevices(), redis.Z{Member: dev}).Err()
