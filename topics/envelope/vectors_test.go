@@ -94,13 +94,13 @@ type pwVector struct {
 }
 
 type openVector struct {
-	Name     string `json:"name"`
-	Form     string `json:"form"` // "json" or "binary"
-	PSK      string `json:"psk"`
-	Topic    string `json:"topic"`
+	Name     string  `json:"name"`
+	Form     string  `json:"form"` // "json" or "binary"
+	PSK      string  `json:"psk"`
+	Topic    string  `json:"topic"`
 	Input    *string `json:"input,omitempty"`     // the received bytes as text (JSON form, valid UTF-8); "" is empty input
 	InputHex *string `json:"input_hex,omitempty"` // the received bytes in hex (binary form, or not UTF-8); exactly one of the two
-	Result   string `json:"result"`              // ok or a Reason: malformed, oversized, bad_mac, decrypt_failed
+	Result   string  `json:"result"`              // ok or a Reason: malformed, oversized, bad_mac, decrypt_failed
 }
 
 type passVector struct {
