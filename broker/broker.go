@@ -146,6 +146,7 @@ type Server struct {
 	idents    map[net.Conn]*identity
 	nextSubID int
 	tcp, tls  net.Listener // set by Start (or from Config)
+	ws        *wsListener  // set by Start when Config.WSAddr is set
 	started   bool
 
 	noBackpressure bool // tests only, set before clients connect: mochi's bare behaviour
@@ -242,8 +243,12 @@ func (s *Server) Start() error {
 		return fmt.Errorf("broker: serve: %w", err)
 	}
 	s.listening.Store(true)
+	var ws net.Listener
+	if s.ws != nil {
+		ws = s.ws
+	}
 	s.log.Info().Stringer("mqtt", addrOf(s.tcp)).Stringer("mqtts", addrOf(s.tls)).
-		Str("ws", s.cfg.WSAddr).Msg("broker listening")
+		Stringer("ws", addrOf(ws)).Msg("broker listening")
 	return nil
 }
 
@@ -294,7 +299,13 @@ func (s *Server) openListeners() error {
 		}
 	}
 	if s.cfg.WSAddr != "" {
-		if err := add(listeners.NewWebsocket(listeners.Config{ID: "ws", Address: s.cfg.WSAddr})); err != nil {
+		ln, err := net.Listen("tcp", s.cfg.WSAddr)
+		if err != nil {
+			return fmt.Errorf("broker: listen ws %s: %w", s.cfg.WSAddr, err)
+		}
+		s.ws = newWSListener(ln)
+		if err := add(listeners.NewNet("ws", s.ws)); err != nil {
+			_ = s.ws.Close()
 			return err
 		}
 	}
@@ -320,6 +331,17 @@ func (s *Server) TLSAddr() net.Addr {
 		return nil
 	}
 	return s.tls.Addr()
+}
+
+// WSAddr is the WebSocket listener's address, nil without one or before
+// Start.
+func (s *Server) WSAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ws == nil {
+		return nil
+	}
+	return s.ws.Addr()
 }
 
 // Listening reports whether the broker is serving (for /readyz).

@@ -159,6 +159,9 @@ func (m *messaging) addrs() map[string]string {
 	if t := m.brk.TLSAddr(); t != nil {
 		a["mqtts"] = t.String()
 	}
+	if w := m.brk.WSAddr(); w != nil {
+		a["ws"] = w.String()
+	}
 	return a
 }
 
