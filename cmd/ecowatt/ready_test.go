@@ -17,9 +17,9 @@ func TestReadyFileWebSocket(t *testing.T) {
 	if ws == "" || ws == "127.0.0.1:0" {
 		t.Fatalf("ready file %v: want the bound ws address", s.Addrs)
 	}
-	c := paho.NewClient(paho.NewClientOptions().AddBroker("ws://"+ws).
+	c := paho.NewClient(paho.NewClientOptions().AddBroker("ws://" + ws).
 		SetClientID("watcher").SetUsername("watcher").SetPassword("watcher-pw").
-		SetAutoReconnect(false).SetConnectTimeout(5*time.Second))
+		SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
 	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("connect over ws://%s: %v", ws, tok.Error())
 	}
