@@ -71,6 +71,9 @@ type Rejection struct {
 	Username, ClientID string
 	Reason             string // one of the Reason* constants
 	Detail             string // human-readable, e.g. the topic
+	// Operator is set when Username is a known operator account, not a
+	// device: its events must not land in the device namespace.
+	Operator bool
 }
 
 // Message is a message delivered to an in-process subscriber.
@@ -434,6 +437,12 @@ func (s *Server) reject(r Rejection) {
 	if s.cfg.OnReject != nil {
 		s.cfg.OnReject(r)
 	}
+}
+
+// isOperator reports whether cl is logged in as an operator.
+func (s *Server) isOperator(cl *mqtt.Client) bool {
+	id := s.identityOf(cl)
+	return id != nil && !id.device
 }
 
 func (s *Server) setIdentity(c net.Conn, id *identity) {

@@ -71,7 +71,13 @@ type messaging struct {
 // newMessaging builds the broker side. svc is filled in later (the
 // backend needs the bus first); the callbacks only run after serving.
 func newMessaging(ctx context.Context, c serveConfig, replica string, svc **backend.Service, log zerolog.Logger, reg prometheus.Registerer) (*messaging, error) {
-	onReject := func(r broker.Rejection) { (*svc).SecurityEvent(context.Background(), r.Username, r.Reason, r.Detail) }
+	onReject := func(r broker.Rejection) {
+		if r.Operator { // an operator's name may equal a device's ID: keep the namespaces apart
+			(*svc).OperatorSecurityEvent(context.Background(), r.Username, r.Reason, r.Detail)
+			return
+		}
+		(*svc).SecurityEvent(context.Background(), r.Username, r.Reason, r.Detail)
+	}
 	if c.scale.brokerURL == "" {
 		brk, err := broker.New(broker.Config{
 			MQTTAddr:   c.mqttAddr,
