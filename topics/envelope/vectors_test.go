@@ -201,6 +201,7 @@ func generateVectors(t testing.TB) vectorFile {
 		{"encrypted command", "ecowatt/v1/dev/inv-0001/down/command", testPSK, 4, testMs + 3000, bodyCommand, testIV},
 		{"encrypted escapes and unicode", "ecowatt/v1/dev/Site_7-B/up/command_result", otherPSK, 9, testMs, bodyResult, otherIV},
 		{"encrypted empty body", testTopic, testPSK, 5, testMs, "", testIV},
+		{"encrypted config downlink", "ecowatt/v1/dev/inv-0001/down/config", testPSK, 1767225604123000, testMs + 4000, bodyConfig, otherIV},
 	} {
 		k := keysFor(t, v.psk)
 		encrypt := v.iv != nil
