@@ -25,6 +25,12 @@ type rawClient struct {
 
 func dialRaw(t *testing.T, tb *testBroker, v5 bool, clientID, user, password string) (*rawClient, byte) {
 	t.Helper()
+	return dialRawWill(t, tb, v5, clientID, user, password, "", false)
+}
+
+// dialRawWill is dialRaw with a will on willTopic (none when empty).
+func dialRawWill(t *testing.T, tb *testBroker, v5 bool, clientID, user, password, willTopic string, willRetain bool) (*rawClient, byte) {
+	t.Helper()
 	c, err := net.Dial("tcp", tb.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -37,7 +43,8 @@ func dialRaw(t *testing.T, tb *testBroker, v5 bool, clientID, user, password str
 	}
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: ver,
 		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: clientID,
-			UsernameFlag: true, Username: []byte(user), PasswordFlag: password != "", Password: []byte(password)}}
+			UsernameFlag: true, Username: []byte(user), PasswordFlag: password != "", Password: []byte(password),
+			WillFlag: willTopic != "", WillTopic: willTopic, WillPayload: []byte(`{"online":false}`), WillQos: 1, WillRetain: willRetain}}
 	var buf bytes.Buffer
 	if err := pk.ConnectEncode(&buf); err != nil {
 		t.Fatal(err)
@@ -146,6 +153,28 @@ func TestWireBehaviour(t *testing.T) {
 			t.Run(tc.name, func(t *testing.T) {
 				if _, code := dialRaw(t, tb, tc.v5, tc.id, "d1", tb.auth.token("d1")); code != tc.code {
 					t.Fatalf("CONNACK code 0x%02x, want 0x%02x", code, tc.code)
+				}
+			})
+		}
+	})
+	t.Run("CONNACK codes", func(t *testing.T) {
+		birth := topics.DeviceUp("d1", topics.KindBirth)
+		for _, tc := range []struct {
+			name, password, will string
+			retain               bool
+			v3, v5               byte
+		}{
+			{"wrong password", "v1.1.00", "", false, 0x05, 0x86},
+			{"will on its birth topic", tb.auth.token("d1"), birth, false, 0x00, 0x00},
+			{"will on another topic", tb.auth.token("d1"), own, false, 0x05, 0x87},
+			{"retained will", tb.auth.token("d1"), birth, true, 0x05, 0x87},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				if _, code := dialRawWill(t, tb, false, "d1", "d1", tc.password, tc.will, tc.retain); code != tc.v3 {
+					t.Errorf("v3 CONNACK 0x%02x, want 0x%02x", code, tc.v3)
+				}
+				if _, code := dialRawWill(t, tb, true, "d1", "d1", tc.password, tc.will, tc.retain); code != tc.v5 {
+					t.Errorf("v5 CONNACK 0x%02x, want 0x%02x", code, tc.v5)
 				}
 			})
 		}
