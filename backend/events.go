@@ -12,13 +12,16 @@ import (
 )
 
 // Event is one audit event, as stored, published on
-// ecowatt/v1/events/{device}/{kind} and streamed to SubscribeEvents.
+// ecowatt/v1/events/{device}/{kind} (or, about an operator account,
+// ecowatt/v1/events/operators/{name}/security) and streamed to
+// SubscribeEvents. Exactly one of Device and Operator is set.
 type Event struct {
-	ID     string          `json:"id,omitempty"` // audit stream entry; empty when the device is unknown
-	Device string          `json:"device"`
-	Kind   string          `json:"kind"` // topics.Event*
-	At     time.Time       `json:"at"`
-	Data   json.RawMessage `json:"data,omitempty"`
+	ID       string          `json:"id,omitempty"` // audit stream entry; empty when the device is unknown
+	Device   string          `json:"device,omitempty"`
+	Operator string          `json:"operator,omitempty"`
+	Kind     string          `json:"kind"` // topics.Event*
+	At       time.Time       `json:"at"`
+	Data     json.RawMessage `json:"data,omitempty"`
 }
 
 // auditScript appends to a device's audit stream only when the device
@@ -116,6 +119,36 @@ func (s *Service) securityRecord(ctx context.Context, dev, reason, detail string
 	}
 	if err := s.Emit(ctx, dev, topics.EventSecurity, data); err != nil {
 		s.log.Error().Err(err).Str("device", dev).Msg("emit security event")
+	}
+}
+
+// OperatorSecurityEvent records a refused login or publish of a known
+// operator account: counted like SecurityEvent, appended to the fleet-wide
+// security stream with an "operator" field, and published on
+// topics.OperatorEvent(name, security), never in the device namespace (an
+// operator may share its name with a device).
+func (s *Service) OperatorSecurityEvent(ctx context.Context, name, reason, detail string) {
+	s.m.rejections.WithLabelValues(reason).Inc()
+	s.log.Warn().Str("operator", name).Str("reason", reason).Str("detail", detail).Msg("security rejection")
+	now := s.now().UTC()
+	err := s.rdb.XAdd(ctx, &redis.XAddArgs{
+		Stream: s.keys.Security(),
+		MaxLen: s.cfg.SecurityMaxLen,
+		Approx: true,
+		Values: []any{"operator", name, "reason", reason, "detail", detail, "at", now.UnixMilli()},
+	}).Err()
+	if err != nil {
+		s.log.Error().Err(err).Msg("security stream append")
+	}
+	raw, _ := json.Marshal(map[string]string{"reason": reason, "detail": detail})
+	ev := Event{Operator: name, Kind: topics.EventSecurity, At: now, Data: raw}
+	s.hub.publish(ev)
+	if topics.ValidateID(name) != nil {
+		return // no topic can carry it
+	}
+	b, _ := json.Marshal(ev)
+	if err := s.bus.Publish(ctx, topics.OperatorEvent(name, topics.EventSecurity), b, 1); err != nil {
+		s.log.Error().Err(err).Str("operator", name).Msg("emit operator security event")
 	}
 }
 

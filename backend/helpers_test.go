@@ -26,17 +26,22 @@ type harness struct {
 	ctx    context.Context
 }
 
-// newHarness runs a Service against the test Redis and a real broker.
-func newHarness(t *testing.T) *harness {
+// newHarness runs a Service against the test Redis and a real broker;
+// mods adjust its Config.
+func newHarness(t *testing.T, mods ...func(*Config)) *harness {
 	t.Helper()
 	rdb, prefix := redistest.Client(t)
 	var err error
 	h := &harness{t: t, bus: backendtest.Bus[Message](t), rdb: rdb, prefix: prefix, reg: prometheus.NewRegistry(), ctx: context.Background()}
-	h.s, err = New(Config{
+	cfg := Config{
 		Redis: rdb, Prefix: prefix, Vault: backendtest.Vault(t), Bus: h.bus,
 		Logger:     zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
 		Registerer: h.reg, BcryptCost: bcrypt.MinCost, Workers: 3, QueueSize: 4,
-	})
+	}
+	for _, m := range mods {
+		m(&cfg)
+	}
+	h.s, err = New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

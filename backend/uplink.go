@@ -337,9 +337,9 @@ return 1
 
 // handleBirth records presence from an authenticated birth message.
 func (s *Service) handleBirth(ctx context.Context, dev string, m envelope.Message) error {
-	var b topics.Birth
-	if err := json.Unmarshal(m.Body, &b); err != nil {
-		return &Error{Code: CodeInvalid, Message: "birth body is not valid JSON", Err: err}
+	b, err := topics.ParseBirth(m.Body) // strict: PROTOCOL.md section 9.1
+	if err != nil {
+		return &Error{Code: CodeInvalid, Message: "invalid birth", Err: err}
 	}
 	if !b.Online {
 		return s.setOffline(ctx, dev, "birth")

@@ -74,8 +74,10 @@ type Rejection struct {
 	Username, ClientID string
 	Reason             string // one of the Reason* constants
 	Detail             string // human-readable, e.g. the topic
-
-	operator bool // an operator's wrong password (counts against the name)
+	// Operator is set when Username is a known operator account, not a
+	// device: its events must not land in the device namespace.
+	Operator     bool
+	throttleName bool // an operator's wrong password: counts against the name in the login throttle
 }
 
 // Message is a message delivered to an in-process subscriber.
@@ -161,6 +163,7 @@ type Server struct {
 	idents    map[net.Conn]*identity
 	nextSubID int
 	tcp, tls  net.Listener // set by Start (or from Config)
+	ws        *wsListener  // set by Start when Config.WSAddr is set
 	started   bool
 
 	noBackpressure bool // tests only, set before clients connect: mochi's bare behaviour
@@ -272,8 +275,12 @@ func (s *Server) Start() error {
 		return fmt.Errorf("broker: serve: %w", err)
 	}
 	s.listening.Store(true)
+	var ws net.Listener
+	if s.ws != nil {
+		ws = s.ws
+	}
 	s.log.Info().Stringer("mqtt", addrOf(s.tcp)).Stringer("mqtts", addrOf(s.tls)).
-		Str("ws", s.cfg.WSAddr).Msg("broker listening")
+		Stringer("ws", addrOf(ws)).Msg("broker listening")
 	return nil
 }
 
@@ -324,7 +331,13 @@ func (s *Server) openListeners() error {
 		}
 	}
 	if s.cfg.WSAddr != "" {
-		if err := add(listeners.NewWebsocket(listeners.Config{ID: "ws", Address: s.cfg.WSAddr})); err != nil {
+		ln, err := net.Listen("tcp", s.cfg.WSAddr)
+		if err != nil {
+			return fmt.Errorf("broker: listen ws %s: %w", s.cfg.WSAddr, err)
+		}
+		s.ws = newWSListener(ln)
+		if err := add(listeners.NewNet("ws", s.ws)); err != nil {
+			_ = s.ws.Close()
 			return err
 		}
 	}
@@ -350,6 +363,17 @@ func (s *Server) TLSAddr() net.Addr {
 		return nil
 	}
 	return s.tls.Addr()
+}
+
+// WSAddr is the WebSocket listener's address, nil without one or before
+// Start.
+func (s *Server) WSAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ws == nil {
+		return nil
+	}
+	return s.ws.Addr()
 }
 
 // Listening reports whether the broker is serving (for /readyz).
@@ -442,6 +466,12 @@ func (s *Server) reject(r Rejection) {
 	if s.cfg.OnReject != nil {
 		s.cfg.OnReject(r)
 	}
+}
+
+// isOperator reports whether cl is logged in as an operator.
+func (s *Server) isOperator(cl *mqtt.Client) bool {
+	id := s.identityOf(cl)
+	return id != nil && !id.device
 }
 
 func (s *Server) setIdentity(c net.Conn, id *identity) {

@@ -175,7 +175,7 @@ func (s *Server) admit(cl *mqtt.Client, id *identity) {
 
 // dropSlow disconnects a subscriber that stopped reading.
 func (s *Server) dropSlow(cl *mqtt.Client, timeout time.Duration) {
-	s.reject(Rejection{Username: string(cl.Properties.Username), ClientID: cl.ID,
+	s.reject(Rejection{Username: string(cl.Properties.Username), ClientID: cl.ID, Operator: s.isOperator(cl),
 		Reason: ReasonSlowConsumer, Detail: "queue made no progress in " + timeout.String()})
 	cl.Stop(errSlowConsumer)
 }

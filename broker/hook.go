@@ -50,7 +50,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	id, rej, code := s.authenticate(cl, pk)
 	if rej == nil && cl.Properties.Will.Flag != 0 &&
 		!allowWill(id, cl.Properties.Will.TopicName, cl.Properties.Will.Retain) {
-		rej = &Rejection{Reason: ReasonACLWill, Detail: fmt.Sprintf("will topic %q retain=%t",
+		rej = &Rejection{Reason: ReasonACLWill, Operator: !id.device, Detail: fmt.Sprintf("will topic %q retain=%t",
 			cl.Properties.Will.TopicName, cl.Properties.Will.Retain)}
 		code = packets.ErrNotAuthorized
 		if cl.Properties.ProtocolVersion < 5 {
@@ -126,7 +126,7 @@ func loginOutcome(now time.Time, addr, name string, id *identity, rej *Rejection
 		}
 	case rej.Reason != ReasonAuthError:
 		byAddr.fail(addr, now)
-		if rej.operator {
+		if rej.throttleName {
 			byName.fail(name, now)
 		}
 	}
@@ -198,26 +198,27 @@ func authenticate(ctx context.Context, devices DeviceAuth, operators OperatorAut
 		if errors.Is(err, ErrUnknownOperator) {
 			reason = ReasonUnknownDevice
 		}
-		return nil, &Rejection{Reason: reason, Detail: "operator: " + err.Error(), operator: reason == ReasonBadPassword},
-			packets.ErrBadUsernameOrPassword
+		// A wrong password for a known operator is an operator's event; an
+		// unknown name belongs to nobody.
+		return nil, &Rejection{Reason: reason, Operator: reason == ReasonBadPassword, throttleName: reason == ReasonBadPassword, Detail: "operator: " + err.Error()}, packets.ErrBadUsernameOrPassword
 	}
 	if role != RoleAdmin && role != RoleViewer {
-		return nil, &Rejection{Reason: ReasonAuthError, Detail: fmt.Sprintf("operator role %q", role)}, packets.ErrBadUsernameOrPassword
+		return nil, &Rejection{Reason: ReasonAuthError, Operator: true, Detail: fmt.Sprintf("operator role %q", role)}, packets.ErrBadUsernameOrPassword
 	}
 	// An operator must not take over the broker's, the backend's, another
 	// operator's or a device's session by using its client ID.
 	if detail := operatorClientID(name, clientID); detail != "" {
-		return nil, &Rejection{Reason: ReasonBadClientID, Detail: detail}, packets.ErrClientIdentifierNotValid
+		return nil, &Rejection{Reason: ReasonBadClientID, Operator: true, Detail: detail}, packets.ErrClientIdentifierNotValid
 	}
 	if clientID == "" {
 		return &identity{name: name, role: role}, nil, packets.CodeSuccess
 	}
 	switch _, err := devices.DeviceKeys(ctx, clientID); {
 	case err == nil:
-		return nil, &Rejection{Reason: ReasonBadClientID,
+		return nil, &Rejection{Reason: ReasonBadClientID, Operator: true,
 			Detail: fmt.Sprintf("client id %q belongs to a device", clientID)}, packets.ErrClientIdentifierNotValid
 	case !errors.Is(err, ErrUnknownDevice):
-		return nil, &Rejection{Reason: ReasonAuthError, Detail: err.Error()}, packets.ErrServerUnavailable
+		return nil, &Rejection{Reason: ReasonAuthError, Operator: true, Detail: err.Error()}, packets.ErrServerUnavailable
 	}
 	return &identity{name: name, role: role}, nil, packets.CodeSuccess
 }
@@ -234,7 +235,7 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 		if id != nil && allowPublish(id, topic) {
 			return true
 		}
-		s.reject(Rejection{Username: string(cl.Properties.Username), ClientID: cl.ID,
+		s.reject(Rejection{Username: string(cl.Properties.Username), ClientID: cl.ID, Operator: s.isOperator(cl),
 			Reason: ReasonACLPublish, Detail: "publish to " + topic})
 		return false
 	}
@@ -267,7 +268,7 @@ func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 			continue // reported by limitSubscriptions
 		}
 		if id == nil || !allowRead(id, sub.Filter) {
-			s.reject(Rejection{Username: string(cl.Properties.Username), ClientID: cl.ID,
+			s.reject(Rejection{Username: string(cl.Properties.Username), ClientID: cl.ID, Operator: s.isOperator(cl),
 				Reason: ReasonACLSubscribe, Detail: "subscribe to " + sub.Filter})
 		}
 	}
@@ -282,7 +283,7 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	if pk.FixedHeader.Type != packets.Publish || cl.Net.Inline {
 		return pk, nil
 	}
-	rej := Rejection{Username: string(cl.Properties.Username), ClientID: cl.ID}
+	rej := Rejection{Username: string(cl.Properties.Username), ClientID: cl.ID, Operator: h.s.isOperator(cl)}
 	if pk.FixedHeader.Retain {
 		rej.Reason, rej.Detail = ReasonACLRetain, "retained publish to "+pk.TopicName
 		h.s.reject(rej)
@@ -299,7 +300,7 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 // end of every device connection to Config.Presence.
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 	if errors.Is(err, packets.ErrPacketTooLarge) {
-		h.s.reject(Rejection{Username: string(cl.Properties.Username), ClientID: cl.ID,
+		h.s.reject(Rejection{Username: string(cl.Properties.Username), ClientID: cl.ID, Operator: h.s.isOperator(cl),
 			Reason: ReasonPacketTooLarge, Detail: fmt.Sprintf("packet above %d bytes", h.s.cfg.MaxPacketSize)})
 	}
 	h.s.ended(cl.Net.Conn, disconnectCause(cl.StopCause(), err))

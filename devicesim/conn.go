@@ -212,19 +212,17 @@ func (d *Device) deliver(ctx context.Context, m inbound) {
 		msg, err = envelope.Open(&d.keys, m.topic, m.payload)
 	}
 	if err != nil {
-		reason := "malformed"
-		if errors.Is(err, envelope.ErrMAC) {
-			reason = "mac"
-		} else if errors.Is(err, envelope.ErrDecrypt) {
-			reason = "decrypt"
+		reason := envelope.Reason(err)
+		if reason == "" {
+			reason = envelope.ReasonMalformed
 		}
 		d.reject(m.topic, reason, err)
 		return
 	}
 	if err := d.acceptNonce(msg.Nonce); err != nil {
-		reason := "flash"
-		if errors.Is(err, envelope.ErrReplay) || errors.Is(err, envelope.ErrStale) {
-			reason = "replay"
+		reason := envelope.Reason(err) // replay or stale_nonce
+		if reason == "" {
+			reason = "flash"
 		}
 		d.reject(m.topic, reason, err)
 		return

@@ -55,6 +55,15 @@ const (
 	EventSecurity = "security"
 )
 
+// OperatorLevel is the fourth level of operator event topics,
+// ecowatt/v1/events/operators/{name}/{kind}: one level more than a device's
+// ecowatt/v1/events/{id}/{kind}, so no operator name can collide with a
+// device ID (even a device called "operators").
+const OperatorLevel = "operators"
+
+// operatorEventKinds are the event kinds about operator accounts.
+var operatorEventKinds = map[string]bool{EventSecurity: true}
+
 // MaxIDLen is the longest device ID.
 const MaxIDLen = 64
 
@@ -99,13 +108,19 @@ func ValidateID(id string) error {
 // Topic is a parsed EcoWatt topic.
 type Topic struct {
 	Class  string // ClassDevice, ClassOps or ClassEvents
-	Device string
+	Device string // empty for an operator event
 	Dir    string // Up or Down; empty unless Class is ClassDevice
 	Kind   string
+	// Operator is the account name of an operator event
+	// (ecowatt/v1/events/operators/{name}/{kind}); empty otherwise.
+	Operator string
 }
 
 // String builds the topic name.
 func (t Topic) String() string {
+	if t.Operator != "" {
+		return OperatorEvent(t.Operator, t.Kind)
+	}
 	if t.Class == ClassDevice {
 		return Root + "/" + t.Class + "/" + t.Device + "/" + t.Dir + "/" + t.Kind
 	}
@@ -137,6 +152,14 @@ func Parse(s string) (Topic, error) {
 	case len(parts) == 3 && parts[0] == ClassEvents:
 		t = Topic{Class: ClassEvents, Device: parts[1], Kind: parts[2]}
 		ok = eventKinds[t.Kind]
+	case len(parts) == 4 && parts[0] == ClassEvents && parts[1] == OperatorLevel:
+		if !operatorEventKinds[parts[3]] {
+			return Topic{}, fmt.Errorf("%w %q: unknown operator event kind %q", ErrBadTopic, s, parts[3])
+		}
+		if err := ValidateID(parts[2]); err != nil {
+			return Topic{}, fmt.Errorf("%w %q: operator name: %w", ErrBadTopic, s, err)
+		}
+		return Topic{Class: ClassEvents, Operator: parts[2], Kind: parts[3]}, nil
 	default:
 		return Topic{}, fmt.Errorf("%w %q: unknown shape", ErrBadTopic, s)
 	}
@@ -160,6 +183,12 @@ func Ops(id, kind string) string { return Root + "/ops/" + id + "/" + kind }
 
 // Event is the topic audit events of kind for device id go to.
 func Event(id, kind string) string { return Root + "/events/" + id + "/" + kind }
+
+// OperatorEvent is the topic audit events of kind about operator account
+// name go to. Operator names follow the device ID grammar (ValidateID).
+func OperatorEvent(name, kind string) string {
+	return Root + "/" + ClassEvents + "/" + OperatorLevel + "/" + name + "/" + kind
+}
 
 // Subscription filters.
 const (

@@ -12,11 +12,16 @@ var parseCases = []struct {
 	want  Topic
 	err   bool
 }{
-	{"device up", "ecowatt/v1/dev/inv-01/up/birth", Topic{ClassDevice, "inv-01", Up, KindBirth}, false},
-	{"device up telemetry", "ecowatt/v1/dev/A_b/up/telemetry", Topic{ClassDevice, "A_b", Up, KindTelemetry}, false},
-	{"device down", "ecowatt/v1/dev/x/down/fota_chunk", Topic{ClassDevice, "x", Down, KindFOTAChunk}, false},
-	{"ops", "ecowatt/v1/ops/x/command", Topic{ClassOps, "x", "", KindCommand}, false},
-	{"events", "ecowatt/v1/events/x/security", Topic{ClassEvents, "x", "", EventSecurity}, false},
+	{"device up", "ecowatt/v1/dev/inv-01/up/birth", Topic{Class: ClassDevice, Device: "inv-01", Dir: Up, Kind: KindBirth}, false},
+	{"device up telemetry", "ecowatt/v1/dev/A_b/up/telemetry", Topic{Class: ClassDevice, Device: "A_b", Dir: Up, Kind: KindTelemetry}, false},
+	{"device down", "ecowatt/v1/dev/x/down/fota_chunk", Topic{Class: ClassDevice, Device: "x", Dir: Down, Kind: KindFOTAChunk}, false},
+	{"ops", "ecowatt/v1/ops/x/command", Topic{Class: ClassOps, Device: "x", Kind: KindCommand}, false},
+	{"events", "ecowatt/v1/events/x/security", Topic{Class: ClassEvents, Device: "x", Kind: EventSecurity}, false},
+	{"operator event", "ecowatt/v1/events/operators/alice/security", Topic{Class: ClassEvents, Kind: EventSecurity, Operator: "alice"}, false},
+	{"device called operators", "ecowatt/v1/events/operators/security", Topic{Class: ClassEvents, Device: "operators", Kind: EventSecurity}, false},
+	{"operator event other kind", "ecowatt/v1/events/operators/alice/config", Topic{}, true},
+	{"operator event bad name", "ecowatt/v1/events/operators/a+b/security", Topic{}, true},
+	{"events too deep", "ecowatt/v1/events/x/y/security", Topic{}, true},
 	{"wrong root", "ecowatt/v2/dev/x/up/birth", Topic{}, true},
 	{"empty", "", Topic{}, true},
 	{"up kind on down", "ecowatt/v1/dev/x/down/birth", Topic{}, true},
@@ -57,11 +62,12 @@ func TestParse(t *testing.T) {
 
 func TestBuilders(t *testing.T) {
 	cases := map[string]string{
-		DeviceUp("d1", KindTelemetry): "ecowatt/v1/dev/d1/up/telemetry",
-		DeviceDown("d1", KindConfig):  "ecowatt/v1/dev/d1/down/config",
-		Ops("d1", KindCommand):        "ecowatt/v1/ops/d1/command",
-		Event("d1", EventFOTA):        "ecowatt/v1/events/d1/fota",
-		DeviceDownFilter("d1"):        "ecowatt/v1/dev/d1/down/#",
+		DeviceUp("d1", KindTelemetry):         "ecowatt/v1/dev/d1/up/telemetry",
+		DeviceDown("d1", KindConfig):          "ecowatt/v1/dev/d1/down/config",
+		Ops("d1", KindCommand):                "ecowatt/v1/ops/d1/command",
+		Event("d1", EventFOTA):                "ecowatt/v1/events/d1/fota",
+		OperatorEvent("alice", EventSecurity): "ecowatt/v1/events/operators/alice/security",
+		DeviceDownFilter("d1"):                "ecowatt/v1/dev/d1/down/#",
 	}
 	for got, want := range cases {
 		if got != want {
@@ -97,7 +103,10 @@ func FuzzParse(f *testing.F) {
 		if tp.String() != s {
 			t.Fatalf("accepted %q but rebuilt %q", s, tp.String())
 		}
-		if ValidateID(tp.Device) != nil {
+		if (tp.Operator == "") == (tp.Device == "") {
+			t.Fatalf("%q: want exactly one of device %q and operator %q", s, tp.Device, tp.Operator)
+		}
+		if ValidateID(tp.Device+tp.Operator) != nil {
 			t.Fatalf("accepted bad id in %q", s)
 		}
 		if strings.ContainsAny(s, "+#") {

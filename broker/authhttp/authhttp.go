@@ -148,7 +148,7 @@ func (a *authz) check(ctx context.Context, user, clientID, action, topic string,
 		return allow
 	}
 	if action != actRead {
-		a.reject(broker.Rejection{Username: user, ClientID: clientID, Reason: reason, Detail: action + " " + topic})
+		a.reject(broker.Rejection{Username: user, ClientID: clientID, Operator: !acct.Device, Reason: reason, Detail: action + " " + topic})
 	}
 	return deny
 }

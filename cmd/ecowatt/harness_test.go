@@ -22,6 +22,7 @@ import (
 // loopback ports chosen by the kernel, against the test Redis.
 type testServer struct {
 	HTTP, MQTT string
+	Addrs      map[string]string // the --ready-file contents
 	Token      string
 	DataDir    string
 	args       []string
@@ -78,7 +79,7 @@ func (s *testServer) start(t *testing.T) {
 		if err == nil && len(b) > 0 {
 			var addrs map[string]string
 			if err := json.Unmarshal(b, &addrs); err == nil {
-				s.HTTP, s.MQTT = "http://"+addrs["http"], addrs["mqtt"]
+				s.HTTP, s.MQTT, s.Addrs = "http://"+addrs["http"], addrs["mqtt"], addrs
 				return
 			}
 		}

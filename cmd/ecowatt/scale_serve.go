@@ -84,7 +84,13 @@ type messaging struct {
 // newMessaging builds the broker side. svc is filled in later (the
 // backend needs the bus first); the callbacks only run after serving.
 func newMessaging(ctx context.Context, c serveConfig, replica string, svc **backend.Service, log zerolog.Logger, reg prometheus.Registerer) (*messaging, error) {
-	onReject := func(r broker.Rejection) { (*svc).BrokerRejection(context.Background(), r.Username, r.Reason, r.Detail) }
+	onReject := func(r broker.Rejection) {
+		if r.Operator { // an operator's name may equal a device's ID: keep the namespaces apart
+			(*svc).OperatorSecurityEvent(context.Background(), r.Username, r.Reason, r.Detail)
+			return
+		}
+		(*svc).BrokerRejection(context.Background(), r.Username, r.Reason, r.Detail) // sampled: junk logins must not flood a device timeline
+	}
 	if c.scale.brokerURL == "" {
 		brk, err := broker.New(broker.Config{
 			MQTTAddr:   c.mqttAddr,
@@ -181,6 +187,9 @@ func (m *messaging) addrs() map[string]string {
 	a := map[string]string{"mqtt": m.brk.Addr().String()}
 	if t := m.brk.TLSAddr(); t != nil {
 		a["mqtts"] = t.String()
+	}
+	if w := m.brk.WSAddr(); w != nil {
+		a["ws"] = w.String()
 	}
 	return a
 }

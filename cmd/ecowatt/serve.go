@@ -45,6 +45,7 @@ type serveConfig struct {
 	telemetryRetention                    time.Duration
 	demo                                  int
 	uplinkWorkers                         int
+	encryptDownlinks                      bool
 }
 
 func runServe(ctx context.Context, e env, args []string) error {
@@ -68,6 +69,7 @@ func runServe(ctx context.Context, e env, args []string) error {
 	fs.StringVar(&c.readyFile, "ready-file", "", "write the bound addresses as JSON to this file once serving (for scripts and tests)")
 	fs.DurationVar(&c.telemetryRetention, "telemetry-retention", 7*24*time.Hour, "how long telemetry batches are kept in Redis")
 	fs.IntVar(&c.uplinkWorkers, "uplink-workers", 32, "device message workers (shards by device; each waits on Redis round trips, so more than the cores)")
+	fs.BoolVar(&c.encryptDownlinks, "encrypt-downlinks", false, "seal every JSON downlink with AES-256-GCM as well as the MAC (devices accept both; PROTOCOL.md section 4)")
 	fs.IntVar(&c.demo, "demo", 0, "provision N demo devices and run them in-process (a live dashboard at once)")
 	c.cmd.register(fs)
 	c.fota.register(fs)
@@ -166,6 +168,8 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		Random:     rand.Reader,
 		Registerer: reg,
 		Workers:    c.uplinkWorkers,
+
+		EncryptDownlink: c.encryptDownlinks,
 	})
 	if err != nil {
 		return err

@@ -192,15 +192,29 @@ func Open(k *Keys, topic string, raw []byte) (Message, error) {
 	}
 	m := Message{Nonce: env.nonce, Timestamp: time.UnixMilli(env.ms), Encrypted: env.encrypted, Body: payload}
 	if env.encrypted {
-		ct, err := base64.StdEncoding.DecodeString(string(payload))
+		ct, err := decodeBase64(payload)
 		if err != nil {
-			return Message{}, fmt.Errorf("open: %w: payload is not base64", ErrMalformed)
+			return Message{}, fmt.Errorf("open: %w: payload is not strict base64: %v", ErrMalformed, err)
 		}
 		if m.Body, err = k.decrypt(topic, ct); err != nil {
 			return Message{}, fmt.Errorf("open: %w", err)
 		}
 	}
 	return m, nil
+}
+
+// strictBase64 is the one base64 text form a payload may take: standard
+// alphabet, "=" padding, unused bits zero.
+var strictBase64 = base64.StdEncoding.Strict()
+
+// decodeBase64 decodes s in the strict form of PROTOCOL.md section 4. Go's
+// decoder skips '\r' and '\n' even in strict mode, so they are refused
+// here: a port with a strict decoder must reach the same verdict.
+func decodeBase64(s []byte) ([]byte, error) {
+	if i := bytes.IndexAny(s, "\r\n"); i >= 0 {
+		return nil, fmt.Errorf("line break at offset %d", i)
+	}
+	return strictBase64.DecodeString(string(s))
 }
 
 func checkHeader(topic string, nonce uint64) error {

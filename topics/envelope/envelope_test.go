@@ -238,6 +238,14 @@ func openCases(t testing.TB) []openCase {
 
 		// A key holder MACs something that must still be refused.
 		{name: "authentic but not base64", raw: forge(t, k, testTopic, with2(ee, func(e *Envelope) { e.Payload = "not base64!" })), want: ErrMalformed},
+		// Base64 is strict (section 4): one text per ciphertext, so a port
+		// with a strict decoder and this one agree on every input.
+		{name: "authentic but base64 with a line break", raw: forge(t, k, testTopic, with2(ee, func(e *Envelope) { e.Payload = e.Payload[:76] + "\n" + e.Payload[76:] })), want: ErrMalformed},
+		{name: "authentic but base64 with CRLF", raw: forge(t, k, testTopic, with2(ee, func(e *Envelope) { e.Payload = e.Payload[:76] + "\r\n" + e.Payload[76:] })), want: ErrMalformed},
+		{name: "authentic but base64 with a trailing newline", raw: forge(t, k, testTopic, with2(ee, func(e *Envelope) { e.Payload += "\n" })), want: ErrMalformed},
+		{name: "authentic but base64 with a space", raw: forge(t, k, testTopic, with2(ee, func(e *Envelope) { e.Payload = e.Payload[:8] + " " + e.Payload[8:] })), want: ErrMalformed},
+		{name: "authentic but base64 without padding", raw: forge(t, k, testTopic, with2(ee, func(e *Envelope) { e.Payload = strings.TrimRight(e.Payload, "=") })), want: ErrMalformed},
+		{name: "authentic but base64 with nonzero padding bits", raw: forge(t, k, testTopic, with2(ee, func(e *Envelope) { e.Payload = setPadBits(t, e.Payload) })), want: ErrMalformed},
 		{name: "authentic but ciphertext too short", raw: forge(t, k, testTopic, with2(ee, func(e *Envelope) { e.Payload = b64(ct[:27]) })), want: ErrDecrypt},
 		{name: "authentic but truncated ciphertext", raw: forge(t, k, testTopic, with2(ee, func(e *Envelope) { e.Payload = b64(ct[:len(ct)-1]) })), want: ErrDecrypt},
 		{name: "authentic but bad gcm tag", raw: forge(t, k, testTopic, with2(ee, func(e *Envelope) { e.Payload = b64(badTag) })), want: ErrDecrypt},
@@ -290,5 +298,23 @@ func TestMessageTimestamp(t *testing.T) {
 		if err != nil || m.Timestamp.UnixMilli() != ms {
 			t.Fatalf("ms %d: got %v, %v", ms, m.Timestamp.UnixMilli(), err)
 		}
+	}
+}
+
+// TestReason holds Reason to the result names of the vectors file.
+func TestReason(t *testing.T) {
+	for _, r := range resultNames[:6] {
+		if got := Reason(errors.Join(errors.New("open"), r.err)); got != r.name {
+			t.Errorf("Reason(%v) = %q, want %q", r.err, got, r.name)
+		}
+	}
+	if got := Reason(nil); got != "" {
+		t.Errorf("Reason(nil) = %q", got)
+	}
+	if got := Reason(ErrPasswordMAC); got != "" {
+		t.Errorf("Reason(ErrPasswordMAC) = %q", got)
+	}
+	if len(Reasons) != 6 {
+		t.Errorf("Reasons has %d names, want 6", len(Reasons))
 	}
 }

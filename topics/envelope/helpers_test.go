@@ -114,3 +114,16 @@ func flipChar(s string, i int) string {
 }
 
 func isHex(s string) bool { return strings.Trim(s, "0123456789abcdef") == "" }
+
+// setPadBits sets the lowest bit of the last base64 digit before the "="
+// padding: the unused bits, which a strict decoder requires to be zero.
+func setPadBits(t testing.TB, s string) string {
+	t.Helper()
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+	i := strings.IndexByte(s, '=') - 1
+	if i < 0 {
+		t.Fatalf("setPadBits: %q has no padding", s)
+	}
+	d := strings.IndexByte(alphabet, s[i])
+	return s[:i] + string(alphabet[d|1]) + s[i+1:]
+}

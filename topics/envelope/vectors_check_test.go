@@ -176,9 +176,14 @@ func TestVectorsIndependently(t *testing.T) {
 	t.Run("open cases", func(t *testing.T) {
 		for _, v := range vf.OpenCases {
 			k := keysFor(t, mustHex(v.PSK))
-			in := []byte(v.Input)
-			if v.InputHex != "" {
-				in = mustHex(v.InputHex)
+			var in []byte
+			switch {
+			case (v.Input == nil) == (v.InputHex == nil):
+				t.Fatalf("%s: want exactly one of input and input_hex", v.Name)
+			case v.Input != nil:
+				in = []byte(*v.Input)
+			default:
+				in = mustHex(*v.InputHex)
 			}
 			var err error
 			if v.Form == "binary" {

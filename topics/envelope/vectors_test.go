@@ -94,13 +94,13 @@ type pwVector struct {
 }
 
 type openVector struct {
-	Name     string `json:"name"`
-	Form     string `json:"form"` // "json" or "binary"
-	PSK      string `json:"psk"`
-	Topic    string `json:"topic"`
-	Input    string `json:"input,omitempty"`     // the received bytes as text (JSON form, valid UTF-8)
-	InputHex string `json:"input_hex,omitempty"` // the received bytes in hex (binary form, or not UTF-8)
-	Result   string `json:"result"`              // ok, malformed, too_large, mac, decrypt
+	Name     string  `json:"name"`
+	Form     string  `json:"form"` // "json" or "binary"
+	PSK      string  `json:"psk"`
+	Topic    string  `json:"topic"`
+	Input    *string `json:"input,omitempty"`     // the received bytes as text (JSON form, valid UTF-8); "" is empty input
+	InputHex *string `json:"input_hex,omitempty"` // the received bytes in hex (binary form, or not UTF-8); exactly one of the two
+	Result   string  `json:"result"`              // ok or a Reason: malformed, oversized, bad_mac, decrypt_failed
 }
 
 type passVector struct {
@@ -126,7 +126,7 @@ type windowState struct {
 
 type windowStep struct {
 	Nonce  uint64 `json:"nonce"`
-	Result string `json:"result"` // accept, replay, stale
+	Result string `json:"result"` // accept, replay, stale_nonce
 }
 
 // resultNames maps sentinel errors to the names used in the file.
@@ -134,10 +134,12 @@ var resultNames = []struct {
 	err  error
 	name string
 }{
-	{ErrMalformed, "malformed"}, {ErrTooLarge, "too_large"}, {ErrMAC, "mac"}, {ErrDecrypt, "decrypt"},
-	{ErrReplay, "replay"}, {ErrStale, "stale"},
+	{ErrMalformed, "malformed"}, {ErrTooLarge, "oversized"}, {ErrMAC, "bad_mac"}, {ErrDecrypt, "decrypt_failed"},
+	{ErrReplay, "replay"}, {ErrStale, "stale_nonce"},
 	{ErrPasswordFormat, "format"}, {ErrPasswordExpired, "expired"}, {ErrPasswordMAC, "wrong"},
 }
+
+func ptr(s string) *string { return &s }
 
 func resultName(err error, okName string) string {
 	if err == nil {
@@ -168,7 +170,8 @@ func generateVectors(t testing.TB) vectorFile {
 			"EcoWatt wire protocol v1 test vectors; see docs/PROTOCOL.md section 'Test vectors'.",
 			"Hex is lowercase. 'sealed' is the exact envelope text; 'payload' is the decoded JSON string value the MAC covers.",
 			"Encrypted vectors use the recorded 'iv' instead of a random one.",
-			"open_cases omit the too_large case (an input of more than max_size bytes).",
+			"open_cases omit the oversized case (an input of more than max_size bytes).",
+			"Each open case has exactly one of 'input' (the bytes as text; \"\" is the empty input) and 'input_hex'.",
 			"Regenerate with: go test ./topics/envelope -update",
 		},
 		Constants: vectorConstants{
@@ -198,6 +201,7 @@ func generateVectors(t testing.TB) vectorFile {
 		{"encrypted command", "ecowatt/v1/dev/inv-0001/down/command", testPSK, 4, testMs + 3000, bodyCommand, testIV},
 		{"encrypted escapes and unicode", "ecowatt/v1/dev/Site_7-B/up/command_result", otherPSK, 9, testMs, bodyResult, otherIV},
 		{"encrypted empty body", testTopic, testPSK, 5, testMs, "", testIV},
+		{"encrypted config downlink", "ecowatt/v1/dev/inv-0001/down/config", testPSK, 1767225604123000, testMs + 4000, bodyConfig, otherIV},
 	} {
 		k := keysFor(t, v.psk)
 		encrypt := v.iv != nil
@@ -273,9 +277,9 @@ func generateVectors(t testing.TB) vectorFile {
 		}
 		ov := openVector{Name: c.name, Form: "json", PSK: h(pskOr(c.psk)), Topic: topicOr(c.topic, testTopic), Result: resultName(c.want, "ok")}
 		if utf8.Valid(c.raw) {
-			ov.Input = string(c.raw)
+			ov.Input = ptr(string(c.raw))
 		} else {
-			ov.InputHex = h(c.raw)
+			ov.InputHex = ptr(h(c.raw))
 		}
 		vf.OpenCases = append(vf.OpenCases, ov)
 	}
@@ -283,7 +287,7 @@ func generateVectors(t testing.TB) vectorFile {
 		if c.name == "json is not binary" {
 			continue
 		}
-		vf.OpenCases = append(vf.OpenCases, openVector{Name: "binary " + c.name, Form: "binary", PSK: h(pskOr(c.psk)), Topic: topicOr(c.topic, chunkTopic), InputHex: h(c.raw), Result: resultName(c.want, "ok")})
+		vf.OpenCases = append(vf.OpenCases, openVector{Name: "binary " + c.name, Form: "binary", PSK: h(pskOr(c.psk)), Topic: topicOr(c.topic, chunkTopic), InputHex: ptr(h(c.raw)), Result: resultName(c.want, "ok")})
 	}
 	for _, c := range passwordCases(t) {
 		vf.PassCases = append(vf.PassCases, passVector{c.name, h(pskOr(c.psk)), topicOr(c.id, testID), c.token, c.now.UTC().Format(time.RFC3339Nano), resultName(c.want, "ok")})
