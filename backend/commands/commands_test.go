@@ -410,10 +410,17 @@ func (h *harness) ops(dev, operator, body string) {
 	h.t.Helper()
 	ch, cancel := h.fleet.SubscribeEvents(backend.EventFilter{Device: dev, Kind: topics.EventCommand})
 	defer cancel()
+	sent := len(h.events(dev))
 	h.bus.Deliver(backend.Message{Topic: topics.Ops(dev, topics.KindCommand), Payload: []byte(body), Username: operator})
 	select {
 	case <-ch:
 	case <-time.After(5 * time.Second):
 		h.t.Fatalf("no command event for %s after an ops message", dev)
+	}
+	// The hub hears an event just before the bus publishes it.
+	for deadline := time.Now().Add(5 * time.Second); len(h.events(dev)) == sent; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			h.t.Fatalf("command event for %s not published on the bus", dev)
+		}
 	}
 }
