@@ -17,12 +17,15 @@ import (
 
 // Device is a device's registry entry and presence, as the API shows it.
 type Device struct {
-	ID              string     `json:"id"`
-	Online          bool       `json:"online"`
-	LastSeen        *time.Time `json:"last_seen"`
-	FirmwareVersion string     `json:"firmware_version"`
-	ConfigVersion   int64      `json:"config_version"`
-	BootCount       int64      `json:"boot_count"`
+	ID string `json:"id"`
+	// Labels are the operator's key=value tags (backend/selector rules);
+	// never nil.
+	Labels          map[string]string `json:"labels"`
+	Online          bool              `json:"online"`
+	LastSeen        *time.Time        `json:"last_seen"`
+	FirmwareVersion string            `json:"firmware_version"`
+	ConfigVersion   int64             `json:"config_version"`
+	BootCount       int64             `json:"boot_count"`
 	// UptimeSeconds is the uptime reported at birth plus the time since,
 	// while online; the last reported uptime while offline.
 	UptimeSeconds int64      `json:"uptime_s"`
@@ -47,13 +50,16 @@ const (
 	fSlot            = "slot"
 	fBirthAt         = "birth_at"
 	fOfflineAt       = "offline_at"
+	fLabels          = "labels" // JSON object; absent when the device has none
 )
 
 // provisionScript creates a device atomically, refusing an existing one.
-// KEYS: dev hash, psk, rxhigh, rxbits. ARGV: id, created_at ms, sealed psk.
+// KEYS: dev hash, psk, rxhigh, rxbits. ARGV: id, created_at ms, sealed psk,
+// labels JSON ("" for none).
 var provisionScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'created_at', ARGV[2], 'online', '0')
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'labels', ARGV[4]) end
 redis.call('SET', KEYS[2], ARGV[3])
 redis.call('DEL', KEYS[3], KEYS[4])
 return 1
@@ -63,8 +69,19 @@ return 1
 // the PSK; this is the only time it is revealed. An invalid ID is a
 // CodeInvalid error, an existing device CodeConflict; neither changes state.
 func (s *Service) Provision(ctx context.Context, id string) ([]byte, error) {
+	return s.ProvisionLabeled(ctx, id, nil, "")
+}
+
+// ProvisionLabeled is Provision with initial labels, recorded as a labels
+// audit event by operator by. Bad labels are CodeInvalid naming the label
+// (labels.KEY) and change nothing.
+func (s *Service) ProvisionLabeled(ctx context.Context, id string, labels map[string]string, by string) ([]byte, error) {
 	if err := topics.ValidateID(id); err != nil {
 		return nil, &Error{Code: CodeInvalid, Field: "id", Message: "id must be 1-64 characters of A-Z a-z 0-9 _ -", Err: err}
+	}
+	labelsJSON, err := encodeLabels(labels)
+	if err != nil {
+		return nil, err
 	}
 	psk := make([]byte, envelope.KeySize)
 	if _, err := io.ReadFull(s.random, psk); err != nil {
@@ -77,7 +94,7 @@ func (s *Service) Provision(ctx context.Context, id string) ([]byte, error) {
 	now := s.now()
 	created, err := provisionScript.Run(ctx, s.rdb,
 		[]string{s.keys.Device(id), s.keys.PSK(id), s.keys.RxHigh(id), s.keys.RxBits(id)},
-		id, now.UnixMilli(), sealed).Int()
+		id, now.UnixMilli(), sealed, labelsJSON).Int()
 	if err != nil {
 		return nil, unavailable("provision "+id, err)
 	}
@@ -90,7 +107,13 @@ func (s *Service) Provision(ctx context.Context, id string) ([]byte, error) {
 		return nil, unavailable("provision "+id+": index", err)
 	}
 	s.cache.forget(id)
-	s.log.Info().Str("device", id).Msg("device provisioned")
+	s.log.Info().Str("device", id).Int("labels", len(labels)).Msg("device provisioned")
+	if len(labels) > 0 {
+		ev := map[string]any{"labels": labels, "changed": labels, "via": "provision", "by": by}
+		if err := s.Emit(ctx, id, topics.EventLabels, ev); err != nil {
+			s.log.Error().Err(err).Str("device", id).Msg("emit labels event")
+		}
+	}
 	return psk, nil
 }
 
@@ -151,6 +174,7 @@ func (s *Service) parseDevice(id string, h map[string]string) Device {
 		LastSeen:        msTime(h[fLastSeen]),
 		BirthAt:         msTime(h[fBirthAt]),
 		FOTA:            ParseDeviceFOTA(h),
+		Labels:          decodeLabels(h[fLabels]),
 	}
 	if c := msTime(h[fCreatedAt]); c != nil {
 		d.CreatedAt = *c
