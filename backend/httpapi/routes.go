@@ -20,7 +20,8 @@ func addRoutes(mux *http.ServeMux, d Deps) {
 	// so that unauthenticated callers learn nothing about the routes.
 	api := http.NewServeMux()
 	api.Handle("GET /api/v1/devices", handleDevicesList(log, d.Fleet))
-	api.Handle("POST /api/v1/devices", handleDevicesCreate(log, d.Fleet))
+	api.Handle("POST /api/v1/devices", handleDevicesCreate(log, d.Fleet, d.Labels))
+	api.Handle("PATCH /api/v1/devices/{id}/labels", handleLabelsPatch(log, d.Labels))
 	api.Handle("GET /api/v1/devices/{id}", handleDeviceGet(log, d.Fleet, d.Telemetry))
 	api.Handle("GET /api/v1/devices/{id}/telemetry", handleTelemetry(log, d.Fleet, d.Telemetry))
 	api.Handle("GET /api/v1/devices/{id}/events", handleDeviceEvents(log, d.Events))

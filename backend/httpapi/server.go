@@ -47,6 +47,10 @@ type Deps struct {
 	// FOTA serves firmware, device update and rollout routes; nil answers
 	// them with 503.
 	FOTA FOTA
+	// Labels serves device labels (provisioning with labels and PATCH
+	// .../labels); nil means Fleet when it has them (as *backend.Service
+	// does).
+	Labels Labels
 	// KeepAlive is the interval of event-stream keep-alive comments;
 	// default DefaultKeepAlive.
 	KeepAlive time.Duration
@@ -62,6 +66,9 @@ func NewServer(d Deps) http.Handler {
 	}
 	if d.Events == nil {
 		d.Events, _ = d.Fleet.(EventLog)
+	}
+	if d.Labels == nil {
+		d.Labels, _ = d.Fleet.(Labels)
 	}
 	if d.KeepAlive <= 0 {
 		d.KeepAlive = DefaultKeepAlive
