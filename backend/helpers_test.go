@@ -29,13 +29,19 @@ type harness struct {
 // newHarness runs a Service against the test Redis and a real broker.
 func newHarness(t *testing.T) *harness {
 	t.Helper()
+	return newHarnessClock(t, nil)
+}
+
+// newHarnessClock is newHarness with the service's clock (nil: time.Now).
+func newHarnessClock(t *testing.T, now func() time.Time) *harness {
+	t.Helper()
 	rdb, prefix := redistest.Client(t)
 	var err error
 	h := &harness{t: t, bus: backendtest.Bus[Message](t), rdb: rdb, prefix: prefix, reg: prometheus.NewRegistry(), ctx: context.Background()}
 	h.s, err = New(Config{
 		Redis: rdb, Prefix: prefix, Vault: backendtest.Vault(t), Bus: h.bus,
 		Logger:     zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
-		Registerer: h.reg, BcryptCost: bcrypt.MinCost, Workers: 3, QueueSize: 4,
+		Registerer: h.reg, BcryptCost: bcrypt.MinCost, Workers: 3, QueueSize: 4, Now: now,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -81,6 +81,10 @@ func (s *Service) PatchLabels(ctx context.Context, id string, patch map[string]*
 		if !ok {
 			continue // moved meanwhile: read again
 		}
+		if err := s.indexLabels(ctx, id, old, next); err != nil {
+			// The change stands; RepairIndexes puts the index right.
+			s.log.Error().Err(err).Str("device", id).Msg("label index update failed")
+		}
 		s.log.Info().Str("device", id).Str("by", by).Interface("labels", next).Msg("labels changed")
 		if err := s.publishEvent(ctx, Event{ID: evID, Device: id, Kind: topics.EventLabels, At: now, Data: data}); err != nil {
 			s.log.Error().Err(err).Str("device", id).Msg("publish labels event")

@@ -106,6 +106,9 @@ func (s *Service) ProvisionLabeled(ctx context.Context, id string, labels map[st
 	if err := s.rdb.ZAdd(ctx, s.keys.Devices(), redis.Z{Member: id}).Err(); err != nil {
 		return nil, unavailable("provision "+id+": index", err)
 	}
+	if _, err := s.addLabelIndex(ctx, id, labels); err != nil {
+		return nil, err
+	}
 	s.cache.forget(id)
 	s.log.Info().Str("device", id).Int("labels", len(labels)).Msg("device provisioned")
 	if len(labels) > 0 {
