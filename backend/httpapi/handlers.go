@@ -36,11 +36,17 @@ func handleReadyz(log zerolog.Logger, f Fleet, ready func() error) http.Handler 
 	})
 }
 
-func handleDevicesList(log zerolog.Logger, f Fleet) http.Handler {
+// handleDevicesList answers the whole list, or one page when any of the
+// paging parameters is given (handleDevicesPage).
+func handleDevicesList(log zerolog.Logger, f Fleet, q FleetQueries) http.Handler {
 	type response struct {
 		Devices []backend.Device `json:"devices"`
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if isPaged(r.URL.Query()) {
+			handleDevicesPage(w, r, log, q)
+			return
+		}
 		ds, err := f.Devices(r.Context())
 		if err != nil {
 			writeError(w, log, err)

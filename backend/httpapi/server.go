@@ -51,6 +51,9 @@ type Deps struct {
 	// .../labels); nil means Fleet when it has them (as *backend.Service
 	// does).
 	Labels Labels
+	// Queries serves the paged device list and the fleet summary; nil
+	// means Fleet when it has them (as *backend.Service does).
+	Queries FleetQueries
 	// KeepAlive is the interval of event-stream keep-alive comments;
 	// default DefaultKeepAlive.
 	KeepAlive time.Duration
@@ -69,6 +72,9 @@ func NewServer(d Deps) http.Handler {
 	}
 	if d.Labels == nil {
 		d.Labels, _ = d.Fleet.(Labels)
+	}
+	if d.Queries == nil {
+		d.Queries, _ = d.Fleet.(FleetQueries)
 	}
 	if d.KeepAlive <= 0 {
 		d.KeepAlive = DefaultKeepAlive
