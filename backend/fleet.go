@@ -108,7 +108,7 @@ func (s *Service) QueryDevices(ctx context.Context, q FleetQuery) (FleetPage, er
 		}
 		after = &c
 	}
-	rows, err := s.matching(ctx, q.Selector)
+	rows, err := s.matching(ctx, q.Selector, false)
 	if err != nil {
 		return FleetPage{}, err
 	}
@@ -138,7 +138,7 @@ func (s *Service) QueryDevices(ctx context.Context, q FleetQuery) (FleetPage, er
 // Summary counts the devices sel matches by presence, firmware, config
 // state and FOTA state.
 func (s *Service) Summary(ctx context.Context, sel selector.Selector) (FleetSummary, error) {
-	rows, err := s.matching(ctx, sel)
+	rows, err := s.matching(ctx, sel, true)
 	if err != nil {
 		return FleetSummary{}, err
 	}
@@ -173,7 +173,11 @@ func (s *Service) Summary(ctx context.Context, sel selector.Selector) (FleetSumm
 }
 
 // matching returns every device sel matches, in no particular order.
-func (s *Service) matching(ctx context.Context, sel selector.Selector) ([]row, error) {
+// The config hash is read only when withConfig or a term needs it.
+func (s *Service) matching(ctx context.Context, sel selector.Selector, withConfig bool) ([]row, error) {
+	for _, t := range sel.Terms {
+		withConfig = withConfig || t.Key == selector.FieldConfigDrift
+	}
 	ids, err := s.candidates(ctx, sel)
 	if err != nil {
 		return nil, err
@@ -188,7 +192,9 @@ func (s *Service) matching(ctx context.Context, sel selector.Selector) ([]row, e
 		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i, id := range ids[:n] {
 				devs[i] = p.HGetAll(ctx, s.keys.Device(id))
-				cfgs[i] = p.HMGet(ctx, s.keys.Dev(id, "cfg"), "version", "pending", "desired", "reported")
+				if withConfig {
+					cfgs[i] = p.HMGet(ctx, s.keys.Dev(id, "cfg"), "version", "pending", "desired", "reported")
+				}
 			}
 			return nil
 		})
@@ -200,7 +206,10 @@ func (s *Service) matching(ctx context.Context, sel selector.Selector) ([]row, e
 			if len(h) == 0 {
 				continue // deleted, or a stale index entry
 			}
-			r := row{dev: s.parseDevice(id, h), config: configState(cfgs[i].Val())}
+			r := row{dev: s.parseDevice(id, h)}
+			if withConfig {
+				r.config = configState(cfgs[i].Val())
+			}
 			if sel.Match(r.view(), now) {
 				out = append(out, r)
 			}

@@ -1,6 +1,7 @@
 package backend
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -293,5 +294,35 @@ func TestQueryDevicesBadInput(t *testing.T) {
 	// The same query with another limit keeps its cursor.
 	if _, err := h.s.QueryDevices(h.ctx, FleetQuery{Selector: all, Limit: 7, Cursor: p.Next}); err != nil {
 		t.Fatalf("cursor with another limit: %v", err)
+	}
+}
+
+// TestRunIndexRepair: the lease-held loop repairs a lost index write and
+// returns when its context ends.
+func TestRunIndexRepair(t *testing.T) {
+	h := newHarness(t)
+	if _, err := h.s.ProvisionLabeled(h.ctx, "inv-1", map[string]string{"site": "colombo"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	key := h.s.keys.LabelIndex("site", "colombo")
+	h.rdb.SRem(h.ctx, key, "inv-1")
+	ctx, cancel := context.WithCancel(h.ctx)
+	done := make(chan error, 1)
+	go func() { done <- h.s.RunIndexRepair(ctx, "replica-a", 20*time.Millisecond) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for ok := false; !ok; ok, _ = h.rdb.SIsMember(h.ctx, key, "inv-1").Result() {
+		if time.Now().After(deadline) {
+			t.Fatal("the repair loop did not restore the index entry")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("RunIndexRepair did not return after cancel")
 	}
 }

@@ -3,6 +3,10 @@ package backend
 import (
 	"context"
 	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ecowatt/ecowatt/backend/lease"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -182,4 +186,32 @@ func (s *Service) hasIndexEntry(key string, labels map[string]string) bool {
 		}
 	}
 	return false
+}
+
+// RunIndexRepair runs RepairIndexes at once and then every interval, on
+// whichever replica holds the index-repair lease (one at a time), until
+// ctx ends. replica names this replica in the lease (lease.ReplicaID).
+// Errors of one pass are logged; the next pass tries again.
+func (s *Service) RunIndexRepair(ctx context.Context, replica string, every time.Duration) error {
+	l, err := lease.New(lease.Config{Redis: s.rdb, Key: s.keys.Global("lease:index-repair"), Replica: replica,
+		Random: s.random, Now: s.now, Logger: s.log})
+	if err != nil {
+		return fmt.Errorf("index repair: %w", err)
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		_, err := l.Do(ctx, func(ctx context.Context) error {
+			_, err := s.RepairIndexes(ctx)
+			return err
+		})
+		if err != nil && ctx.Err() == nil {
+			s.log.Error().Err(err).Msg("index repair")
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
 }
