@@ -51,13 +51,20 @@ func (s *Service) Emit(ctx context.Context, dev, kind string, data any) error {
 		return fmt.Errorf("emit %s %s: audit: %w", dev, kind, err)
 	}
 	ev.ID = id
+	return s.publishEvent(ctx, ev)
+}
+
+// publishEvent is Emit after the audit append: a caller whose own script
+// appended the event (so that the change and its record are atomic)
+// publishes it here.
+func (s *Service) publishEvent(ctx context.Context, ev Event) error {
 	s.hub.publish(ev)
 	b, err := json.Marshal(ev)
 	if err != nil {
-		return fmt.Errorf("emit %s %s: %w", dev, kind, err)
+		return fmt.Errorf("emit %s %s: %w", ev.Device, ev.Kind, err)
 	}
-	if err := s.bus.Publish(ctx, topic, b, 1); err != nil {
-		return fmt.Errorf("emit %s %s: publish: %w", dev, kind, err)
+	if err := s.bus.Publish(ctx, topics.Event(ev.Device, ev.Kind), b, 1); err != nil {
+		return fmt.Errorf("emit %s %s: publish: %w", ev.Device, ev.Kind, err)
 	}
 	return nil
 }

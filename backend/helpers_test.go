@@ -30,13 +30,19 @@ type harness struct {
 // mods adjust its Config.
 func newHarness(t *testing.T, mods ...func(*Config)) *harness {
 	t.Helper()
+	return newHarnessClock(t, nil, mods...)
+}
+
+// newHarnessClock is newHarness with the service's clock (nil: time.Now).
+func newHarnessClock(t *testing.T, now func() time.Time, mods ...func(*Config)) *harness {
+	t.Helper()
 	rdb, prefix := redistest.Client(t)
 	var err error
 	h := &harness{t: t, bus: backendtest.Bus[Message](t), rdb: rdb, prefix: prefix, reg: prometheus.NewRegistry(), ctx: context.Background()}
 	cfg := Config{
 		Redis: rdb, Prefix: prefix, Vault: backendtest.Vault(t), Bus: h.bus,
 		Logger:     zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
-		Registerer: h.reg, BcryptCost: bcrypt.MinCost, Workers: 3, QueueSize: 4,
+		Registerer: h.reg, BcryptCost: bcrypt.MinCost, Workers: 3, QueueSize: 4, Now: now,
 	}
 	for _, m := range mods {
 		m(&cfg)

@@ -17,12 +17,15 @@ import (
 
 // Device is a device's registry entry and presence, as the API shows it.
 type Device struct {
-	ID              string     `json:"id"`
-	Online          bool       `json:"online"`
-	LastSeen        *time.Time `json:"last_seen"`
-	FirmwareVersion string     `json:"firmware_version"`
-	ConfigVersion   int64      `json:"config_version"`
-	BootCount       int64      `json:"boot_count"`
+	ID string `json:"id"`
+	// Labels are the operator's key=value tags (backend/selector rules);
+	// never nil.
+	Labels          map[string]string `json:"labels"`
+	Online          bool              `json:"online"`
+	LastSeen        *time.Time        `json:"last_seen"`
+	FirmwareVersion string            `json:"firmware_version"`
+	ConfigVersion   int64             `json:"config_version"`
+	BootCount       int64             `json:"boot_count"`
 	// UptimeSeconds is the uptime reported at birth plus the time since,
 	// while online; the last reported uptime while offline.
 	UptimeSeconds int64      `json:"uptime_s"`
@@ -47,6 +50,7 @@ const (
 	fSlot            = "slot"
 	fBirthAt         = "birth_at"
 	fOfflineAt       = "offline_at"
+	fLabels          = "labels" // JSON object; absent when the device has none
 )
 
 // FieldConfigVersion is the device hash field with the config version the
@@ -54,10 +58,12 @@ const (
 const FieldConfigVersion = fConfigVersion
 
 // provisionScript creates a device atomically, refusing an existing one.
-// KEYS: dev hash, psk, rxhigh, rxbits. ARGV: id, created_at ms, sealed psk.
+// KEYS: dev hash, psk, rxhigh, rxbits. ARGV: id, created_at ms, sealed psk,
+// labels JSON ("" for none).
 var provisionScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'created_at', ARGV[2], 'online', '0')
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'labels', ARGV[4]) end
 redis.call('SET', KEYS[2], ARGV[3])
 redis.call('DEL', KEYS[3], KEYS[4])
 return 1
@@ -68,10 +74,21 @@ return 1
 // CodeInvalid error, an existing device or an operator of that name
 // CodeConflict; neither changes state.
 func (s *Service) Provision(ctx context.Context, id string) ([]byte, error) {
+	return s.ProvisionLabeled(ctx, id, nil, "")
+}
+
+// ProvisionLabeled is Provision with initial labels, recorded as a labels
+// audit event by operator by. Bad labels are CodeInvalid naming the label
+// (labels.KEY) and change nothing.
+func (s *Service) ProvisionLabeled(ctx context.Context, id string, labels map[string]string, by string) ([]byte, error) {
 	if err := topics.ValidateID(id); err != nil {
 		return nil, &Error{Code: CodeInvalid, Field: "id", Message: "id must be 1-64 characters of A-Z a-z 0-9 _ -", Err: err}
 	}
 	if err := s.nameFree(ctx, s.keys.Operator(id), "id", "device id %q is an operator's name; devices and operators need distinct names", id); err != nil {
+		return nil, err
+	}
+	labelsJSON, err := encodeLabels(labels)
+	if err != nil {
 		return nil, err
 	}
 	psk := make([]byte, envelope.KeySize)
@@ -85,7 +102,7 @@ func (s *Service) Provision(ctx context.Context, id string) ([]byte, error) {
 	now := s.now()
 	created, err := provisionScript.Run(ctx, s.rdb,
 		[]string{s.keys.Device(id), s.keys.PSK(id), s.keys.RxHigh(id), s.keys.RxBits(id)},
-		id, now.UnixMilli(), sealed).Int()
+		id, now.UnixMilli(), sealed, labelsJSON).Int()
 	if err != nil {
 		return nil, Unavailable("provision "+id, err)
 	}
@@ -106,8 +123,17 @@ func (s *Service) Provision(ctx context.Context, id string) ([]byte, error) {
 	if err := s.rdb.ZAdd(ctx, s.keys.Devices(), redis.Z{Member: id}).Err(); err != nil {
 		return nil, Unavailable("provision "+id+": index", err)
 	}
+	if _, err := s.addLabelIndex(ctx, id, labels); err != nil {
+		return nil, err
+	}
 	s.cache.forget(id)
-	s.log.Info().Str("device", id).Msg("device provisioned")
+	s.log.Info().Str("device", id).Int("labels", len(labels)).Msg("device provisioned")
+	if len(labels) > 0 {
+		ev := map[string]any{"labels": labels, "changed": labels, "via": "provision", "by": by}
+		if err := s.Emit(ctx, id, topics.EventLabels, ev); err != nil {
+			s.log.Error().Err(err).Str("device", id).Msg("emit labels event")
+		}
+	}
 	return psk, nil
 }
 
@@ -168,6 +194,7 @@ func (s *Service) parseDevice(id string, h map[string]string) Device {
 		LastSeen:        msTime(h[fLastSeen]),
 		BirthAt:         msTime(h[fBirthAt]),
 		FOTA:            ParseDeviceFOTA(h),
+		Labels:          decodeLabels(h[fLabels]),
 	}
 	if c := msTime(h[fCreatedAt]); c != nil {
 		d.CreatedAt = *c

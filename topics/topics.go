@@ -53,6 +53,7 @@ const (
 	EventCommand  = "command"
 	EventFOTA     = "fota"
 	EventSecurity = "security"
+	EventLabels   = "labels" // a device's labels changed (provisioning or PATCH)
 )
 
 // OperatorLevel is the fourth level of operator event topics,
@@ -87,7 +88,7 @@ var opsKinds = map[string]bool{KindConfig: true, KindCommand: true}
 
 var eventKinds = map[string]bool{
 	EventPresence: true, EventConfig: true, EventCommand: true,
-	EventFOTA: true, EventSecurity: true,
+	EventFOTA: true, EventSecurity: true, EventLabels: true,
 }
 
 // ValidateID reports whether id matches [A-Za-z0-9_-]{1,64}.

@@ -3,7 +3,10 @@ package httpapi
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -33,11 +36,17 @@ func handleReadyz(log zerolog.Logger, f Fleet, ready func() error) http.Handler 
 	})
 }
 
-func handleDevicesList(log zerolog.Logger, f Fleet) http.Handler {
+// handleDevicesList answers the whole list, or one page when any of the
+// paging parameters is given (handleDevicesPage).
+func handleDevicesList(log zerolog.Logger, f Fleet, q FleetQueries) http.Handler {
 	type response struct {
 		Devices []backend.Device `json:"devices"`
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if isPaged(r.URL.Query()) {
+			handleDevicesPage(w, r, log, q)
+			return
+		}
 		ds, err := f.Devices(r.Context())
 		if err != nil {
 			writeError(w, log, err)
@@ -47,9 +56,10 @@ func handleDevicesList(log zerolog.Logger, f Fleet) http.Handler {
 	})
 }
 
-func handleDevicesCreate(log zerolog.Logger, f Fleet) http.Handler {
+func handleDevicesCreate(log zerolog.Logger, f Fleet, l Labels) http.Handler {
 	type request struct {
-		ID string `json:"id"`
+		ID     string                     `json:"id"`
+		Labels map[string]json.RawMessage `json:"labels"`
 	}
 	type response struct {
 		ID  string `json:"id"`
@@ -61,7 +71,29 @@ func handleDevicesCreate(log zerolog.Logger, f Fleet) http.Handler {
 			writeError(w, log, err)
 			return
 		}
-		psk, err := f.Provision(r.Context(), req.ID)
+		labels := make(map[string]string, len(req.Labels))
+		for _, k := range slices.Sorted(maps.Keys(req.Labels)) { // the first bad one, deterministically
+			v := req.Labels[k]
+			var s *string
+			if err := json.Unmarshal(v, &s); err != nil || s == nil {
+				writeError(w, log, backend.Errorf(backend.CodeInvalid, "labels."+k, "label %s must be a string", k))
+				return
+			}
+			labels[k] = *s
+		}
+		var psk []byte
+		var err error
+		switch {
+		case len(labels) == 0:
+			psk, err = f.Provision(r.Context(), req.ID)
+		case l == nil:
+			err = errNoLabels
+		default:
+			var by string
+			if by, err = operatorName(r); err == nil {
+				psk, err = l.ProvisionLabeled(r.Context(), req.ID, labels, by)
+			}
+		}
 		if err != nil {
 			writeError(w, log, err)
 			return
@@ -88,7 +120,7 @@ func handleDeviceGet(log zerolog.Logger, f Fleet, t Telemetry) http.Handler {
 func handleNotFound(log zerolog.Logger, mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var allowed []string
-		for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete} {
+		for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
 			probe := r.Clone(r.Context())
 			probe.Method = m
 			if _, pattern := mux.Handler(probe); pattern != "" && pattern != "/api/" {

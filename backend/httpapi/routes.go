@@ -19,8 +19,10 @@ func addRoutes(mux *http.ServeMux, d Deps) {
 	// Everything under /api/ needs the admin token, checked before routing
 	// so that unauthenticated callers learn nothing about the routes.
 	api := http.NewServeMux()
-	api.Handle("GET /api/v1/devices", handleDevicesList(log, d.Fleet))
-	api.Handle("POST /api/v1/devices", handleDevicesCreate(log, d.Fleet))
+	api.Handle("GET /api/v1/devices", handleDevicesList(log, d.Fleet, d.Queries))
+	api.Handle("GET /api/v1/fleet/summary", handleFleetSummary(log, d.Queries))
+	api.Handle("POST /api/v1/devices", handleDevicesCreate(log, d.Fleet, d.Labels))
+	api.Handle("PATCH /api/v1/devices/{id}/labels", handleLabelsPatch(log, d.Labels))
 	api.Handle("GET /api/v1/devices/{id}", handleDeviceGet(log, d.Fleet, d.Telemetry))
 	api.Handle("GET /api/v1/devices/{id}/telemetry", handleTelemetry(log, d.Fleet, d.Telemetry))
 	api.Handle("GET /api/v1/devices/{id}/events", handleDeviceEvents(log, d.Events))

@@ -47,6 +47,13 @@ type Deps struct {
 	// FOTA serves firmware, device update and rollout routes; nil answers
 	// them with 503.
 	FOTA FOTA
+	// Labels serves device labels (provisioning with labels and PATCH
+	// .../labels); nil means Fleet when it has them (as *backend.Service
+	// does).
+	Labels Labels
+	// Queries serves the paged device list and the fleet summary; nil
+	// means Fleet when it has them (as *backend.Service does).
+	Queries FleetQueries
 	// KeepAlive is the interval of event-stream keep-alive comments;
 	// default DefaultKeepAlive.
 	KeepAlive time.Duration
@@ -62,6 +69,12 @@ func NewServer(d Deps) http.Handler {
 	}
 	if d.Events == nil {
 		d.Events, _ = d.Fleet.(EventLog)
+	}
+	if d.Labels == nil {
+		d.Labels, _ = d.Fleet.(Labels)
+	}
+	if d.Queries == nil {
+		d.Queries, _ = d.Fleet.(FleetQueries)
 	}
 	if d.KeepAlive <= 0 {
 		d.KeepAlive = DefaultKeepAlive

@@ -24,6 +24,10 @@ import (
 //	ecowatt:devices          zset    every device ID, score 0 (lexicographic order)
 //	ecowatt:online           zset    online device IDs, score = last birth (unix ms)
 //	ecowatt:security         stream  every security rejection, fleet-wide (capped)
+//	ecowatt:{idx}:l:K=V      set     IDs of the devices with label K=V (backend/fleet.go)
+//	ecowatt:{idx}:lk:K       set     IDs of the devices with a label K
+//	ecowatt:{idx}:keys       set     names of every label index key above (for the repair pass)
+//	ecowatt:{idx}:cursorkey  string  random HMAC key that signs page cursors (shared by replicas)
 //	ecowatt:op:NAME          hash    operator account (bcrypt hash, role, created_at)
 type Keys struct {
 	prefix string
@@ -80,6 +84,24 @@ func (k Keys) Online() string { return k.Global("online") }
 
 // Security is the fleet-wide security event stream.
 func (k Keys) Security() string { return k.Global("security") }
+
+// IndexTag is the hash tag of the fleet indexes: they share one Cluster
+// slot so that set operations across them (SINTER, SUNION) are allowed.
+const IndexTag = "{idx}"
+
+// LabelIndex is the set of devices with label key=value.
+func (k Keys) LabelIndex(key, value string) string {
+	return k.prefix + IndexTag + ":l:" + key + "=" + value
+}
+
+// LabelKeyIndex is the set of devices with a label key, any value.
+func (k Keys) LabelKeyIndex(key string) string { return k.prefix + IndexTag + ":lk:" + key }
+
+// IndexKeys is the set of the names of every label index key.
+func (k Keys) IndexKeys() string { return k.prefix + IndexTag + ":keys" }
+
+// CursorKey holds the key that signs page cursors.
+func (k Keys) CursorKey() string { return k.prefix + IndexTag + ":cursorkey" }
 
 // Operator is an operator account hash.
 func (k Keys) Operator(name string) string { return k.Global("op:" + name) }
