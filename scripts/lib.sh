@@ -38,8 +38,18 @@ start_redis() {
 
 stop_redis() {
 	if [ -n "${REDIS_DIR:-}" ] && [ -f "$REDIS_DIR/redis.pid" ]; then
-		kill "$(cat "$REDIS_DIR/redis.pid")" 2>/dev/null || true
+		local pid
+		pid=$(cat "$REDIS_DIR/redis.pid")
+		kill "$pid" 2>/dev/null || true
+		# Wait for it to exit: it may still write into the dir while it stops,
+		# and rm -rf then fails (and, under set -e, fails the whole run).
+		for _ in $(seq 1 50); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
 	fi
-	[ -n "${REDIS_DIR:-}" ] && rm -rf "$REDIS_DIR"
+	if [ -n "${REDIS_DIR:-}" ]; then
+		rm -rf "$REDIS_DIR" 2>/dev/null || rm -rf "$REDIS_DIR" || true
+	fi
 	REDIS_DIR=
 }
