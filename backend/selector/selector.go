@@ -1,6 +1,7 @@
 package selector
 
 import (
+	"cmp"
 	"slices"
 	"strconv"
 	"strings"
@@ -129,14 +130,14 @@ func (t *Term) match(v View, now time.Time) bool {
 	case FieldConfigDrift:
 		return (v.ConfigDrift == t.b) == (t.Op == Eq)
 	case FieldConfigVersion:
-		return cmpOp(t.Op, cmpInt(v.ConfigVersion, t.num))
+		return cmpOp(t.Op, cmp.Compare(v.ConfigVersion, t.num))
 	case FieldLastSeen:
 		// A device never seen is infinitely old.
 		if v.LastSeen.IsZero() {
 			return t.Op == Gt || t.Op == Ge
 		}
 		age := now.Sub(v.LastSeen)
-		return cmpOp(t.Op, cmpInt(int64(age), int64(t.age)))
+		return cmpOp(t.Op, cmp.Compare(age, t.age))
 	case FieldFirmware:
 		return matchFirmware(t.Op, t.Values, v.Firmware)
 	}
@@ -196,16 +197,6 @@ func cmpOp(op Op, c int) bool {
 		return c >= 0
 	}
 	return false
-}
-
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // parseAge reads a last_seen operand: a Go duration (90s, 1h30m) or a
