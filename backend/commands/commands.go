@@ -123,7 +123,6 @@ type Fleet interface {
 	Emit(ctx context.Context, dev, kind string, data any) error
 	Handle(kind string, h backend.UplinkHandler)
 	HandleOps(kind string, h backend.OpsHandler)
-	OperatorRole(ctx context.Context, name string) (string, error)
 }
 
 var _ Fleet = (*backend.Service)(nil)
