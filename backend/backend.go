@@ -5,13 +5,27 @@
 // any number of Service replicas can serve one fleet. It reaches the MQTT
 // broker only through the Bus interface.
 //
+// Wiring order (cmd/ecowatt serve): Accounts (device keys and operators,
+// what the broker needs) first, the broker on them, the Service on the
+// broker as its Bus with the same Accounts, then the Service as the
+// broker's presence and rejection observer (broker.Server.Observe), then
+// the services below, then the listeners. docs/ARCHITECTURE.md walks it.
+//
 // The services built on it (backend/config, backend/commands,
 // backend/fota) share one shape: New(Config) checks the config and
 // registers metrics, Attach registers the uplink and ops handlers on the
 // Fleet, Run(ctx) runs the work that needs a lease (backend/lease.Run)
-// until ctx is done. Their Config names the dependencies alike: Redis,
-// Keys (the *Service's Keys), Fleet (what the service needs of *Service,
+// until ctx is done, once (RunGuard). Their Config names the dependencies
+// alike: Redis, Keys (the *Service's Keys; the zero Keys mean
+// store.DefaultPrefix), Fleet (what the service needs of *Service,
 // declared in its package), Registerer, Logger, Now, Replica.
+//
+// Naming: Config is always a component's options (backend.Config,
+// broker.Config, config.Config, fota.Config, ...), so config.Config is the
+// options of the configuration service and nothing else. The device
+// configuration that service manages is named by its parts, never
+// "Config": config.State (Desired, Reported, LastAck, Delivery), Entry
+// (history), Result (of a change), Who (by whom, via which channel).
 package backend
 
 import (
@@ -99,10 +113,11 @@ type Service struct {
 	stopped chan struct{} // closed when Run returns; enqueue stops blocking
 	tracked atomic.Bool   // the broker reports connections: presence follows generations (presence.go)
 
-	mu      sync.RWMutex // guards uplink, ops and running
-	uplink  map[string][]UplinkHandler
-	ops     map[string]OpsHandler
-	running bool
+	run RunGuard
+
+	mu     sync.RWMutex // guards uplink and ops
+	uplink map[string][]UplinkHandler
+	ops    map[string]OpsHandler
 }
 
 // job is one message waiting for a worker. Oversized payloads are not
@@ -196,13 +211,9 @@ func (s *Service) Ping(ctx context.Context) error {
 // until ctx is done. It returns after every goroutine it started has
 // exited. Run may be called once.
 func (s *Service) Run(ctx context.Context) error {
-	s.mu.Lock()
-	if s.running {
-		s.mu.Unlock()
-		return errors.New("backend run: already running")
+	if err := s.run.Start("backend run"); err != nil {
+		return err
 	}
-	s.running = true
-	s.mu.Unlock()
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
