@@ -71,9 +71,8 @@ type messaging struct {
 	url string         // external mode
 
 	// external mode: the broker's auth/ACL callbacks, built by observe
-	accounts brokerAccounts
-	authCfg  authhttp.Config
-	auth     http.Handler
+	authCfg authhttp.Config
+	auth    http.Handler
 }
 
 // newMessaging builds the broker side on the accounts; the backend is
