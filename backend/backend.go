@@ -5,13 +5,27 @@
 // any number of Service replicas can serve one fleet. It reaches the MQTT
 // broker only through the Bus interface.
 //
+// Wiring order (cmd/ecowatt serve): Accounts (device keys and operators,
+// what the broker needs) first, the broker on them, the Service on the
+// broker as its Bus with the same Accounts, then the Service as the
+// broker's presence and rejection observer (broker.Server.Observe), then
+// the services below, then the listeners. docs/ARCHITECTURE.md walks it.
+//
 // The services built on it (backend/config, backend/commands,
 // backend/fota) share one shape: New(Config) checks the config and
 // registers metrics, Attach registers the uplink and ops handlers on the
 // Fleet, Run(ctx) runs the work that needs a lease (backend/lease.Run)
-// until ctx is done. Their Config names the dependencies alike: Redis,
-// Keys (the *Service's Keys), Fleet (what the service needs of *Service,
+// until ctx is done, once (RunGuard). Their Config names the dependencies
+// alike: Redis, Keys (the *Service's Keys; the zero Keys mean
+// store.DefaultPrefix), Fleet (what the service needs of *Service,
 // declared in its package), Registerer, Logger, Now, Replica.
+//
+// Naming: Config is always a component's options (backend.Config,
+// broker.Config, config.Config, fota.Config, ...), so config.Config is the
+// options of the configuration service and nothing else. The device
+// configuration that service manages is named by its parts, never
+// "Config": config.State (Desired, Reported, LastAck, Delivery), Entry
+// (history), Result (of a change), Who (by whom, via which channel).
 package backend
 
 import (
@@ -34,16 +48,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
-	"golang.org/x/crypto/bcrypt"
 )
 
-// Message is one MQTT message delivered by the Bus. Username is the
-// publishing client's account, empty when unknown.
-type Message struct {
-	Topic    string
-	Payload  []byte
-	Username string
-}
+// Message is one MQTT message delivered by the Bus. It is the broker's
+// message type, so that broker.Server and mqttbus.Bus are Buses as they are.
+type Message = topics.Message
 
 // Bus is the backend's view of the MQTT broker: the embedded mochi server or
 // an external broker's client.
@@ -54,8 +63,15 @@ type Bus interface {
 	Subscribe(filter string, h func(Message)) error
 }
 
-// Config holds a Service's dependencies. Redis, Vault and Bus are required.
+// Config holds a Service's dependencies. Bus is required, and either
+// Accounts or Redis and Vault (from which New builds the Accounts).
 type Config struct {
+	// Accounts are the device keys and operator accounts, built before
+	// the broker (see Accounts); the Service uses their Redis, prefix and
+	// vault. Without them, New builds them from Redis, Prefix, Vault,
+	// KeyCacheSize, KeyCacheTTL and BcryptCost (which must then be unset
+	// when Accounts is set).
+	Accounts   *Accounts
 	Redis      redis.UniversalClient
 	Prefix     string // key prefix; default store.DefaultPrefix
 	Vault      *keyvault.Vault
@@ -67,9 +83,9 @@ type Config struct {
 
 	Workers         int // uplink worker shards; default 16×GOMAXPROCS (they mostly wait on Redis)
 	QueueSize       int // per-shard queue; default 256
-	KeyCacheSize    int // derived keys kept in memory; default 65536
+	KeyCacheSize    int // see AccountsConfig
 	KeyCacheTTL     time.Duration
-	BcryptCost      int   // default bcrypt.DefaultCost
+	BcryptCost      int
 	AuditMaxLen     int64 // approximate cap of each device's audit stream; default 1000
 	SecurityMaxLen  int64 // approximate cap of the fleet-wide security stream; default 10000
 	EncryptDownlink bool  // seal downlink bodies with AES-256-GCM as well as the MAC
@@ -78,6 +94,8 @@ type Config struct {
 
 // Service is the backend. Create it with New and start it with Run.
 type Service struct {
+	*Accounts // device keys and operators: DeviceKeys, EnsureOperator, ...
+
 	rdb    redis.UniversalClient
 	keys   store.Keys
 	vault  *keyvault.Vault
@@ -87,21 +105,19 @@ type Service struct {
 	random io.Reader // safe for concurrent use
 	cfg    Config
 	m      *metrics
-	cache  *keyCache
 	hub    *hub
 	shards []chan job
-
-	verified verifiedPasswords
 
 	brokerSamples *sampler // which broker rejections become events
 
 	stopped chan struct{} // closed when Run returns; enqueue stops blocking
 	tracked atomic.Bool   // the broker reports connections: presence follows generations (presence.go)
 
-	mu      sync.RWMutex // guards uplink, ops and running
-	uplink  map[string][]UplinkHandler
-	ops     map[string]OpsHandler
-	running bool
+	run RunGuard
+
+	mu     sync.RWMutex // guards uplink and ops
+	uplink map[string][]UplinkHandler
+	ops    map[string]OpsHandler
 }
 
 // job is one message waiting for a worker. Oversized payloads are not
@@ -114,15 +130,11 @@ type job struct {
 // New checks cfg and builds a Service. It registers its metrics with
 // cfg.Registerer.
 func New(cfg Config) (*Service, error) {
-	if cfg.Redis == nil || cfg.Vault == nil || cfg.Bus == nil {
-		return nil, errors.New("new backend: Redis, Vault and Bus are required")
+	if cfg.Bus == nil {
+		return nil, errors.New("new backend: Bus is required")
 	}
-	if cfg.Prefix == "" {
-		cfg.Prefix = store.DefaultPrefix
-	}
-	keys, err := store.NewKeys(cfg.Prefix)
-	if err != nil {
-		return nil, fmt.Errorf("new backend: %w", err)
+	if cfg.Accounts == nil && (cfg.Redis == nil || cfg.Vault == nil) {
+		return nil, errors.New("new backend: Accounts, or Redis and Vault, are required")
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -133,20 +145,15 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Registerer == nil {
 		cfg.Registerer = prometheus.NewRegistry()
 	}
+	acc, err := accountsOf(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("new backend: %w", err)
+	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = 16 * runtime.GOMAXPROCS(0)
 	}
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = 256
-	}
-	if cfg.KeyCacheSize <= 0 {
-		cfg.KeyCacheSize = 65536
-	}
-	if cfg.KeyCacheTTL <= 0 {
-		cfg.KeyCacheTTL = 5 * time.Minute
-	}
-	if cfg.BcryptCost == 0 {
-		cfg.BcryptCost = bcrypt.DefaultCost
 	}
 	if cfg.AuditMaxLen <= 0 {
 		cfg.AuditMaxLen = 1000
@@ -158,15 +165,16 @@ func New(cfg Config) (*Service, error) {
 		cfg.MessageTimeout = 10 * time.Second
 	}
 	s := &Service{
-		rdb:    cfg.Redis,
-		keys:   keys,
-		vault:  cfg.Vault,
+		Accounts: acc,
+
+		rdb:    acc.rdb,
+		keys:   acc.keys,
+		vault:  acc.vault,
 		bus:    cfg.Bus,
 		log:    cfg.Logger.With().Str("component", "backend").Logger(),
 		now:    cfg.Now,
 		random: &lockedReader{r: cfg.Random},
 		cfg:    cfg,
-		cache:  newKeyCache(cfg.KeyCacheSize, cfg.KeyCacheTTL),
 		hub:    newHub(),
 
 		brokerSamples: newSampler(brokerSampleEvery, brokerSamplesPerWindow, brokerSampleNames),
@@ -203,13 +211,9 @@ func (s *Service) Ping(ctx context.Context) error {
 // until ctx is done. It returns after every goroutine it started has
 // exited. Run may be called once.
 func (s *Service) Run(ctx context.Context) error {
-	s.mu.Lock()
-	if s.running {
-		s.mu.Unlock()
-		return errors.New("backend run: already running")
+	if err := s.run.Start("backend run"); err != nil {
+		return err
 	}
-	s.running = true
-	s.mu.Unlock()
 
 	var wg sync.WaitGroup
 	defer wg.Wait()

@@ -3,6 +3,8 @@ package backend
 import (
 	"testing"
 	"time"
+
+	"github.com/ecowatt/ecowatt/topics"
 )
 
 // TestNamesDistinct checks (issue 18 item 7) both directions against real
@@ -10,7 +12,7 @@ import (
 // device's ID are CodeConflict and leave the existing account intact.
 func TestNamesDistinct(t *testing.T) {
 	h := newHarness(t)
-	if err := h.s.EnsureOperator(h.ctx, "admin1", "pw", RoleAdmin); err != nil {
+	if err := h.s.EnsureOperator(h.ctx, "admin1", "pw", topics.RoleAdmin); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := h.s.Provision(h.ctx, "admin1"); ErrorCode(err) != CodeConflict {
@@ -23,7 +25,7 @@ func TestNamesDistinct(t *testing.T) {
 		t.Fatalf("operator admin1 after the refusal: %v", err)
 	}
 	h.device("gw-7")
-	if err := h.s.EnsureOperator(h.ctx, "gw-7", "pw", RoleAdmin); ErrorCode(err) != CodeConflict {
+	if err := h.s.EnsureOperator(h.ctx, "gw-7", "pw", topics.RoleAdmin); ErrorCode(err) != CodeConflict {
 		t.Fatalf("operator gw-7: %v, want conflict", err)
 	}
 	if _, err := h.s.OperatorRole(h.ctx, "gw-7"); ErrorCode(err) != CodeNotFound {

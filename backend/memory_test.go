@@ -86,10 +86,10 @@ func TestZeroSetupStore(t *testing.T) {
 	if err := s.Send(ctx, "m1", topics.KindCommand, map[string]string{"x": "y"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.EnsureOperator(ctx, "root", "pw", RoleAdmin); err != nil {
+	if err := s.EnsureOperator(ctx, "root", "pw", topics.RoleAdmin); err != nil {
 		t.Fatal(err)
 	}
-	if role, err := s.AuthenticateOperator(ctx, "root", "pw"); err != nil || role != RoleAdmin {
+	if role, err := s.AuthenticateOperator(ctx, "root", "pw"); err != nil || role != topics.RoleAdmin {
 		t.Fatalf("operator: %q %v", role, err)
 	}
 	if evs, err := s.Events(ctx, "m1", 10); err != nil || len(evs) != 3 {

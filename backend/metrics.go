@@ -16,7 +16,6 @@ type metrics struct {
 	handlerErrors  *prometheus.CounterVec
 	eventsDropped  prometheus.Counter
 	disconnects    *prometheus.CounterVec
-	passwordChecks prometheus.Counter // bcrypt comparisons of operator passwords
 	suppressed     prometheus.Counter // broker rejections folded into a later sample event
 }
 
@@ -51,10 +50,6 @@ func newMetrics(reg prometheus.Registerer, online func() float64) (*metrics, err
 			Name: "ecowatt_device_disconnects_total",
 			Help: "Device connections the broker reported ended, by cause (broker.Cause*).",
 		}, []string{"cause"}),
-		passwordChecks: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "ecowatt_operator_password_checks_total",
-			Help: "Operator passwords checked with bcrypt (unknown names and cached logins cost none).",
-		}),
 		suppressed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ecowatt_security_events_suppressed_total",
 			Help: "Broker rejections counted but not written as their own security event (rate limit per account).",
@@ -64,7 +59,7 @@ func newMetrics(reg prometheus.Registerer, online func() float64) (*metrics, err
 		Name: "ecowatt_devices_online",
 		Help: "Devices currently online (read from Redis).",
 	}, online)
-	for _, c := range []prometheus.Collector{m.rejections, m.uplink, m.downlink, m.handlerLatency, m.handlerErrors, m.eventsDropped, m.disconnects, m.passwordChecks, m.suppressed, onlineGauge} {
+	for _, c := range []prometheus.Collector{m.rejections, m.uplink, m.downlink, m.handlerLatency, m.handlerErrors, m.eventsDropped, m.disconnects, m.suppressed, onlineGauge} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

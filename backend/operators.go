@@ -12,40 +12,34 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-// Operator roles.
-const (
-	RoleAdmin  = "admin"  // may change config, send commands, run rollouts
-	RoleViewer = "viewer" // may watch events
-)
-
 // EnsureOperator creates operator name, or resets its password and role
 // (the ECOWATT_OPERATOR=name:password bootstrap runs it at every start).
 // Names follow the device ID rules and must not be a device's ID
 // (CodeConflict); passwords are stored as bcrypt hashes.
-func (s *Service) EnsureOperator(ctx context.Context, name, password, role string) error {
+func (a *Accounts) EnsureOperator(ctx context.Context, name, password string, role topics.Role) error {
 	if err := topics.ValidateID(name); err != nil {
 		return &Error{Code: CodeInvalid, Field: "name", Message: "operator name must be 1-64 characters of A-Z a-z 0-9 _ -", Err: err}
 	}
 	if password == "" || len(password) > 72 {
 		return Errorf(CodeInvalid, "password", "password must be 1-72 bytes")
 	}
-	if role != RoleAdmin && role != RoleViewer {
-		return Errorf(CodeInvalid, "role", "role must be %q or %q", RoleAdmin, RoleViewer)
+	if !role.Valid() {
+		return Errorf(CodeInvalid, "role", "role must be %q or %q", topics.RoleAdmin, topics.RoleViewer)
 	}
-	hash, err := bcrypt.GenerateFromPassword([]byte(password), s.cfg.BcryptCost)
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), a.bcryptCost)
 	if err != nil {
 		return fmt.Errorf("ensure operator %s: %w", name, err)
 	}
 	const clash = "operator name %q is a device's id; devices and operators need distinct names"
-	if err := s.nameFree(ctx, s.keys.Device(name), "name", clash, name); err != nil {
+	if err := a.nameFree(ctx, a.keys.Device(name), "name", clash, name); err != nil {
 		return err
 	}
-	key := s.keys.Operator(name)
-	now := s.now().UnixMilli()
+	key := a.keys.Operator(name)
+	now := a.now().UnixMilli()
 	var created *redis.BoolCmd
-	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+	_, err = a.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		created = p.HSetNX(ctx, key, "created_at", now)
-		p.HSet(ctx, key, "name", name, "hash", hash, "role", role, "updated_at", now)
+		p.HSet(ctx, key, "name", name, "hash", hash, "role", string(role), "updated_at", now)
 		return nil
 	})
 	if err != nil {
@@ -53,15 +47,15 @@ func (s *Service) EnsureOperator(ctx context.Context, name, password, role strin
 	}
 	// A device may have been provisioned since the check (see nameFree);
 	// an account that existed before stays (that device undoes itself).
-	if err := s.nameFree(ctx, s.keys.Device(name), "name", clash, name); err != nil {
+	if err := a.nameFree(ctx, a.keys.Device(name), "name", clash, name); err != nil {
 		if created.Val() {
-			if derr := s.rdb.Del(ctx, key).Err(); derr != nil {
+			if derr := a.rdb.Del(ctx, key).Err(); derr != nil {
 				return Unavailable("ensure operator "+name+": undo", derr)
 			}
 		}
 		return err
 	}
-	s.log.Info().Str("operator", name).Str("role", role).Msg("operator account set")
+	a.log.Info().Str("operator", name).Str("role", string(role)).Msg("operator account set")
 	return nil
 }
 
@@ -71,11 +65,11 @@ func (s *Service) EnsureOperator(ctx context.Context, name, password, role strin
 // throttles the rest); this tells a name that exists from one that does
 // not, which operator names, like device IDs, are not meant to hide. A
 // wrong password is CodeUnauthorized.
-func (s *Service) AuthenticateOperator(ctx context.Context, name, password string) (string, error) {
+func (a *Accounts) AuthenticateOperator(ctx context.Context, name, password string) (topics.Role, error) {
 	if topics.ValidateID(name) != nil {
 		return "", Errorf(CodeNotFound, "name", "no operator %q", name)
 	}
-	h, err := s.rdb.HMGet(ctx, s.keys.Operator(name), "hash", "role").Result()
+	h, err := a.rdb.HMGet(ctx, a.keys.Operator(name), "hash", "role").Result()
 	if err != nil {
 		return "", Unavailable("authenticate operator", err)
 	}
@@ -84,36 +78,37 @@ func (s *Service) AuthenticateOperator(ctx context.Context, name, password strin
 		return "", Errorf(CodeNotFound, "name", "no operator %q", name)
 	}
 	hash := []byte(hs)
-	role, _ := h[1].(string)
-	if !s.verified.has(hash, password) {
-		s.m.passwordChecks.Inc()
+	rs, _ := h[1].(string)
+	role := topics.Role(rs)
+	if !a.verified.has(hash, password) {
+		a.passwordChecks.Inc()
 		err = bcrypt.CompareHashAndPassword(hash, []byte(password))
 		if err == nil {
-			s.verified.add(hash, password)
+			a.verified.add(hash, password)
 		}
 	}
 	if err != nil && !errors.Is(err, bcrypt.ErrMismatchedHashAndPassword) {
-		s.log.Error().Err(err).Str("operator", name).Msg("operator hash unreadable")
+		a.log.Error().Err(err).Str("operator", name).Msg("operator hash unreadable")
 	}
-	if err != nil || (role != RoleAdmin && role != RoleViewer) {
+	if err != nil || !role.Valid() {
 		return "", Errorf(CodeUnauthorized, "", "wrong operator name or password")
 	}
 	return role, nil
 }
 
 // OperatorRole returns the role of an existing operator.
-func (s *Service) OperatorRole(ctx context.Context, name string) (string, error) {
+func (a *Accounts) OperatorRole(ctx context.Context, name string) (topics.Role, error) {
 	if topics.ValidateID(name) != nil {
 		return "", Errorf(CodeNotFound, "name", "no operator %q", name)
 	}
-	role, err := s.rdb.HGet(ctx, s.keys.Operator(name), "role").Result()
+	role, err := a.rdb.HGet(ctx, a.keys.Operator(name), "role").Result()
 	if err != nil {
 		if errors.Is(err, redis.Nil) {
 			return "", Errorf(CodeNotFound, "name", "no operator %q", name)
 		}
 		return "", Unavailable("operator role", err)
 	}
-	return role, nil
+	return topics.Role(role), nil
 }
 
 // verifiedPasswords remembers (stored hash, password) pairs bcrypt has

@@ -228,22 +228,22 @@ func msTime(s string) *time.Time {
 // password check and the envelope. Results are cached in memory (bounded,
 // with a TTL) because every connect asks. An unknown device is an error
 // matching ErrNotFound.
-func (s *Service) DeviceKeys(ctx context.Context, id string) (*envelope.Keys, error) {
+func (a *Accounts) DeviceKeys(ctx context.Context, id string) (*envelope.Keys, error) {
 	if topics.ValidateID(id) != nil {
 		return nil, Errorf(CodeNotFound, "id", "no device %q", id)
 	}
-	now := s.now()
-	if k, ok := s.cache.get(id, now); ok {
+	now := a.now()
+	if k, ok := a.cache.get(id, now); ok {
 		return &k, nil
 	}
-	sealed, err := s.rdb.Get(ctx, s.keys.PSK(id)).Bytes()
+	sealed, err := a.rdb.Get(ctx, a.keys.PSK(id)).Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, Errorf(CodeNotFound, "id", "no device %q", id)
 	}
 	if err != nil {
 		return nil, Unavailable("device keys "+id, err)
 	}
-	psk, err := s.vault.Open(id, sealed)
+	psk, err := a.vault.Open(id, sealed)
 	if err != nil {
 		return nil, fmt.Errorf("device keys %s: %w", id, err)
 	}
@@ -252,7 +252,7 @@ func (s *Service) DeviceKeys(ctx context.Context, id string) (*envelope.Keys, er
 	if err != nil {
 		return nil, fmt.Errorf("device keys %s: %w", id, err)
 	}
-	s.cache.put(id, k, now)
+	a.cache.put(id, k, now)
 	return &k, nil
 }
 
@@ -326,8 +326,8 @@ func (c *keyCache) forget(id string) {
 // first and then call nameFree, undoing their write on a conflict: of two
 // racing creations the later one always sees the earlier (at worst both
 // are refused), and no name is ever left both.
-func (s *Service) nameFree(ctx context.Context, key, field, format string, args ...any) error {
-	n, err := s.rdb.Exists(ctx, key).Result()
+func (a *Accounts) nameFree(ctx context.Context, key, field, format string, args ...any) error {
+	n, err := a.rdb.Exists(ctx, key).Result()
 	if err != nil {
 		return Unavailable("check name", err)
 	}

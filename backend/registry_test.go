@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ecowatt/ecowatt/topics"
 	"github.com/ecowatt/ecowatt/topics/envelope"
 )
 
@@ -145,11 +146,11 @@ func (h *harness) rdbKeys() []string {
 
 func TestOperators(t *testing.T) {
 	h := newHarness(t)
-	if err := h.s.EnsureOperator(h.ctx, "alice", "s3cret-pass", RoleAdmin); err != nil {
+	if err := h.s.EnsureOperator(h.ctx, "alice", "s3cret-pass", topics.RoleAdmin); err != nil {
 		t.Fatal(err)
 	}
 	role, err := h.s.AuthenticateOperator(h.ctx, "alice", "s3cret-pass")
-	if err != nil || role != RoleAdmin {
+	if err != nil || role != topics.RoleAdmin {
 		t.Fatalf("AuthenticateOperator = %q, %v", role, err)
 	}
 	// An unknown name is not found, and costs no bcrypt (issue 18).
@@ -170,13 +171,13 @@ func TestOperators(t *testing.T) {
 	}
 	for _, tc := range []struct{ name, user, pass, role, field string }{
 		{"bad role", "bob", "pw", "root", "role"},
-		{"bad name", "b b", "pw", RoleViewer, "name"},
-		{"empty password", "bob", "", RoleViewer, "password"},
+		{"bad name", "b b", "pw", string(topics.RoleViewer), "name"},
+		{"empty password", "bob", "", string(topics.RoleViewer), "password"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := h.with(t)
 			before := h.snapshot()
-			err := h.s.EnsureOperator(h.ctx, tc.user, tc.pass, tc.role)
+			err := h.s.EnsureOperator(h.ctx, tc.user, tc.pass, topics.Role(tc.role))
 			if _, field := ErrorMessage(err); ErrorCode(err) != CodeInvalid || field != tc.field {
 				t.Fatalf("EnsureOperator = %v, want invalid %s", err, tc.field)
 			}
@@ -184,10 +185,10 @@ func TestOperators(t *testing.T) {
 		})
 	}
 	// Re-running the bootstrap resets the password and role.
-	if err := h.s.EnsureOperator(h.ctx, "alice", "new-pass", RoleViewer); err != nil {
+	if err := h.s.EnsureOperator(h.ctx, "alice", "new-pass", topics.RoleViewer); err != nil {
 		t.Fatal(err)
 	}
-	if role, err := h.s.AuthenticateOperator(h.ctx, "alice", "new-pass"); err != nil || role != RoleViewer {
+	if role, err := h.s.AuthenticateOperator(h.ctx, "alice", "new-pass"); err != nil || role != topics.RoleViewer {
 		t.Fatalf("after reset: %q, %v", role, err)
 	}
 	if _, err := h.s.AuthenticateOperator(h.ctx, "alice", "s3cret-pass"); err == nil {

@@ -208,7 +208,7 @@ func (s *Service) checkAdmin(ctx context.Context, operator, kind string) error {
 	if err != nil && ErrorCode(err) != CodeNotFound {
 		return err
 	}
-	if role != RoleAdmin {
+	if role != topics.RoleAdmin {
 		return Errorf(CodeForbidden, "", "operator %q may not send %s messages", operator, kind)
 	}
 	return nil

@@ -210,7 +210,7 @@ func TestHandlersAndOps(t *testing.T) {
 	})
 	t.Run("ops handler error", func(t *testing.T) {
 		h := h.with(t)
-		if err := h.s.EnsureOperator(h.ctx, "alice", "pw", RoleAdmin); err != nil {
+		if err := h.s.EnsureOperator(h.ctx, "alice", "pw", topics.RoleAdmin); err != nil {
 			t.Fatal(err)
 		}
 		h.s.HandleOps(topics.KindCommand, func(ctx context.Context, dev, op string, body []byte) error {

@@ -38,9 +38,9 @@ func Reasons() []string {
 
 // identity is who an authenticated connection belongs to.
 type identity struct {
-	device bool   // a provisioned device; otherwise an operator
-	name   string // device ID or operator name
-	role   Role   // operators only
+	device bool        // a provisioned device; otherwise an operator
+	name   string      // device ID or operator name
+	role   topics.Role // operators only
 
 	gen   uint64 // devices: the connection's generation from Config.Presence; 0 without
 	ended bool   // the end was reported to Config.Presence; guarded by Server.mu
@@ -60,7 +60,7 @@ func allowPublish(id *identity, topic string) bool {
 	if id.device {
 		return t.Class == topics.ClassDevice && t.Dir == topics.Up && t.Device == id.name
 	}
-	return id.role == RoleAdmin && t.Class == topics.ClassOps
+	return id.role == topics.RoleAdmin && t.Class == topics.ClassOps
 }
 
 // allowRead reports whether id may subscribe to filter, or receive a message
@@ -73,7 +73,7 @@ func allowRead(id *identity, filter string) bool {
 		rest, ok := strings.CutPrefix(filter, topics.DeviceDownPrefix(id.name))
 		return ok && oneLevel(rest)
 	}
-	if id.role != RoleAdmin && id.role != RoleViewer {
+	if !id.role.Valid() {
 		return false
 	}
 	if f, ok := stripShare(filter); ok {

@@ -23,8 +23,8 @@ func FuzzACL(f *testing.F) {
 		f.Add(s)
 	}
 	dev := &identity{device: true, name: "d1"}
-	admin := &identity{name: "d1", role: RoleAdmin} // an operator named like a device gains nothing
-	viewer := &identity{name: "v", role: RoleViewer}
+	admin := &identity{name: "d1", role: topics.RoleAdmin} // an operator named like a device gains nothing
+	viewer := &identity{name: "v", role: topics.RoleViewer}
 	f.Fuzz(func(t *testing.T, s string) {
 		if allowPublish(dev, s) {
 			p, err := topics.Parse(s)

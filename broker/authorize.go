@@ -3,6 +3,8 @@ package broker
 import (
 	"context"
 	"time"
+
+	"github.com/ecowatt/ecowatt/topics"
 )
 
 // This file exports the embedded broker's connect and ACL rules so that an
@@ -11,9 +13,9 @@ import (
 
 // Account is an authenticated broker account.
 type Account struct {
-	Device bool   // a provisioned device; otherwise an operator
-	Name   string // device ID or operator name
-	Role   Role   // operators only
+	Device bool        // a provisioned device; otherwise an operator
+	Name   string      // device ID or operator name
+	Role   topics.Role // operators only
 }
 
 func (a Account) identity() *identity {

@@ -34,6 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/ecowatt/ecowatt/topics"
 	"github.com/ecowatt/ecowatt/topics/envelope"
 )
 
@@ -55,18 +56,9 @@ var ErrUnknownOperator = errors.New("unknown operator")
 // ErrClosed is returned by Start, Publish and Subscribe after Close.
 var ErrClosed = errors.New("broker closed")
 
-// Role is an operator's role.
-type Role string
-
-// Operator roles.
-const (
-	RoleAdmin  Role = "admin"  // may publish ops commands/config and read events
-	RoleViewer Role = "viewer" // may only read events
-)
-
 // OperatorAuth checks an operator's name and password.
 type OperatorAuth interface {
-	AuthenticateOperator(ctx context.Context, name, password string) (Role, error)
+	AuthenticateOperator(ctx context.Context, name, password string) (topics.Role, error)
 }
 
 // Rejection describes a refused connection, publish, subscription or packet.
@@ -80,12 +72,9 @@ type Rejection struct {
 	throttleName bool // an operator's wrong password: counts against the name in the login throttle
 }
 
-// Message is a message delivered to an in-process subscriber.
-type Message struct {
-	Topic    string
-	Payload  []byte
-	Username string // the publishing client's username; empty for in-process publishes
-}
+// Message is a message delivered to an in-process subscriber; the type is
+// topics.Message so that a Server is a backend.Bus as it is.
+type Message = topics.Message
 
 // Config configures a Server. Zero limits take the defaults below.
 type Config struct {
@@ -123,9 +112,9 @@ type Config struct {
 
 	Devices   DeviceAuth
 	Operators OperatorAuth // may be nil: no operator accounts
-	Presence  Presence     // may be nil: connection ends are not reported (the will is then the only signal)
+	Presence  Presence     // may be nil: connection ends are not reported (the will is then the only signal); or set by Observe
 
-	OnReject func(Rejection) // may be nil; called for every auth/ACL/size rejection
+	OnReject func(Rejection) // may be nil; called for every auth/ACL/size rejection; or set by Observe
 
 	// Login throttles (throttle.go); zero values take DefaultAddressThrottle
 	// and DefaultOperatorThrottle.
@@ -255,6 +244,22 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("broker: add hook: %w", err)
 	}
 	return s, nil
+}
+
+// Observe sets Config.Presence and Config.OnReject after New. It exists
+// for an observer built on this Server: the backend records connections
+// and rejections as events that it publishes through the broker, so it
+// can only be built once the broker exists (cmd/ecowatt: accounts, then
+// broker, then backend, then Observe, then Start). It must be called
+// before Start; afterwards it is an error and changes nothing.
+func (s *Server) Observe(p Presence, onReject func(Rejection)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return errors.New("broker: Observe after Start")
+	}
+	s.cfg.Presence, s.cfg.OnReject = p, onReject
+	return nil
 }
 
 // Start opens the listeners and starts serving; it returns at once.

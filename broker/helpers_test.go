@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 
+	"github.com/ecowatt/ecowatt/topics"
 	"github.com/ecowatt/ecowatt/topics/envelope"
 )
 
@@ -27,7 +28,7 @@ type fakeAuth struct {
 
 type fakeOperator struct {
 	password string
-	role     Role
+	role     topics.Role
 }
 
 var (
@@ -42,7 +43,7 @@ func (a *fakeAuth) DeviceKeys(_ context.Context, id string) (*envelope.Keys, err
 	return nil, fmt.Errorf("device %q: %w", id, ErrUnknownDevice)
 }
 
-func (a *fakeAuth) AuthenticateOperator(_ context.Context, name, password string) (Role, error) {
+func (a *fakeAuth) AuthenticateOperator(_ context.Context, name, password string) (topics.Role, error) {
 	op, ok := a.operators[name]
 	if !ok {
 		return "", fmt.Errorf("operator %q: %w", name, ErrUnknownOperator)
@@ -58,8 +59,8 @@ func (a *fakeAuth) AuthenticateOperator(_ context.Context, name, password string
 func newFakeAuth(t testing.TB, devices ...string) *fakeAuth {
 	t.Helper()
 	a := &fakeAuth{devices: map[string]*envelope.Keys{}, operators: map[string]fakeOperator{
-		"admin":  {"admin-pw", RoleAdmin},
-		"viewer": {"viewer-pw", RoleViewer},
+		"admin":  {"admin-pw", topics.RoleAdmin},
+		"viewer": {"viewer-pw", topics.RoleViewer},
 	}}
 	for _, id := range devices {
 		psk := sha256.Sum256([]byte("psk " + id))

@@ -123,7 +123,6 @@ type Fleet interface {
 	Emit(ctx context.Context, dev, kind string, data any) error
 	Handle(kind string, h backend.UplinkHandler)
 	HandleOps(kind string, h backend.OpsHandler)
-	OperatorRole(ctx context.Context, name string) (string, error)
 }
 
 var _ Fleet = (*backend.Service)(nil)
@@ -189,9 +188,8 @@ type Service struct {
 	delivery *lease.Lease // owns sending: one replica delivers at a time
 	sweeper  *lease.Lease // owns the expiry, timeout and resend sweep
 
-	mu      sync.Mutex // guards running
-	running bool
-	wake    chan struct{} // capacity 1: this replica's sender has work in cmdwake
+	run  backend.RunGuard
+	wake chan struct{} // capacity 1: this replica's sender has work in cmdwake
 
 	shardMu sync.Mutex // guards shards
 	shards  shards     // the delivery workers' queues while this replica holds the delivery lease, else nil
@@ -202,13 +200,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Redis == nil || cfg.Fleet == nil {
 		return nil, errors.New("new commands: Redis and Fleet are required")
 	}
-	if cfg.Keys.Prefix() == "" {
-		k, err := store.NewKeys(store.DefaultPrefix)
-		if err != nil {
-			return nil, fmt.Errorf("new commands: %w", err)
-		}
-		cfg.Keys = k
-	}
+	cfg.Keys = cfg.Keys.OrDefault()
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -296,13 +288,9 @@ func (s *Service) Attach() {
 // while another replica holds it. Run releases the leases and returns
 // after both have exited. Run may be called once.
 func (s *Service) Run(ctx context.Context) error {
-	s.mu.Lock()
-	if s.running {
-		s.mu.Unlock()
-		return errors.New("commands run: already running")
+	if err := s.run.Start("commands run"); err != nil {
+		return err
 	}
-	s.running = true
-	s.mu.Unlock()
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -78,7 +78,7 @@ func TestSubmitBadInput(t *testing.T) {
 func TestOpsRejectionEchoesRequestID(t *testing.T) {
 	h := newHarness(t)
 	h.device("dev-1", false)
-	if err := h.fleet.EnsureOperator(h.ctx, "op", "pw", backend.RoleAdmin); err != nil {
+	if err := h.fleet.EnsureOperator(h.ctx, "op", "pw", topics.RoleAdmin); err != nil {
 		t.Fatal(err)
 	}
 	h.runOps()
@@ -377,7 +377,7 @@ func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
 func TestOpsNeedsAnAdmin(t *testing.T) {
 	h := newHarness(t)
 	h.device("dev-1", true)
-	if err := h.fleet.EnsureOperator(h.ctx, "viewer1", "pw", backend.RoleViewer); err != nil {
+	if err := h.fleet.EnsureOperator(h.ctx, "viewer1", "pw", topics.RoleViewer); err != nil {
 		t.Fatal(err)
 	}
 	h.runOps()

@@ -105,7 +105,7 @@ func TestRunDeliversAfterRestart(t *testing.T) {
 func TestOpsOverBus(t *testing.T) {
 	h := newHarness(t)
 	h.device("dev-1", true)
-	if err := h.fleet.EnsureOperator(h.ctx, "alice", "pw", backend.RoleAdmin); err != nil {
+	if err := h.fleet.EnsureOperator(h.ctx, "alice", "pw", topics.RoleAdmin); err != nil {
 		t.Fatal(err)
 	}
 	h.svc.Attach()

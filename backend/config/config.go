@@ -98,6 +98,7 @@ type Service struct {
 	m    metrics
 
 	sweeper *lease.Lease // owns the redelivery sweep
+	run     backend.RunGuard
 }
 
 type metrics struct {
@@ -120,13 +121,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Redis == nil || cfg.Fleet == nil {
 		return nil, errors.New("new config service: Redis and Fleet are required")
 	}
-	if cfg.Keys.Prefix() == "" {
-		k, err := store.NewKeys(store.DefaultPrefix)
-		if err != nil {
-			return nil, fmt.Errorf("new config service: %w", err)
-		}
-		cfg.Keys = k
-	}
+	cfg.Keys = cfg.Keys.OrDefault()
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -235,8 +230,11 @@ const (
 // Run redelivers pending versions to online devices while this replica
 // holds the sweep lease: at once, then every SweepInterval; while another
 // replica holds it, Run tries to take it every SweepInterval. It returns
-// once ctx is done and the lease is released.
+// once ctx is done and the lease is released. Run may be called once.
 func (s *Service) Run(ctx context.Context) error {
+	if err := s.run.Start("config run"); err != nil {
+		return err
+	}
 	return lease.Run(ctx, s.sweeper, s.cfg.SweepInterval, func(held context.Context) error {
 		_, err := s.Sweep(held)
 		return err

@@ -343,10 +343,10 @@ func TestSweep(t *testing.T) {
 func TestOps(t *testing.T) {
 	h := newHarness(t)
 	h.device("d1")
-	if err := h.b.EnsureOperator(h.ctx, "alice", "pw", backend.RoleAdmin); err != nil {
+	if err := h.b.EnsureOperator(h.ctx, "alice", "pw", topics.RoleAdmin); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.b.EnsureOperator(h.ctx, "victor", "pw", backend.RoleViewer); err != nil {
+	if err := h.b.EnsureOperator(h.ctx, "victor", "pw", topics.RoleViewer); err != nil {
 		t.Fatal(err)
 	}
 	ev := h.ops("d1", "alice", `{"sampling_interval":10,"upload_interval":20}`)

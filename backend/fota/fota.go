@@ -137,9 +137,10 @@ type Service struct {
 	randMu sync.Mutex // guards random
 	random io.Reader
 
-	mu      sync.Mutex           // guards fw, running
-	fw      map[string]*firmware // immutable once uploaded, so cached
-	running bool
+	run backend.RunGuard
+
+	mu sync.Mutex           // guards fw
+	fw map[string]*firmware // immutable once uploaded, so cached
 }
 
 // New checks cfg and builds a Service, registering its metrics.
@@ -150,13 +151,7 @@ func New(cfg Config) (*Service, error) {
 	if len(cfg.Key) != ed25519.PrivateKeySize {
 		return nil, errors.New("new fota: an Ed25519 firmware-signing key is required")
 	}
-	if cfg.Keys.Prefix() == "" {
-		k, err := store.NewKeys(store.DefaultPrefix)
-		if err != nil {
-			return nil, fmt.Errorf("new fota: %w", err)
-		}
-		cfg.Keys = k
-	}
+	cfg.Keys = cfg.Keys.OrDefault()
 	if cfg.ChunkSize == 0 {
 		cfg.ChunkSize = wire.DefaultChunkSize
 	}
@@ -244,13 +239,9 @@ func (s *Service) Attach() {
 // batch does not wait for the next sweep. It releases the lease on the
 // way out. Run may be called once.
 func (s *Service) Run(ctx context.Context) error {
-	s.mu.Lock()
-	if s.running {
-		s.mu.Unlock()
-		return errors.New("fota run: already running")
+	if err := s.run.Start("fota run"); err != nil {
+		return err
 	}
-	s.running = true
-	s.mu.Unlock()
 	return lease.Run(ctx, s.lease, s.cfg.SweepInterval, s.whileHeld)
 }
 

@@ -126,7 +126,7 @@ func TestClusterDevicePaths(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- svc.Run(rctx) }()
 	defer func() { stop(); <-done }()
-	if err := svc.EnsureOperator(ctx, "ops-admin", "pw", backend.RoleAdmin); err != nil {
+	if err := svc.EnsureOperator(ctx, "ops-admin", "pw", topics.RoleAdmin); err != nil {
 		t.Fatal(err)
 	}
 

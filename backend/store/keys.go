@@ -45,6 +45,15 @@ func NewKeys(prefix string) (Keys, error) {
 	return Keys{prefix: prefix}, nil
 }
 
+// OrDefault returns k, or the key builder for DefaultPrefix when k is the
+// zero Keys (a service Config whose Keys were not set).
+func (k Keys) OrDefault() Keys {
+	if k == (Keys{}) {
+		return Keys{prefix: DefaultPrefix}
+	}
+	return k
+}
+
 // Prefix returns the prefix every key starts with.
 func (k Keys) Prefix() string { return k.prefix }
 

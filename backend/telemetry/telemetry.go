@@ -79,13 +79,7 @@ func New(cfg Config) (*Store, error) {
 	if cfg.Redis == nil {
 		return nil, errors.New("new telemetry store: Redis is required")
 	}
-	if cfg.Keys.Prefix() == "" {
-		k, err := store.NewKeys(store.DefaultPrefix)
-		if err != nil {
-			return nil, fmt.Errorf("new telemetry store: %w", err)
-		}
-		cfg.Keys = k
-	}
+	cfg.Keys = cfg.Keys.OrDefault()
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}

@@ -33,13 +33,14 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/ecowatt/ecowatt/broker"
+	"github.com/ecowatt/ecowatt/topics"
 )
 
 // Roles finds an existing operator's role, for ACL checks (which carry no
 // password). An unknown operator is an error wrapping
 // broker.ErrUnknownOperator.
 type Roles interface {
-	OperatorRole(ctx context.Context, name string) (broker.Role, error)
+	OperatorRole(ctx context.Context, name string) (topics.Role, error)
 }
 
 // Config configures Handler. Auth.Devices and Roles are required.

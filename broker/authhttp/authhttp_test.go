@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/ecowatt/ecowatt/broker"
+	"github.com/ecowatt/ecowatt/topics"
 	"github.com/ecowatt/ecowatt/topics/envelope"
 )
 
@@ -36,7 +37,7 @@ func (f *fakeStore) DeviceKeys(_ context.Context, id string) (*envelope.Keys, er
 	return nil, fmt.Errorf("%w: %s", broker.ErrUnknownDevice, id)
 }
 
-func (f *fakeStore) AuthenticateOperator(_ context.Context, name, password string) (broker.Role, error) {
+func (f *fakeStore) AuthenticateOperator(_ context.Context, name, password string) (topics.Role, error) {
 	op, ok := f.ops[name]
 	if !ok {
 		return "", fmt.Errorf("%w: %s", broker.ErrUnknownOperator, name)
@@ -44,10 +45,10 @@ func (f *fakeStore) AuthenticateOperator(_ context.Context, name, password strin
 	if op[0] != password {
 		return "", errors.New("wrong password")
 	}
-	return broker.Role(op[1]), nil
+	return topics.Role(op[1]), nil
 }
 
-func (f *fakeStore) OperatorRole(_ context.Context, name string) (broker.Role, error) {
+func (f *fakeStore) OperatorRole(_ context.Context, name string) (topics.Role, error) {
 	if f.broken {
 		return "", errors.New("redis down")
 	}
@@ -55,7 +56,7 @@ func (f *fakeStore) OperatorRole(_ context.Context, name string) (broker.Role, e
 	if !ok {
 		return "", fmt.Errorf("%w: %s", broker.ErrUnknownOperator, name)
 	}
-	return broker.Role(op[1]), nil
+	return topics.Role(op[1]), nil
 }
 
 var now = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)

@@ -45,14 +45,14 @@ func (a *memAuth) DeviceKeys(_ context.Context, id string) (*envelope.Keys, erro
 	return nil, fmt.Errorf("device %q: %w", id, broker.ErrUnknownDevice)
 }
 
-func (a *memAuth) AuthenticateOperator(_ context.Context, name, password string) (broker.Role, error) {
+func (a *memAuth) AuthenticateOperator(_ context.Context, name, password string) (topics.Role, error) {
 	if name != a.subUser {
 		return "", fmt.Errorf("operator %q: %w", name, broker.ErrUnknownOperator)
 	}
 	if subtle.ConstantTimeCompare([]byte(password), []byte(a.subPassword)) != 1 {
 		return "", fmt.Errorf("operator %q: wrong password", name)
 	}
-	return broker.RoleAdmin, nil
+	return topics.RoleAdmin, nil
 }
 
 // newMemAuth provisions n devices PREFIX-0001... with PSKs read from rnd.

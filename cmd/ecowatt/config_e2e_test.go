@@ -342,7 +342,7 @@ func serverRedis(t *testing.T, s *testServer) (redis.UniversalClient, string) {
 }
 
 // addOperator creates an operator account in the server's Redis.
-func addOperator(t *testing.T, s *testServer, name, password, role string) {
+func addOperator(t *testing.T, s *testServer, name, password string, role topics.Role) {
 	t.Helper()
 	rdb, prefix := serverRedis(t, s)
 	master := make([]byte, keyvault.KeySize)
@@ -447,7 +447,7 @@ func TestConfigOverMQTT(t *testing.T) {
 		t.Skip("mosquitto clients not installed (scripts/test.sh installs them)")
 	}
 	s := startServer(t, "--config-sweep", "1s", "--operator", "ops-admin:s3cret")
-	addOperator(t, s, "watcher", "w4tch", backend.RoleViewer)
+	addOperator(t, s, "watcher", "w4tch", topics.RoleViewer)
 	keys := s.provision(t, "cfm", 1)
 	const id = "cfm-0001"
 	var sims simDevices

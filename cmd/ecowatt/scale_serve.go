@@ -17,6 +17,8 @@ import (
 	"github.com/ecowatt/ecowatt/backend/mqttbus"
 	"github.com/ecowatt/ecowatt/broker"
 	"github.com/ecowatt/ecowatt/broker/authhttp"
+	"github.com/ecowatt/ecowatt/topics"
+	"github.com/ecowatt/ecowatt/topics/envelope"
 )
 
 // scaleConfig are serve's flags for running as one of several replicas
@@ -61,36 +63,21 @@ func replicaInfo(reg prometheus.Registerer, replica string) error {
 	return nil
 }
 
-// presence hands the embedded broker's connection reports to the backend.
-type presence struct{ svc **backend.Service }
-
-func (p presence) DeviceConnected(ctx context.Context, id string) (uint64, error) {
-	return (*p.svc).DeviceConnected(ctx, id)
-}
-
-func (p presence) DeviceDisconnected(ctx context.Context, id string, gen uint64, cause string) error {
-	return (*p.svc).DeviceDisconnected(ctx, id, gen, cause)
-}
-
 // messaging is serve's broker side: the embedded mochi broker, or an
 // external broker reached through mqttbus.
 type messaging struct {
-	brk  *broker.Server // embedded mode
-	ext  *mqttbus.Bus   // external mode
-	url  string         // external mode
-	auth http.Handler   // external mode: the broker's auth/ACL callbacks
+	brk *broker.Server // embedded mode
+	ext *mqttbus.Bus   // external mode
+	url string         // external mode
+
+	// external mode: the broker's auth/ACL callbacks, built by observe
+	authCfg authhttp.Config
+	auth    http.Handler
 }
 
-// newMessaging builds the broker side. svc is filled in later (the
-// backend needs the bus first); the callbacks only run after serving.
-func newMessaging(ctx context.Context, c serveConfig, replica string, svc **backend.Service, log zerolog.Logger, reg prometheus.Registerer) (*messaging, error) {
-	onReject := func(r broker.Rejection) {
-		if r.Operator { // an operator's name may equal a device's ID: keep the namespaces apart
-			(*svc).OperatorSecurityEvent(context.Background(), r.Username, r.Reason, r.Detail)
-			return
-		}
-		(*svc).BrokerRejection(context.Background(), r.Username, r.Reason, r.Detail) // sampled: junk logins must not flood a device timeline
-	}
+// newMessaging builds the broker side on the accounts; the backend is
+// built on it and then added by observe.
+func newMessaging(ctx context.Context, c serveConfig, replica string, accounts brokerAccounts, log zerolog.Logger, reg prometheus.Registerer) (*messaging, error) {
 	if c.scale.brokerURL == "" {
 		brk, err := broker.New(broker.Config{
 			MQTTAddr:   c.mqttAddr,
@@ -98,10 +85,8 @@ func newMessaging(ctx context.Context, c serveConfig, replica string, svc **back
 			TLSCert:    c.tlsCert,
 			TLSKey:     c.tlsKey,
 			WSAddr:     c.wsAddr,
-			Devices:    deviceAuth{svc},
-			Operators:  operatorAuth{svc},
-			Presence:   presence{svc},
-			OnReject:   onReject,
+			Devices:    accounts,
+			Operators:  accounts,
 			Logger:     log,
 			Registerer: reg,
 		})
@@ -122,16 +107,6 @@ func newMessaging(ctx context.Context, c serveConfig, replica string, svc **back
 		log.Warn().Str("event", "security").Str("broker", c.scale.brokerURL).
 			Msg("INSECURE: --broker-insecure: logging in to the external broker anonymously; EcoWatt's device auth and ACLs apply only if the broker calls /mqtt/")
 	}
-	auth, err := authhttp.Handler(authhttp.Config{
-		Auth:      broker.Authenticator{Devices: deviceAuth{svc}, Operators: operatorAuth{svc}},
-		Roles:     operatorRoles{svc},
-		Superuser: c.scale.brokerUser, SuperuserPassword: c.scale.brokerPassword,
-		OnReject: onReject,
-		Logger:   log,
-	})
-	if err != nil {
-		return nil, err
-	}
 	bus, err := mqttbus.Dial(ctx, mqttbus.Config{
 		URL:      c.scale.brokerURL,
 		Username: c.scale.brokerUser,
@@ -144,14 +119,44 @@ func newMessaging(ctx context.Context, c serveConfig, replica string, svc **back
 		return nil, err
 	}
 	log.Info().Str("broker", c.scale.brokerURL).Msg("external broker mode: no embedded broker; auth callbacks under /mqtt/")
-	return &messaging{ext: bus, url: c.scale.brokerURL, auth: auth}, nil
+	return &messaging{ext: bus, url: c.scale.brokerURL, authCfg: authhttp.Config{
+		Auth:      broker.Authenticator{Devices: accounts, Operators: accounts},
+		Roles:     accounts,
+		Superuser: c.scale.brokerUser, SuperuserPassword: c.scale.brokerPassword,
+		Logger: log,
+	}}, nil
+}
+
+// observe makes svc the observer of the broker's connections and
+// rejections: svc publishes the events they cause through the broker, so
+// it exists only after the broker (see broker.Server.Observe). It must run
+// before start.
+func (m *messaging) observe(svc *backend.Service, log zerolog.Logger) error {
+	onReject := func(r broker.Rejection) {
+		if r.Operator { // an operator's name may equal a device's ID: keep the namespaces apart
+			svc.OperatorSecurityEvent(context.Background(), r.Username, r.Reason, r.Detail)
+			return
+		}
+		svc.BrokerRejection(context.Background(), r.Username, r.Reason, r.Detail) // sampled: junk logins must not flood a device timeline
+	}
+	if m.brk != nil {
+		return m.brk.Observe(svc, onReject)
+	}
+	cfg := m.authCfg
+	cfg.OnReject = onReject
+	auth, err := authhttp.Handler(cfg)
+	if err != nil {
+		return err
+	}
+	m.auth = auth
+	return nil
 }
 
 func (m *messaging) bus() backend.Bus {
 	if m.ext != nil {
 		return m.ext
 	}
-	return brokerBus{m.brk}
+	return m.brk
 }
 
 // start opens the embedded broker's listeners.
@@ -213,13 +218,41 @@ func (m *messaging) handler(api http.Handler) http.Handler {
 	return mux
 }
 
-// operatorRoles adapts the backend to authhttp.Roles.
-type operatorRoles struct{ svc **backend.Service }
+// brokerAccounts are the backend's accounts as the broker asks for them
+// (broker.DeviceAuth, broker.OperatorAuth, authhttp.Roles): the same
+// methods, with "not found" as the broker's sentinel errors (the backend
+// does not import the broker).
+type brokerAccounts struct{ *backend.Accounts }
 
-func (r operatorRoles) OperatorRole(ctx context.Context, name string) (broker.Role, error) {
-	role, err := (*r.svc).OperatorRole(ctx, name)
-	if errors.Is(err, backend.ErrNotFound) || backend.ErrorCode(err) == backend.CodeNotFound {
+var (
+	_ broker.DeviceAuth   = brokerAccounts{}
+	_ broker.OperatorAuth = brokerAccounts{}
+	_ authhttp.Roles      = brokerAccounts{}
+	_ broker.Presence     = (*backend.Service)(nil)
+	_ backend.Bus         = (*broker.Server)(nil)
+	_ backend.Bus         = (*mqttbus.Bus)(nil)
+)
+
+func (a brokerAccounts) DeviceKeys(ctx context.Context, id string) (*envelope.Keys, error) {
+	k, err := a.Accounts.DeviceKeys(ctx, id)
+	if errors.Is(err, backend.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s", broker.ErrUnknownDevice, id)
+	}
+	return k, err
+}
+
+func (a brokerAccounts) AuthenticateOperator(ctx context.Context, name, password string) (topics.Role, error) {
+	role, err := a.Accounts.AuthenticateOperator(ctx, name, password)
+	if errors.Is(err, backend.ErrNotFound) {
 		return "", fmt.Errorf("%w: %s", broker.ErrUnknownOperator, name)
 	}
-	return broker.Role(role), err
+	return role, err
+}
+
+func (a brokerAccounts) OperatorRole(ctx context.Context, name string) (topics.Role, error) {
+	role, err := a.Accounts.OperatorRole(ctx, name)
+	if errors.Is(err, backend.ErrNotFound) {
+		return "", fmt.Errorf("%w: %s", broker.ErrUnknownOperator, name)
+	}
+	return role, err
 }

@@ -24,9 +24,7 @@ import (
 	"github.com/ecowatt/ecowatt/backend/keyvault"
 	"github.com/ecowatt/ecowatt/backend/store"
 	"github.com/ecowatt/ecowatt/backend/telemetry"
-	"github.com/ecowatt/ecowatt/broker"
 	"github.com/ecowatt/ecowatt/topics"
-	"github.com/ecowatt/ecowatt/topics/envelope"
 )
 
 // serveConfig is everything `ecowatt serve` is configured with.
@@ -153,16 +151,23 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	if err := replicaInfo(reg, replica); err != nil {
 		return err
 	}
-	var svc *backend.Service
-	brk, err := newMessaging(ctx, c, replica, &svc, log, reg)
+	// Wiring order: the accounts (what the broker needs to let anyone in),
+	// the broker on them, the backend on the broker, then the backend as
+	// the broker's observer of connections and rejections (whose events
+	// it publishes through the broker), before the listeners open.
+	accounts, err := backend.NewAccounts(backend.AccountsConfig{
+		Redis: rdb, Prefix: c.redisPrefix, Vault: vault, Logger: log, Registerer: reg,
+	})
+	if err != nil {
+		return err
+	}
+	brk, err := newMessaging(ctx, c, replica, brokerAccounts{accounts}, log, reg)
 	if err != nil {
 		return err
 	}
 	defer brk.close()
-	svc, err = backend.New(backend.Config{
-		Redis:      rdb,
-		Prefix:     c.redisPrefix,
-		Vault:      vault,
+	svc, err := backend.New(backend.Config{
+		Accounts:   accounts,
 		Bus:        brk.bus(),
 		Logger:     log,
 		Random:     rand.Reader,
@@ -172,6 +177,9 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		EncryptDownlink: c.encryptDownlinks,
 	})
 	if err != nil {
+		return err
+	}
+	if err := brk.observe(svc, log); err != nil {
 		return err
 	}
 	keys := svc.Keys() // one key builder for every service
@@ -287,7 +295,10 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	return err
 }
 
-type operatorSpec struct{ name, password, role string }
+type operatorSpec struct {
+	name, password string
+	role           topics.Role
+}
 
 // parseOperators reads "alice:secret,bob:pw:viewer". A trailing ":admin" or
 // ":viewer" is the role; anything else after the first colon is the
@@ -299,10 +310,10 @@ func parseOperators(s string) ([]operatorSpec, error) {
 	var out []operatorSpec
 	for _, item := range strings.Split(s, ",") {
 		name, rest, ok := strings.Cut(item, ":")
-		op := operatorSpec{name: name, password: rest, role: string(broker.RoleAdmin)}
-		for _, r := range []broker.Role{broker.RoleAdmin, broker.RoleViewer} {
+		op := operatorSpec{name: name, password: rest, role: topics.RoleAdmin}
+		for _, r := range []topics.Role{topics.RoleAdmin, topics.RoleViewer} {
 			if p, found := strings.CutSuffix(rest, ":"+string(r)); found {
-				op.password, op.role = p, string(r)
+				op.password, op.role = p, r
 			}
 		}
 		if !ok || op.name == "" || op.password == "" {
@@ -311,33 +322,4 @@ func parseOperators(s string) ([]operatorSpec, error) {
 		out = append(out, op)
 	}
 	return out, nil
-}
-
-// deviceAuth and operatorAuth adapt the backend to the broker's interfaces;
-// they hold a pointer to the service because the broker is built first.
-type deviceAuth struct{ svc **backend.Service }
-
-func (a deviceAuth) DeviceKeys(ctx context.Context, id string) (*envelope.Keys, error) {
-	k, err := (*a.svc).DeviceKeys(ctx, id)
-	if errors.Is(err, backend.ErrNotFound) {
-		return nil, fmt.Errorf("%w: %s", broker.ErrUnknownDevice, id)
-	}
-	return k, err
-}
-
-type operatorAuth struct{ svc **backend.Service }
-
-func (a operatorAuth) AuthenticateOperator(ctx context.Context, name, password string) (broker.Role, error) {
-	role, err := (*a.svc).AuthenticateOperator(ctx, name, password)
-	if errors.Is(err, backend.ErrNotFound) {
-		return "", fmt.Errorf("%w: %s", broker.ErrUnknownOperator, name)
-	}
-	return broker.Role(role), err
-}
-
-// brokerBus is the embedded broker seen as the backend's Bus.
-type brokerBus struct{ *broker.Server }
-
-func (b brokerBus) Subscribe(filter string, h func(backend.Message)) error {
-	return b.Server.Subscribe(filter, func(m broker.Message) { h(backend.Message(m)) })
 }
