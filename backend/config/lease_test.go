@@ -22,24 +22,24 @@ type sweepReplica struct {
 }
 
 func (h *harness) startSweeper(name string, every time.Duration) *sweepReplica {
-	h.t.Helper()
+	h.T.Helper()
 	rdb, err := redistest.NewClient(os.Getenv(redistest.EnvURL))
 	if err != nil {
-		h.t.Fatal(err)
+		h.T.Fatal(err)
 	}
 	s, err := New(Config{
 		// The replica's own Redis connection, so that a crash can be faked by closing it.
-		Redis: rdb, Keys: h.b.Keys(), Fleet: h.b, Replica: name,
-		Logger:        zerolog.New(zerolog.NewTestWriter(h.t)).Level(zerolog.ErrorLevel),
+		Redis: rdb, Keys: h.Fleet.Keys(), Fleet: h.Fleet, Replica: name,
+		Logger:        zerolog.New(zerolog.NewTestWriter(h.T)).Level(zerolog.ErrorLevel),
 		SweepInterval: every, LeaseTTL: 300 * time.Millisecond,
 	})
 	if err != nil {
-		h.t.Fatal(err)
+		h.T.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &sweepReplica{name: name, s: s, rdb: rdb, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- s.Run(ctx) }()
-	h.t.Cleanup(func() { r.stop(h.t); rdb.Close() })
+	h.T.Cleanup(func() { r.stop(h.T); rdb.Close() })
 	return r
 }
 
@@ -70,8 +70,8 @@ func TestSweepLease(t *testing.T) {
 	}{{"stop", false}, {"crash", true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
-			h.device("on")
-			if err := h.rdb.HSet(h.ctx, h.s.keys.Device("on"), "online", "1").Err(); err != nil {
+			h.Device("on")
+			if err := h.Redis.HSet(h.Ctx, h.s.keys.Device("on"), "online", "1").Err(); err != nil {
 				t.Fatal(err)
 			}
 			h.set("on", `{"sampling_interval":10,"upload_interval":30}`) // pending until acked: every sweep resends
@@ -93,7 +93,7 @@ func TestSweepLease(t *testing.T) {
 			if n := survivor.redeliveries(); n != 0 {
 				t.Fatalf("both replicas swept: %s %v, %s %v", victim.name, victim.redeliveries(), survivor.name, n)
 			}
-			tok, _ := h.rdb.Get(h.ctx, h.s.keys.Global("lease:config-sweep")).Result()
+			tok, _ := h.Redis.Get(h.Ctx, h.s.keys.Global("lease:config-sweep")).Result()
 			if lease.ReplicaOf(tok) != victim.name {
 				t.Fatalf("lease held by %q, but %s swept", tok, victim.name)
 			}
@@ -125,13 +125,13 @@ func TestSweepLease(t *testing.T) {
 // when Run starts, not a whole SweepInterval (30 s by default) later.
 func TestRunSweepsAtOnce(t *testing.T) {
 	h := newHarness(t)
-	h.device("late")
+	h.Device("late")
 	h.set("late", `{"sampling_interval":10,"upload_interval":30}`)
 	// Online, and the version was sent long ago without an ack: due.
-	if err := h.rdb.HSet(h.ctx, h.s.keys.Device("late"), "online", "1").Err(); err != nil {
+	if err := h.Redis.HSet(h.Ctx, h.s.keys.Device("late"), "online", "1").Err(); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.rdb.HSet(h.ctx, h.s.cfgKey("late"), fSentAt, 1).Err(); err != nil {
+	if err := h.Redis.HSet(h.Ctx, h.s.cfgKey("late"), fSentAt, 1).Err(); err != nil {
 		t.Fatal(err)
 	}
 	r := h.startSweeper("rep-a", time.Hour)
