@@ -9,7 +9,6 @@ import (
 	"github.com/ecowatt/ecowatt/backend/backendtest/fleettest"
 	"github.com/ecowatt/ecowatt/topics"
 	"github.com/ecowatt/ecowatt/topics/envelope"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // harness is the shared fleet harness with a commands Service.
@@ -27,25 +26,15 @@ func newHarness(t *testing.T) *harness {
 	h := &harness{Harness: fleettest.New(t, fleettest.Options{})}
 	h.cfg = Config{
 		Redis: h.Redis, Keys: h.Keys, Fleet: h.Fleet, Now: h.Clock.Now, Logger: h.Log,
-		Registerer:    prometheus.NewRegistry(),
 		ResultTimeout: time.Minute, ResendAfter: 10 * time.Second, SweepInterval: 20 * time.Millisecond,
 	}
 	h.svc = h.newService()
 	return h
 }
 
-// newService builds another Service on h.cfg with a metrics registry of
-// its own.
-func (h *harness) newService() *Service {
-	h.T.Helper()
-	cfg := h.cfg
-	cfg.Registerer = prometheus.NewRegistry()
-	s, err := New(cfg)
-	if err != nil {
-		h.T.Fatal(err)
-	}
-	return s
-}
+// newService builds another Service on h.cfg (which leaves Registerer
+// nil: each gets a metrics registry of its own).
+func (h *harness) newService() *Service { return fleettest.Build(h.T, New, h.cfg) }
 
 // device provisions id; online marks it online.
 func (h *harness) device(id string, online bool) {

@@ -1,63 +1,34 @@
 package commands
 
 import (
-	"context"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ecowatt/ecowatt/backend/backendtest/fleettest"
 	"github.com/ecowatt/ecowatt/backend/lease"
-	"github.com/ecowatt/ecowatt/backend/redistest"
 	"github.com/ecowatt/ecowatt/topics"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
 
 // replica is one Service of a two-replica test, with its own Redis
 // connection so that a crash can be faked by closing it.
+// replica is a commands Service run as a replica of its own.
 type replica struct {
-	name   string
-	svc    *Service
-	rdb    redis.UniversalClient
-	cancel context.CancelFunc
-	done   chan error
+	*fleettest.Replica
+	svc *Service
 }
 
 func (h *harness) startReplica(name string) *replica {
 	h.T.Helper()
-	rdb, err := redistest.NewClient(os.Getenv(redistest.EnvURL))
-	if err != nil {
-		h.T.Fatal(err)
-	}
+	r := &replica{Replica: h.NewReplica(name)}
 	cfg := h.cfg
-	cfg.Redis, cfg.Replica, cfg.Registerer = rdb, name, prometheus.NewRegistry()
+	cfg.Redis, cfg.Replica = r.Redis, name
 	cfg.LeaseTTL, cfg.DeliveryTick = 300*time.Millisecond, 20*time.Millisecond
-	s, err := New(cfg)
-	if err != nil {
-		h.T.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &replica{name: name, svc: s, rdb: rdb, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- s.Run(ctx) }()
-	h.T.Cleanup(func() { r.stop(h.T); rdb.Close() })
+	r.svc = fleettest.Build(h.T, New, cfg)
+	r.Start(r.svc.Run)
 	return r
-}
-
-// stop cancels the replica's Run and waits for it.
-func (r *replica) stop(t *testing.T) {
-	t.Helper()
-	if r.cancel == nil {
-		return
-	}
-	r.cancel()
-	r.cancel = nil
-	select {
-	case <-r.done:
-	case <-time.After(5 * time.Second):
-		t.Errorf("replica %s did not stop within 5 s", r.name)
-	}
 }
 
 // holder returns the replica holding lease name ("" when free).
@@ -118,7 +89,7 @@ func TestLeaseTakeover(t *testing.T) {
 			}
 			var victim, survivor *replica
 			for _, r := range reps {
-				if r.name == deliverer {
+				if r.Name == deliverer {
 					victim = r
 				} else {
 					survivor = r
@@ -126,14 +97,14 @@ func TestLeaseTakeover(t *testing.T) {
 			}
 			stopped := time.Now()
 			if tc.crash {
-				victim.rdb.Close() // no renewal, no release: the leases must expire
+				victim.Redis.Close() // no renewal, no release: the leases must expire
 			}
-			victim.stop(t)
+			victim.Stop(t)
 			for _, l := range []string{"lease:command-delivery", "lease:command-sweep"} {
 				deadline := time.Now().Add(5 * time.Second)
-				for h.holder(l) != survivor.name {
+				for h.holder(l) != survivor.Name {
 					if time.Now().After(deadline) {
-						t.Fatalf("%s held by %q 5 s after %s stopped", l, h.holder(l), victim.name)
+						t.Fatalf("%s held by %q 5 s after %s stopped", l, h.holder(l), victim.Name)
 					}
 					time.Sleep(10 * time.Millisecond)
 				}
@@ -219,7 +190,7 @@ func TestShardedDelivery(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	holder, other := a, b
-	if h.holder("lease:command-delivery") == b.name {
+	if h.holder("lease:command-delivery") == b.Name {
 		holder, other = b, a
 	}
 	for !holder.svc.delivering() { // the shards are up once the takeover scan is done
