@@ -13,7 +13,6 @@ import (
 	"github.com/ecowatt/ecowatt/topics"
 	"github.com/ecowatt/ecowatt/topics/envelope"
 	wire "github.com/ecowatt/ecowatt/topics/fota"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // harness is the shared fleet harness with a FOTA service and its
@@ -39,18 +38,9 @@ func newHarness(t *testing.T) *harness {
 	return h
 }
 
-// newService builds another Service on h.cfg with a metrics registry of
-// its own.
-func (h *harness) newService() *Service {
-	h.T.Helper()
-	cfg := h.cfg
-	cfg.Registerer = prometheus.NewRegistry()
-	s, err := New(cfg)
-	if err != nil {
-		h.T.Fatal(err)
-	}
-	return s
-}
+// newService builds another Service on h.cfg (which leaves Registerer
+// nil: each gets a metrics registry of its own).
+func (h *harness) newService() *Service { return fleettest.Build(h.T, New, h.cfg) }
 
 // device provisions id, online, running firmware 1.0.0.
 func (h *harness) device(id string) {
