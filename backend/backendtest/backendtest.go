@@ -1,7 +1,8 @@
 // Package backendtest holds what the backend packages' tests share: a real
-// embedded broker exposed as a backend.Bus, a settable clock, a key vault,
-// and snapshots of the Redis keys under a test's prefix. It is imported
-// only by tests.
+// embedded broker exposed as a backend.Bus, a key vault, and snapshots of
+// the Redis keys under a test's prefix. It is imported only by tests. The
+// fake clock is devicesim/clock.Fake; the harness of the services' tests,
+// which needs a backend.Service, is in the subpackage fleettest.
 //
 // The package does not import backend, so that backend's own (internal)
 // tests can use it: the bus is generic over the message type, which must
@@ -228,37 +229,6 @@ type noDevices struct{}
 
 func (noDevices) DeviceKeys(_ context.Context, id string) (*envelope.Keys, error) {
 	return nil, fmt.Errorf("device %q: %w", id, broker.ErrUnknownDevice)
-}
-
-// Clock is a settable time source for the Now of a Config. It is safe for
-// concurrent use.
-type Clock struct {
-	mu  sync.Mutex // guards now
-	now time.Time
-}
-
-// NewClock returns a Clock reading start.
-func NewClock(start time.Time) *Clock { return &Clock{now: start} }
-
-// Now returns the clock's time.
-func (c *Clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-// Add moves the clock by d.
-func (c *Clock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
-// Set sets the clock to t.
-func (c *Clock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = t
 }
 
 // Vault returns a key vault with a random master key.

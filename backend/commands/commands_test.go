@@ -47,10 +47,10 @@ func TestSubmitBadInput(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			before := h.snapshot()
+			before := h.Snapshot()
 			c, err := h.svc.Parse([]byte(tc.doc))
 			if err == nil {
-				_, _, err = h.svc.Submit(h.ctx, tc.dev, "tester", c)
+				_, _, err = h.svc.Submit(h.Ctx, tc.dev, "tester", c)
 			}
 			if err == nil {
 				t.Fatalf("%s accepted", tc.doc)
@@ -62,7 +62,7 @@ func TestSubmitBadInput(t *testing.T) {
 			if field != tc.field || !strings.Contains(msg, tc.reason) {
 				t.Errorf("field %q message %q; want field %q and %q in the message", field, msg, tc.field, tc.reason)
 			}
-			h.assertUnchanged(t, before)
+			h.AssertUnchanged(t, before)
 			if n := len(h.downlinks("dev-1")); n != 0 {
 				t.Errorf("%d commands sent", n)
 			}
@@ -78,13 +78,13 @@ func TestSubmitBadInput(t *testing.T) {
 func TestOpsRejectionEchoesRequestID(t *testing.T) {
 	h := newHarness(t)
 	h.device("dev-1", false)
-	if err := h.fleet.EnsureOperator(h.ctx, "op", "pw", topics.RoleAdmin); err != nil {
+	if err := h.Fleet.EnsureOperator(h.Ctx, "op", "pw", topics.RoleAdmin); err != nil {
 		t.Fatal(err)
 	}
 	h.runOps()
-	before := h.snapshot()
+	before := h.Snapshot()
 	h.ops("dev-1", "op", `{"action":"write_register","target_register":"export_power","value":150,"request_id":"r-9"}`)
-	h.assertUnchanged(t, before)
+	h.AssertUnchanged(t, before)
 	evs := h.events("dev-1")
 	if len(evs) != 1 || evs[0]["status"] != "rejected" || evs[0]["request_id"] != "r-9" {
 		t.Fatalf("events %v; want one rejection with request_id r-9", evs)
@@ -109,10 +109,10 @@ func TestLifecycle(t *testing.T) {
 	if c.State != StateQueued || c.Seq != 1 || *c.Value != 50 || c.RequestID != "abc" || c.Operator != "tester" {
 		t.Fatalf("queued command %+v", c)
 	}
-	if want := h.clk.Now().Add(10 * time.Minute); !c.ExpiresAt.Equal(want) {
+	if want := h.Clock.Now().Add(10 * time.Minute); !c.ExpiresAt.Equal(want) {
 		t.Errorf("expires_at %v, want %v", c.ExpiresAt, want)
 	}
-	if err := h.svc.sendDevice(h.ctx, "dev-1", false); err != nil {
+	if err := h.svc.sendDevice(h.Ctx, "dev-1", false); err != nil {
 		t.Fatal(err)
 	}
 	c = h.wantState(c.ID, StateSent)
@@ -123,14 +123,14 @@ func TestLifecycle(t *testing.T) {
 	if len(down) != 1 || down[0].ID != c.ID || *down[0].Value != 50 || !down[0].ExpiresAt.Equal(c.ExpiresAt) {
 		t.Fatalf("downlinks %+v", down)
 	}
-	h.clk.Add(time.Second)
+	h.Clock.Advance(time.Second)
 	if err := h.result("dev-1", topics.CommandResult{ID: c.ID, Status: topics.ResultDelivered}); err != nil {
 		t.Fatal(err)
 	}
 	c = h.wantState(c.ID, StateDelivered)
-	h.clk.Add(time.Second)
+	h.Clock.Advance(time.Second)
 	v := 50
-	res := topics.CommandResult{ID: c.ID, Status: topics.ResultSuccess, ExecutedAt: h.clk.Now(), Value: &v, DurationMS: 12}
+	res := topics.CommandResult{ID: c.ID, Status: topics.ResultSuccess, ExecutedAt: h.Clock.Now(), Value: &v, DurationMS: 12}
 	if err := h.result("dev-1", res); err != nil {
 		t.Fatal(err)
 	}
@@ -140,14 +140,14 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("succeeded command %+v", c)
 	}
 	// Duplicates: a repeated result and a late receipt change nothing.
-	before := h.snapshot()
+	before := h.Snapshot()
 	res.Duplicate = true
 	for _, r := range []topics.CommandResult{res, {ID: c.ID, Status: topics.ResultDelivered}} {
 		if err := h.result("dev-1", r); err != nil {
 			t.Fatal(err)
 		}
 	}
-	h.assertUnchanged(t, before)
+	h.AssertUnchanged(t, before)
 	var states []string
 	for _, ev := range h.events("dev-1") {
 		states = append(states, ev["state"].(string))
@@ -158,10 +158,10 @@ func TestLifecycle(t *testing.T) {
 	if got := strings.Join(states, ","); got != "queued,sent,delivered,succeeded" {
 		t.Errorf("events %s", got)
 	}
-	if n, _ := h.rdb.ZCard(h.ctx, h.svc.devKeys("dev-1").active).Result(); n != 0 {
+	if n, _ := h.Redis.ZCard(h.Ctx, h.svc.devKeys("dev-1").active).Result(); n != 0 {
 		t.Errorf("%d commands still active", n)
 	}
-	if ttl, _ := h.rdb.PTTL(h.ctx, h.svc.cmdKey("dev-1", c.ID)).Result(); ttl <= 0 {
+	if ttl, _ := h.Redis.PTTL(h.Ctx, h.svc.cmdKey("dev-1", c.ID)).Result(); ttl <= 0 {
 		t.Errorf("final command has no retention TTL (%v)", ttl)
 	}
 	if got := testutil.ToFloat64(h.svc.m.total.WithLabelValues(StateSucceeded)); got != 1 {
@@ -170,7 +170,7 @@ func TestLifecycle(t *testing.T) {
 	if got := testutil.CollectAndCount(h.svc.m.latency); got != 1 {
 		t.Errorf("latency histogram has %d series", got)
 	}
-	audit, err := h.fleet.Events(h.ctx, "dev-1", 100)
+	audit, err := h.Fleet.Events(h.Ctx, "dev-1", 100)
 	if err != nil || len(audit) != 4 {
 		t.Errorf("audit stream: %d events, %v", len(audit), err)
 	}
@@ -182,7 +182,7 @@ func TestResultWithoutReceipt(t *testing.T) {
 	h := newHarness(t)
 	h.device("dev-1", true)
 	c := h.submit("dev-1", `{"action":"ping"}`)
-	h.svc.sendDevice(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.Ctx, "dev-1", false)
 	if err := h.result("dev-1", topics.CommandResult{ID: c.ID, Status: topics.ResultFailed, Error: "modbus exception 03 illegal data value"}); err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +199,7 @@ func TestResultBadInput(t *testing.T) {
 	h.device("dev-1", true)
 	h.device("dev-2", true)
 	c := h.submit("dev-1", `{"action":"ping"}`)
-	h.svc.sendDevice(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.Ctx, "dev-1", false)
 	cases := []struct{ name, dev, body string }{
 		{"not json", "dev-1", `{"command_result":`},
 		{"no command_result", "dev-1", `{"result":{}}`},
@@ -214,12 +214,12 @@ func TestResultBadInput(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			before := h.snapshot()
-			err := h.svc.HandleResult(h.ctx, tc.dev, envelopeMsg(tc.body))
+			before := h.Snapshot()
+			err := h.svc.HandleResult(h.Ctx, tc.dev, envelopeMsg(tc.body))
 			if backend.ErrorCode(err) != backend.CodeInvalid {
 				t.Fatalf("err %v, want invalid", err)
 			}
-			h.assertUnchanged(t, before)
+			h.AssertUnchanged(t, before)
 		})
 	}
 	h.wantState(c.ID, StateSent)
@@ -231,12 +231,12 @@ func TestCancel(t *testing.T) {
 	h.device("dev-1", false)
 	a := h.submit("dev-1", `{"action":"ping"}`)
 	b := h.submit("dev-1", `{"action":"reboot"}`)
-	c, err := h.svc.Cancel(h.ctx, a.ID)
+	c, err := h.svc.Cancel(h.Ctx, a.ID)
 	if err != nil || c.State != StateCancelled || c.FinishedAt == nil {
 		t.Fatalf("cancel queued: %+v %v", c, err)
 	}
 	h.setOnline("dev-1", true)
-	h.svc.sendDevice(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.Ctx, "dev-1", false)
 	if d := h.downlinks("dev-1"); len(d) != 1 || d[0].ID != b.ID {
 		t.Fatalf("downlinks %+v; the cancelled command must not go", d)
 	}
@@ -248,12 +248,12 @@ func TestCancel(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			before := h.snapshot()
-			_, err := h.svc.Cancel(h.ctx, tc.cid)
+			before := h.Snapshot()
+			_, err := h.svc.Cancel(h.Ctx, tc.cid)
 			if backend.ErrorCode(err) != tc.code {
 				t.Fatalf("err %v, want %s", err, tc.code)
 			}
-			h.assertUnchanged(t, before)
+			h.AssertUnchanged(t, before)
 		})
 	}
 }
@@ -265,17 +265,17 @@ func TestExpired(t *testing.T) {
 	h.device("dev-1", false)
 	a := h.submit("dev-1", `{"action":"ping","ttl":"1m"}`)
 	b := h.submit("dev-1", `{"action":"ping","ttl":"5m"}`)
-	h.clk.Add(61 * time.Second)
-	if err := h.svc.sweep(h.ctx); err != nil {
+	h.Clock.Advance(61 * time.Second)
+	if err := h.svc.sweep(h.Ctx); err != nil {
 		t.Fatal(err)
 	}
 	h.wantState(a.ID, StateExpired)
 	h.wantState(b.ID, StateQueued)
 	h.setOnline("dev-1", true)
-	h.svc.sendDevice(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.Ctx, "dev-1", false)
 	h.wantState(b.ID, StateSent)
-	h.clk.Add(5 * time.Minute)
-	h.svc.sweep(h.ctx)
+	h.Clock.Advance(5 * time.Minute)
+	h.svc.sweep(h.Ctx)
 	c := h.wantState(b.ID, StateExpired)
 	if !strings.Contains(c.Error, "ttl") {
 		t.Errorf("expired command error %q", c.Error)
@@ -285,12 +285,12 @@ func TestExpired(t *testing.T) {
 	}
 	// The device refusing a command it got too late also makes it expired.
 	c = h.submit("dev-1", `{"action":"ping"}`)
-	h.svc.sendDevice(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.Ctx, "dev-1", false)
 	h.result("dev-1", topics.CommandResult{ID: c.ID, Status: topics.ResultFailed, Error: "expired"})
 	h.wantState(c.ID, StateExpired)
 	// Once nothing is active the device leaves the sweep's index.
-	h.svc.sweep(h.ctx)
-	if n, _ := h.rdb.ZCard(h.ctx, h.svc.activeDevices()).Result(); n != 0 {
+	h.svc.sweep(h.Ctx)
+	if n, _ := h.Redis.ZCard(h.Ctx, h.svc.activeDevices()).Result(); n != 0 {
 		t.Errorf("cmdactive has %d devices", n)
 	}
 }
@@ -301,18 +301,18 @@ func TestTimedOut(t *testing.T) {
 	h := newHarness(t)
 	h.device("dev-1", true)
 	c := h.submit("dev-1", `{"action":"reboot"}`)
-	h.svc.sendDevice(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.Ctx, "dev-1", false)
 	h.result("dev-1", topics.CommandResult{ID: c.ID, Status: topics.ResultDelivered})
-	h.clk.Add(59 * time.Second)
-	h.svc.sweep(h.ctx)
+	h.Clock.Advance(59 * time.Second)
+	h.svc.sweep(h.Ctx)
 	h.wantState(c.ID, StateDelivered)
-	h.clk.Add(2 * time.Second)
-	h.svc.sweep(h.ctx)
+	h.Clock.Advance(2 * time.Second)
+	h.svc.sweep(h.Ctx)
 	c = h.wantState(c.ID, StateTimedOut)
 	if !strings.Contains(c.Error, "no result") {
 		t.Errorf("error %q", c.Error)
 	}
-	if err := h.result("dev-1", topics.CommandResult{ID: c.ID, Status: topics.ResultSuccess, ExecutedAt: h.clk.Now()}); err != nil {
+	if err := h.result("dev-1", topics.CommandResult{ID: c.ID, Status: topics.ResultSuccess, ExecutedAt: h.Clock.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	c = h.wantState(c.ID, StateTimedOut)
@@ -332,30 +332,30 @@ func TestDeliveryOrderAndResend(t *testing.T) {
 	for _, v := range []int{10, 20, 30} {
 		ids = append(ids, h.submit("dev-1", `{"action":"write_register","target_register":"export_power","value":`+itoa(v)+`}`).ID)
 	}
-	h.svc.sendDevice(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.Ctx, "dev-1", false)
 	if n := len(h.downlinks("dev-1")); n != 0 {
 		t.Fatalf("%d sent to an offline device", n)
 	}
 	h.setOnline("dev-1", true)
-	h.svc.sendDevice(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.Ctx, "dev-1", false)
 	if got := idsOf(h.downlinks("dev-1")); got != strings.Join(ids, ",") {
 		t.Fatalf("sent %s, want %s", got, strings.Join(ids, ","))
 	}
 	h.result("dev-1", topics.CommandResult{ID: ids[0], Status: topics.ResultDelivered})
-	h.clk.Add(5 * time.Second)
-	h.svc.sendDevice(h.ctx, "dev-1", false)
+	h.Clock.Advance(5 * time.Second)
+	h.svc.sendDevice(h.Ctx, "dev-1", false)
 	if n := len(h.downlinks("dev-1")); n != 3 {
 		t.Fatalf("%d downlinks before ResendAfter, want 3", n)
 	}
-	h.clk.Add(6 * time.Second)
-	h.svc.sendDevice(h.ctx, "dev-1", false)
+	h.Clock.Advance(6 * time.Second)
+	h.svc.sendDevice(h.Ctx, "dev-1", false)
 	if got := idsOf(h.downlinks("dev-1")[3:]); got != ids[1]+","+ids[2] {
 		t.Fatalf("resent %s, want the two without a receipt", got)
 	}
 	if c := h.get(ids[1]); c.Attempts != 2 || c.State != StateSent {
 		t.Errorf("resent command %+v", c)
 	}
-	h.svc.sendDevice(h.ctx, "dev-1", true) // reconnect: everything unfinished
+	h.svc.sendDevice(h.Ctx, "dev-1", true) // reconnect: everything unfinished
 	if got := idsOf(h.downlinks("dev-1")[5:]); got != strings.Join(ids, ",") {
 		t.Fatalf("after reconnect sent %s", got)
 	}
@@ -377,15 +377,15 @@ func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
 func TestOpsNeedsAnAdmin(t *testing.T) {
 	h := newHarness(t)
 	h.device("dev-1", true)
-	if err := h.fleet.EnsureOperator(h.ctx, "viewer1", "pw", topics.RoleViewer); err != nil {
+	if err := h.Fleet.EnsureOperator(h.Ctx, "viewer1", "pw", topics.RoleViewer); err != nil {
 		t.Fatal(err)
 	}
 	h.runOps()
 	for _, op := range []string{"", "viewer1", "nobody"} {
 		t.Run("operator "+op, func(t *testing.T) {
-			before := h.snapshot()
+			before := h.Snapshot()
 			h.ops("dev-1", op, `{"action":"ping","request_id":"x"}`)
-			h.assertUnchanged(t, before)
+			h.AssertUnchanged(t, before)
 			evs := h.events("dev-1")
 			last := evs[len(evs)-1]
 			if e, _ := last["error"].(map[string]any); last["status"] != "rejected" || e["code"] != backend.CodeForbidden {
@@ -398,29 +398,14 @@ func TestOpsNeedsAnAdmin(t *testing.T) {
 // runOps runs the fleet with the service attached, so that operator
 // messages enter where they do in production: on the ops topic.
 func (h *harness) runOps() {
-	h.t.Helper()
+	h.T.Helper()
 	h.svc.Attach()
-	h.run("fleet", h.fleet.Run)
-	h.bus.WaitSubscribed(h.t, 2, 5*time.Second)
+	h.RunFleet(2)
 }
 
 // ops publishes an operator message on ecowatt/v1/ops/{dev}/command and
 // waits for the command event it causes.
 func (h *harness) ops(dev, operator, body string) {
-	h.t.Helper()
-	ch, cancel := h.fleet.SubscribeEvents(backend.EventFilter{Device: dev, Kind: topics.EventCommand})
-	defer cancel()
-	sent := len(h.events(dev))
-	h.bus.Deliver(backend.Message{Topic: topics.Ops(dev, topics.KindCommand), Payload: []byte(body), Username: operator})
-	select {
-	case <-ch:
-	case <-time.After(5 * time.Second):
-		h.t.Fatalf("no command event for %s after an ops message", dev)
-	}
-	// The hub hears an event just before the bus publishes it.
-	for deadline := time.Now().Add(5 * time.Second); len(h.events(dev)) == sent; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			h.t.Fatalf("command event for %s not published on the bus", dev)
-		}
-	}
+	h.T.Helper()
+	h.Ops(dev, operator, topics.KindCommand, body, topics.EventCommand)
 }

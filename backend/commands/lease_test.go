@@ -1,87 +1,53 @@
 package commands
 
 import (
-	"context"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ecowatt/ecowatt/backend/backendtest/fleettest"
 	"github.com/ecowatt/ecowatt/backend/lease"
-	"github.com/ecowatt/ecowatt/backend/redistest"
 	"github.com/ecowatt/ecowatt/topics"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 )
 
 // replica is one Service of a two-replica test, with its own Redis
 // connection so that a crash can be faked by closing it.
+// replica is a commands Service run as a replica of its own.
 type replica struct {
-	name   string
-	svc    *Service
-	rdb    redis.UniversalClient
-	cancel context.CancelFunc
-	done   chan error
+	*fleettest.Replica
+	svc *Service
 }
 
 func (h *harness) startReplica(name string) *replica {
-	h.t.Helper()
-	rdb, err := redistest.NewClient(os.Getenv(redistest.EnvURL))
-	if err != nil {
-		h.t.Fatal(err)
-	}
+	h.T.Helper()
+	r := &replica{Replica: h.NewReplica(name)}
 	cfg := h.cfg
-	cfg.Redis, cfg.Replica, cfg.Registerer = rdb, name, prometheus.NewRegistry()
+	cfg.Redis, cfg.Replica = r.Redis, name
 	cfg.LeaseTTL, cfg.DeliveryTick = 300*time.Millisecond, 20*time.Millisecond
-	s, err := New(cfg)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &replica{name: name, svc: s, rdb: rdb, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- s.Run(ctx) }()
-	h.t.Cleanup(func() { r.stop(h.t); rdb.Close() })
+	r.svc = fleettest.Build(h.T, New, cfg)
+	r.Start(r.svc.Run)
 	return r
-}
-
-// stop cancels the replica's Run and waits for it.
-func (r *replica) stop(t *testing.T) {
-	t.Helper()
-	if r.cancel == nil {
-		return
-	}
-	r.cancel()
-	r.cancel = nil
-	select {
-	case <-r.done:
-	case <-time.After(5 * time.Second):
-		t.Errorf("replica %s did not stop within 5 s", r.name)
-	}
 }
 
 // holder returns the replica holding lease name ("" when free).
 func (h *harness) holder(name string) string {
-	h.t.Helper()
-	tok, err := h.rdb.Get(h.ctx, h.svc.keys.Global(name)).Result()
+	h.T.Helper()
+	tok, err := h.Redis.Get(h.Ctx, h.svc.keys.Global(name)).Result()
 	if err == redis.Nil {
 		return ""
 	}
 	if err != nil {
-		h.t.Fatal(err)
+		h.T.Fatal(err)
 	}
 	return lease.ReplicaOf(tok)
 }
 
+// waitDownlinks waits until n commands have been sent to dev.
 func (h *harness) waitDownlinks(dev string, n int) {
-	h.t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for len(h.downlinks(dev)) < n {
-		if time.Now().After(deadline) {
-			h.t.Fatalf("%d downlinks to %s, want %d", len(h.downlinks(dev)), dev, n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	h.T.Helper()
+	h.WaitDownlinks(dev, topics.KindCommand, n)
 }
 
 // TestLeaseTakeover: two replicas on one Redis; one holds the delivery
@@ -106,7 +72,7 @@ func TestLeaseTakeover(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				cmd, _, err := reps[i%2].svc.Submit(h.ctx, "dev-1", "tester", c)
+				cmd, _, err := reps[i%2].svc.Submit(h.Ctx, "dev-1", "tester", c)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -123,7 +89,7 @@ func TestLeaseTakeover(t *testing.T) {
 			}
 			var victim, survivor *replica
 			for _, r := range reps {
-				if r.name == deliverer {
+				if r.Name == deliverer {
 					victim = r
 				} else {
 					survivor = r
@@ -131,14 +97,14 @@ func TestLeaseTakeover(t *testing.T) {
 			}
 			stopped := time.Now()
 			if tc.crash {
-				victim.rdb.Close() // no renewal, no release: the leases must expire
+				victim.Redis.Close() // no renewal, no release: the leases must expire
 			}
-			victim.stop(t)
+			victim.Stop(t)
 			for _, l := range []string{"lease:command-delivery", "lease:command-sweep"} {
 				deadline := time.Now().Add(5 * time.Second)
-				for h.holder(l) != survivor.name {
+				for h.holder(l) != survivor.Name {
 					if time.Now().After(deadline) {
-						t.Fatalf("%s held by %q 5 s after %s stopped", l, h.holder(l), victim.name)
+						t.Fatalf("%s held by %q 5 s after %s stopped", l, h.holder(l), victim.Name)
 					}
 					time.Sleep(10 * time.Millisecond)
 				}
@@ -149,7 +115,7 @@ func TestLeaseTakeover(t *testing.T) {
 			}
 			for range 3 {
 				c, _ := survivor.svc.Parse([]byte(`{"action":"ping"}`))
-				cmd, _, err := survivor.svc.Submit(h.ctx, "dev-1", "tester", c)
+				cmd, _, err := survivor.svc.Submit(h.Ctx, "dev-1", "tester", c)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -177,27 +143,27 @@ func TestResultResend(t *testing.T) {
 	h := newHarness(t)
 	h.device("dev-1", true)
 	c := h.submit("dev-1", `{"action":"ping"}`)
-	h.svc.sendDevice(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.Ctx, "dev-1", false)
 	h.result("dev-1", topics.CommandResult{ID: c.ID, Status: topics.ResultDelivered})
-	h.clk.Add(h.svc.cfg.ResultResend - time.Second)
-	h.svc.sendDevice(h.ctx, "dev-1", false)
+	h.Clock.Advance(h.svc.cfg.ResultResend - time.Second)
+	h.svc.sendDevice(h.Ctx, "dev-1", false)
 	if n := len(h.downlinks("dev-1")); n != 1 {
 		t.Fatalf("%d downlinks before ResultResend, want 1", n)
 	}
-	h.clk.Add(time.Second)
-	h.svc.sendDevice(h.ctx, "dev-1", false)
+	h.Clock.Advance(time.Second)
+	h.svc.sendDevice(h.Ctx, "dev-1", false)
 	if n := len(h.downlinks("dev-1")); n != 2 {
 		t.Fatalf("%d downlinks at ResultResend, want 2", n)
 	}
 	if got := h.wantState(c.ID, StateDelivered); got.Attempts != 2 {
 		t.Errorf("attempts %d, want 2", got.Attempts)
 	}
-	h.svc.sendDevice(h.ctx, "dev-1", false)
+	h.svc.sendDevice(h.Ctx, "dev-1", false)
 	if n := len(h.downlinks("dev-1")); n != 2 {
 		t.Fatalf("%d downlinks right after a resend, want 2", n)
 	}
-	h.clk.Add(h.svc.cfg.ResultTimeout)
-	if err := h.svc.sweep(h.ctx); err != nil {
+	h.Clock.Advance(h.svc.cfg.ResultTimeout)
+	if err := h.svc.sweep(h.Ctx); err != nil {
 		t.Fatal(err)
 	}
 	h.wantState(c.ID, StateTimedOut)
@@ -224,7 +190,7 @@ func TestShardedDelivery(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	holder, other := a, b
-	if h.holder("lease:command-delivery") == b.name {
+	if h.holder("lease:command-delivery") == b.Name {
 		holder, other = b, a
 	}
 	for !holder.svc.delivering() { // the shards are up once the takeover scan is done
@@ -238,7 +204,7 @@ func TestShardedDelivery(t *testing.T) {
 				r = other // the last of each device through cmdwake
 			}
 			c, _ := r.svc.Parse([]byte(`{"action":"ping"}`))
-			cmd, _, err := r.svc.Submit(h.ctx, d, "tester", c)
+			cmd, _, err := r.svc.Submit(h.Ctx, d, "tester", c)
 			if err != nil {
 				t.Fatal(err)
 			}

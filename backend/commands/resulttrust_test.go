@@ -1,14 +1,12 @@
 package commands
 
 import (
-	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ecowatt/ecowatt/backend"
 	"github.com/ecowatt/ecowatt/topics"
-	"github.com/ecowatt/ecowatt/topics/envelope"
 )
 
 // TestResultValueChecked: a command_result's value must fit the command:
@@ -21,33 +19,14 @@ func TestResultValueChecked(t *testing.T) {
 	h := newHarness(t)
 	h.device("d1", false)
 	h.svc.Attach()
-	h.run("backend run", h.fleet.Run)
-	h.bus.WaitSubscribed(t, 2, 5*time.Second)
+	h.RunFleet(2)
 	write := h.submit("d1", `{"action":"write_register","target_register":"export_power","value":40}`)
 	read := h.submit("d1", `{"action":"read_register","target_register":"export_power"}`)
 	ping := h.submit("d1", `{"action":"ping"}`)
 
-	var nonce uint64
 	send := func(t *testing.T, r topics.CommandResult, eventKind string) backend.Event {
 		t.Helper()
-		raw, _ := json.Marshal(topics.CommandResultBody{CommandResult: &r})
-		topic := topics.DeviceUp("d1", topics.KindCommandResult)
-		nonce++
-		k := h.keys["d1"]
-		env, err := envelope.Seal(&k, topic, nonce, time.Now(), raw, false, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ch, cancel := h.fleet.SubscribeEvents(backend.EventFilter{Device: "d1", Kind: eventKind})
-		defer cancel()
-		h.bus.Deliver(backend.Message{Topic: topic, Payload: env, Username: "d1"})
-		select {
-		case ev := <-ch:
-			return ev
-		case <-time.After(5 * time.Second):
-			t.Fatalf("no %s event after %s", eventKind, raw)
-			return backend.Event{}
-		}
+		return h.With(t).Uplink("d1", topics.KindCommandResult, topics.CommandResultBody{CommandResult: &r}, eventKind)
 	}
 	v := func(n int) *int { return &n }
 	now := time.Now().UTC().Truncate(time.Millisecond)

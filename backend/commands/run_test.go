@@ -24,7 +24,7 @@ func TestListPaging(t *testing.T) {
 	var got []string
 	before := ""
 	for page := 0; page < 5; page++ {
-		p, err := h.svc.List(h.ctx, "dev-1", 2, before)
+		p, err := h.svc.List(h.Ctx, "dev-1", 2, before)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -53,7 +53,7 @@ func TestListPaging(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := h.svc.List(h.ctx, tc.dev, tc.limit, tc.before)
+			_, err := h.svc.List(h.Ctx, tc.dev, tc.limit, tc.before)
 			if backend.ErrorCode(err) != tc.code {
 				t.Fatalf("err %v, want %s", err, tc.code)
 			}
@@ -67,13 +67,13 @@ func TestRequestIDIdempotent(t *testing.T) {
 	h := newHarness(t)
 	h.device("dev-1", false)
 	a := h.submit("dev-1", `{"action":"ping","request_id":"once"}`)
-	before := h.snapshot()
+	before := h.Snapshot()
 	c, _ := h.svc.Parse([]byte(`{"action":"ping","request_id":"once"}`))
-	b, created, err := h.svc.Submit(h.ctx, "dev-1", "tester", c)
+	b, created, err := h.svc.Submit(h.Ctx, "dev-1", "tester", c)
 	if err != nil || created || b.ID != a.ID {
 		t.Fatalf("second submit: %+v created=%v err=%v", b, created, err)
 	}
-	h.assertUnchanged(t, before)
+	h.AssertUnchanged(t, before)
 }
 
 // TestRunDeliversAfterRestart: commands queued by one backend instance
@@ -87,16 +87,16 @@ func TestRunDeliversAfterRestart(t *testing.T) {
 	b := h.submit("dev-2", `{"action":"ping"}`)
 
 	s2 := h.newService()
-	h.run("commands run", s2.Run)
+	h.Run("commands run", s2.Run)
 	waitState(t, s2, a.ID, StateSent)
-	if s, _ := s2.Get(h.ctx, b.ID); s.State != StateQueued {
+	if s, _ := s2.Get(h.Ctx, b.ID); s.State != StateQueued {
 		t.Fatalf("offline device's command is %s", s.State)
 	}
 	if err := s2.Run(context.Background()); err == nil {
 		t.Error("second Run accepted")
 	}
 	h.setOnline("dev-2", true)
-	s2.HandleBirth(h.ctx, "dev-2", envelopeMsg(`{"online":true}`))
+	s2.HandleBirth(h.Ctx, "dev-2", envelopeMsg(`{"online":true}`))
 	waitState(t, s2, b.ID, StateSent)
 }
 
@@ -105,15 +105,15 @@ func TestRunDeliversAfterRestart(t *testing.T) {
 func TestOpsOverBus(t *testing.T) {
 	h := newHarness(t)
 	h.device("dev-1", true)
-	if err := h.fleet.EnsureOperator(h.ctx, "alice", "pw", topics.RoleAdmin); err != nil {
+	if err := h.Fleet.EnsureOperator(h.Ctx, "alice", "pw", topics.RoleAdmin); err != nil {
 		t.Fatal(err)
 	}
 	h.svc.Attach()
-	h.run("backend run", h.fleet.Run)
-	h.run("commands run", h.svc.Run)
-	h.bus.WaitSubscribed(t, 2, 5*time.Second)
-	h.bus.Deliver(backend.Message{Topic: topics.Ops("dev-1", topics.KindCommand), Username: "alice", Payload: []byte(`{"action":"read_register","target_register":"export_power","request_id":"q1"}`)})
-	h.bus.WaitSent(t, topics.DeviceDown("dev-1", topics.KindCommand), 1, 5*time.Second)
+	h.Run("backend run", h.Fleet.Run)
+	h.Run("commands run", h.svc.Run)
+	h.Bus.WaitSubscribed(t, 2, 5*time.Second)
+	h.Bus.Deliver(backend.Message{Topic: topics.Ops("dev-1", topics.KindCommand), Username: "alice", Payload: []byte(`{"action":"read_register","target_register":"export_power","request_id":"q1"}`)})
+	h.Bus.WaitSent(t, topics.DeviceDown("dev-1", topics.KindCommand), 1, 5*time.Second)
 	if d := h.downlinks("dev-1"); len(d) != 1 || d[0].Action != topics.ActionReadRegister || d[0].TargetRegister != "export_power" {
 		t.Fatalf("downlinks %+v, want one read_register of export_power", d)
 	}

@@ -16,7 +16,7 @@ import (
 // froze. It is a security event and changes nothing.
 func TestAckOfVersionNeverIssued(t *testing.T) {
 	h := newHarness(t)
-	h.device("d1")
+	h.Device("d1")
 	h.birth("d1", 0, topics.DefaultConfig())
 	h.set("d1", `{"sampling_interval":3}`)
 	// The state an ack may change (delivery bookkeeping moves on its own,
@@ -25,14 +25,14 @@ func TestAckOfVersionNeverIssued(t *testing.T) {
 		st := h.get("d1")
 		st.Delivery = nil
 		b, _ := json.Marshal(st)
-		hist, _ := h.rdb.Dump(h.ctx, h.s.histKey("d1")).Result()
-		pend, _ := h.rdb.Dump(h.ctx, h.s.pendingKey()).Result()
+		hist, _ := h.Redis.Dump(h.Ctx, h.s.histKey("d1")).Result()
+		pend, _ := h.Redis.Dump(h.Ctx, h.s.pendingKey()).Result()
 		return []string{string(b), hist, pend}
 	}
 	before := dump()
 	fake := topics.ConfigAck{Version: 999, Accepted: []topics.FieldChange{{Parameter: topics.ParamSamplingInterval, Old: 5, New: 60}},
 		Rejected: []topics.FieldRejected{}, Unchanged: []string{}}
-	ev := h.uplink("d1", topics.KindConfigAck, ackBody(fake), topics.EventSecurity)
+	ev := h.Uplink("d1", topics.KindConfigAck, ackBody(fake), topics.EventSecurity)
 	if !strings.Contains(string(ev.Data), backend.ReasonInvalidBody) || !strings.Contains(string(ev.Data), "999") {
 		t.Fatalf("security event: %s", ev.Data)
 	}
@@ -42,7 +42,7 @@ func TestAckOfVersionNeverIssued(t *testing.T) {
 	// The genuine ack still lands.
 	ok := topics.ConfigAck{Version: 1, Accepted: []topics.FieldChange{{Parameter: topics.ParamSamplingInterval, Old: 5, New: 3}},
 		Rejected: []topics.FieldRejected{}, Unchanged: []string{topics.ParamUploadInterval, topics.ParamRegisters}}
-	h.uplink("d1", topics.KindConfigAck, ackBody(ok), topics.EventConfig)
+	h.Uplink("d1", topics.KindConfigAck, ackBody(ok), topics.EventConfig)
 	st := h.get("d1")
 	if st.Pending || st.Reported == nil || st.Reported.Version != 1 || st.Reported.SamplingInterval != 3 {
 		t.Fatalf("after the genuine ack: %+v", st)

@@ -18,7 +18,7 @@ import (
 // key. An unknown device is CodeNotFound.
 func TestSetBadInput(t *testing.T) {
 	h := newHarness(t)
-	h.device("d1")
+	h.Device("d1")
 	h.set("d1", `{"sampling_interval":10,"upload_interval":30}`) // version 1, so there is state to keep
 	cases := []struct {
 		name, dev, patch string
@@ -55,10 +55,10 @@ func TestSetBadInput(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			before := h.snapshot()
+			before := h.Snapshot()
 			versions := testutil.ToFloat64(h.s.m.versions)
 			sent := len(h.downlinks("d1"))
-			_, err := h.s.Set(h.ctx, tc.dev, []byte(tc.patch), Who{By: "tester", Via: ViaHTTP})
+			_, err := h.s.Set(h.Ctx, tc.dev, []byte(tc.patch), Who{By: "tester", Via: ViaHTTP})
 			var be *backend.Error
 			if !errors.As(err, &be) || be.Code != tc.code || be.Field != tc.field {
 				t.Fatalf("Set(%s) = %v; want code %s field %q", tc.patch, err, tc.code, tc.field)
@@ -66,7 +66,7 @@ func TestSetBadInput(t *testing.T) {
 			if msg, _ := backend.ErrorMessage(err); msg == "" || msg == tc.code {
 				t.Errorf("error has no clear message: %v", err)
 			}
-			h.assertUnchanged(t, before)
+			h.AssertUnchanged(t, before)
 			if got := testutil.ToFloat64(h.s.m.versions); got != versions {
 				t.Errorf("versions metric %v -> %v", versions, got)
 			}
@@ -82,7 +82,7 @@ func TestSetBadInput(t *testing.T) {
 
 func TestSetVersionsAndHistory(t *testing.T) {
 	h := newHarness(t)
-	h.device("d1")
+	h.Device("d1")
 
 	st := h.get("d1")
 	if st.Desired.Version != 0 || !st.Desired.Equal(topics.DefaultConfig()) || st.Pending || st.Reported != nil || st.LastAck != nil {
@@ -121,7 +121,7 @@ func TestSetVersionsAndHistory(t *testing.T) {
 		t.Errorf("versions metric = %v, want 2", got)
 	}
 
-	hist, err := h.s.History(h.ctx, "d1", 0)
+	hist, err := h.s.History(h.Ctx, "d1", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,14 +130,14 @@ func TestSetVersionsAndHistory(t *testing.T) {
 		hist[0].Changes[0].Parameter != topics.ParamRegisters || hist[0].Config == nil {
 		t.Fatalf("history: %+v", hist)
 	}
-	if _, err := h.s.History(h.ctx, "nope", 0); !errors.Is(err, backend.ErrNotFound) {
+	if _, err := h.s.History(h.Ctx, "nope", 0); !errors.Is(err, backend.ErrNotFound) {
 		t.Errorf("history of unknown device: %v", err)
 	}
 }
 
 func TestAck(t *testing.T) {
 	h := newHarness(t)
-	h.device("d1")
+	h.Device("d1")
 	h.birth("d1", 0, topics.DefaultConfig())
 	h.set("d1", `{"sampling_interval":10,"upload_interval":30,"registers":["voltage"]}`)
 
@@ -150,7 +150,7 @@ func TestAck(t *testing.T) {
 		Rejected:  []topics.FieldRejected{{Parameter: topics.ParamRegisters, Reason: "not wired"}},
 		Unchanged: []string{},
 	}
-	ev := h.uplink("d1", topics.KindConfigAck, ackBody(ack), topics.EventConfig)
+	ev := h.Uplink("d1", topics.KindConfigAck, ackBody(ack), topics.EventConfig)
 	var data map[string]any
 	json.Unmarshal(ev.Data, &data)
 	if data["status"] != "acked" || data["result"] != AckPartial || data["pending"] != false {
@@ -170,7 +170,7 @@ func TestAck(t *testing.T) {
 	// The same ack again (idempotent redelivery) changes nothing but the
 	// history.
 	before := h.get("d1")
-	ev = h.uplink("d1", topics.KindConfigAck, ackBody(ack), topics.EventConfig)
+	ev = h.Uplink("d1", topics.KindConfigAck, ackBody(ack), topics.EventConfig)
 	json.Unmarshal(ev.Data, &data)
 	if data["duplicate"] != true {
 		t.Errorf("repeated ack not flagged duplicate: %s", ev.Data)
@@ -186,7 +186,7 @@ func TestAck(t *testing.T) {
 	stale := topics.ConfigAck{Version: 1, Accepted: []topics.FieldChange{},
 		Rejected:  []topics.FieldRejected{{Parameter: topics.ParamRegisters, Reason: "stale"}},
 		Unchanged: []string{topics.ParamSamplingInterval, topics.ParamUploadInterval}}
-	ev = h.uplink("d1", topics.KindConfigAck, ackBody(stale), topics.EventConfig)
+	ev = h.Uplink("d1", topics.KindConfigAck, ackBody(stale), topics.EventConfig)
 	json.Unmarshal(ev.Data, &data)
 	if data["result"] != AckStale || data["pending"] != true {
 		t.Errorf("stale ack event: %s", ev.Data)
@@ -197,12 +197,12 @@ func TestAck(t *testing.T) {
 	// An ack of the desired version clears it.
 	ok := topics.ConfigAck{Version: 2, Accepted: []topics.FieldChange{{Parameter: topics.ParamRegisters, Old: []string{"voltage"}, New: []string{"current"}}},
 		Rejected: []topics.FieldRejected{}, Unchanged: []string{topics.ParamSamplingInterval, topics.ParamUploadInterval}}
-	h.uplink("d1", topics.KindConfigAck, ackBody(ok), topics.EventConfig)
+	h.Uplink("d1", topics.KindConfigAck, ackBody(ok), topics.EventConfig)
 	st = h.get("d1")
 	if st.Pending || st.Reported.Version != 2 || !slices.Equal(st.Reported.Registers, []string{"current"}) || len(st.Drift) != 0 {
 		t.Errorf("state after ack of v2: %+v", st)
 	}
-	if n, _ := h.rdb.ZCard(h.ctx, h.s.pendingKey()).Result(); n != 0 {
+	if n, _ := h.Redis.ZCard(h.Ctx, h.s.pendingKey()).Result(); n != 0 {
 		t.Errorf("pending index holds %d devices", n)
 	}
 	for res, want := range map[string]float64{AckPartial: 2, AckStale: 1, AckAccepted: 1} {
@@ -210,7 +210,7 @@ func TestAck(t *testing.T) {
 			t.Errorf("acks{result=%s} = %v, want %v", res, got, want)
 		}
 	}
-	hist, _ := h.s.History(h.ctx, "d1", 0)
+	hist, _ := h.s.History(h.Ctx, "d1", 0)
 	var types []string
 	for _, e := range hist {
 		types = append(types, e.Type)
@@ -224,7 +224,7 @@ func TestAck(t *testing.T) {
 // state.
 func TestAckMalformed(t *testing.T) {
 	h := newHarness(t)
-	h.device("d1")
+	h.Device("d1")
 	h.set("d1", `{"sampling_interval":10,"upload_interval":30}`)
 	cases := []struct{ name, body string }{
 		{"not JSON", `{"config_ack":`},
@@ -241,7 +241,7 @@ func TestAckMalformed(t *testing.T) {
 	dump := func() []string {
 		var out []string
 		for _, k := range cfgKeys {
-			v, _ := h.rdb.Dump(h.ctx, k).Result()
+			v, _ := h.Redis.Dump(h.Ctx, k).Result()
 			out = append(out, v)
 		}
 		return out
@@ -249,7 +249,7 @@ func TestAckMalformed(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			before := dump()
-			ev := h.uplink("d1", topics.KindConfigAck, []byte(tc.body), topics.EventSecurity)
+			ev := h.Uplink("d1", topics.KindConfigAck, []byte(tc.body), topics.EventSecurity)
 			if !strings.Contains(string(ev.Data), backend.ReasonInvalidBody) {
 				t.Errorf("security event: %s", ev.Data)
 			}
@@ -265,7 +265,7 @@ func TestAckMalformed(t *testing.T) {
 // acknowledged it gets nothing.
 func TestBirthReconciles(t *testing.T) {
 	h := newHarness(t)
-	h.device("d1")
+	h.Device("d1")
 	h.set("d1", `{"sampling_interval":10,"upload_interval":30}`)
 	h.set("d1", `{"sampling_interval":20,"upload_interval":60}`)
 	h.set("d1", `{"registers":["voltage"]}`)
@@ -280,13 +280,13 @@ func TestBirthReconciles(t *testing.T) {
 	if st := h.get("d1"); st.Reported == nil || st.Reported.Version != 0 || !st.Reported.Equal(topics.DefaultConfig()) {
 		t.Errorf("reported from birth: %+v", st.Reported)
 	}
-	h.uplink("d1", topics.KindConfigAck, ackBody(topics.ConfigAck{Version: 3, Accepted: []topics.FieldChange{}, Rejected: []topics.FieldRejected{}, Unchanged: topics.ConfigParams}), topics.EventConfig)
+	h.Uplink("d1", topics.KindConfigAck, ackBody(topics.ConfigAck{Version: 3, Accepted: []topics.FieldChange{}, Rejected: []topics.FieldRejected{}, Unchanged: topics.ConfigParams}), topics.EventConfig)
 	// Counted after the send; the ack, processed after the birth, proves it done.
 	if got := testutil.ToFloat64(h.s.m.redeliveries); got != 1 {
 		t.Errorf("redeliveries = %v", got)
 	}
 	h.birth("d1", 3, h.get("d1").Desired.Config)
-	h.uplink("d1", topics.KindConfigAck, ackBody(topics.ConfigAck{Version: 3, Accepted: []topics.FieldChange{}, Rejected: []topics.FieldRejected{}, Unchanged: topics.ConfigParams}), topics.EventConfig)
+	h.Uplink("d1", topics.KindConfigAck, ackBody(topics.ConfigAck{Version: 3, Accepted: []topics.FieldChange{}, Rejected: []topics.FieldRejected{}, Unchanged: topics.ConfigParams}), topics.EventConfig)
 	if n := len(h.downlinks("d1")); n != 4 {
 		t.Errorf("a device in sync got %d more config messages", n-4)
 	}
@@ -294,7 +294,7 @@ func TestBirthReconciles(t *testing.T) {
 	// version is numbered above it.
 	h.birth("d1", 9, topics.DefaultConfig())
 	// An uplink after the birth: processed once the birth handlers are done.
-	h.uplink("d1", topics.KindConfigAck, ackBody(topics.ConfigAck{Version: 3, Accepted: []topics.FieldChange{}, Rejected: []topics.FieldRejected{}, Unchanged: topics.ConfigParams}), topics.EventConfig)
+	h.Uplink("d1", topics.KindConfigAck, ackBody(topics.ConfigAck{Version: 3, Accepted: []topics.FieldChange{}, Rejected: []topics.FieldRejected{}, Unchanged: topics.ConfigParams}), topics.EventConfig)
 	if r := h.set("d1", `{"sampling_interval":5,"upload_interval":15}`); r.Desired.Version != 10 {
 		t.Errorf("version after a device at 9 = %d, want 10", r.Desired.Version)
 	}
@@ -306,17 +306,17 @@ func TestBirthReconciles(t *testing.T) {
 func TestSweep(t *testing.T) {
 	h := newHarness(t)
 	for _, id := range []string{"on", "off"} {
-		h.device(id)
+		h.Device(id)
 		h.set(id, `{"sampling_interval":10,"upload_interval":30}`)
 	}
 	// Born at version 1 without an ack: pending, so the birth redelivers.
 	h.birth("on", 1, h.get("on").Desired.Config)
 	sentOn := len(h.waitDownlinks("on", 2))
-	if n, err := h.s.Sweep(h.ctx); err != nil || n != 0 {
+	if n, err := h.s.Sweep(h.Ctx); err != nil || n != 0 {
 		t.Fatalf("sweep right after delivery: %d, %v", n, err)
 	}
-	h.clock.Add(31 * time.Second)
-	if n, err := h.s.Sweep(h.ctx); err != nil || n != 1 {
+	h.Clock.Advance(31 * time.Second)
+	if n, err := h.s.Sweep(h.Ctx); err != nil || n != 1 {
 		t.Fatalf("sweep: %d, %v; want 1", n, err)
 	}
 	if got := len(h.downlinks("on")); got != sentOn+1 {
@@ -326,12 +326,12 @@ func TestSweep(t *testing.T) {
 		t.Errorf("offline device got %d config messages, want 1", got)
 	}
 	// Once acknowledged, the sweep forgets the device.
-	h.uplink("on", topics.KindConfigAck, ackBody(topics.ConfigAck{Version: 1, Accepted: []topics.FieldChange{}, Rejected: []topics.FieldRejected{}, Unchanged: topics.ConfigParams}), topics.EventConfig)
-	h.clock.Add(31 * time.Second)
-	if n, _ := h.s.Sweep(h.ctx); n != 0 {
+	h.Uplink("on", topics.KindConfigAck, ackBody(topics.ConfigAck{Version: 1, Accepted: []topics.FieldChange{}, Rejected: []topics.FieldRejected{}, Unchanged: topics.ConfigParams}), topics.EventConfig)
+	h.Clock.Advance(31 * time.Second)
+	if n, _ := h.s.Sweep(h.Ctx); n != 0 {
 		t.Errorf("sweep after ack sent %d", n)
 	}
-	ids, _ := h.rdb.ZRange(h.ctx, h.s.pendingKey(), 0, -1).Result()
+	ids, _ := h.Redis.ZRange(h.Ctx, h.s.pendingKey(), 0, -1).Result()
 	if !slices.Equal(ids, []string{"off"}) {
 		t.Errorf("pending index = %v", ids)
 	}
@@ -342,11 +342,11 @@ func TestSweep(t *testing.T) {
 // event and change nothing.
 func TestOps(t *testing.T) {
 	h := newHarness(t)
-	h.device("d1")
-	if err := h.b.EnsureOperator(h.ctx, "alice", "pw", topics.RoleAdmin); err != nil {
+	h.Device("d1")
+	if err := h.Fleet.EnsureOperator(h.Ctx, "alice", "pw", topics.RoleAdmin); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.b.EnsureOperator(h.ctx, "victor", "pw", topics.RoleViewer); err != nil {
+	if err := h.Fleet.EnsureOperator(h.Ctx, "victor", "pw", topics.RoleViewer); err != nil {
 		t.Fatal(err)
 	}
 	ev := h.ops("d1", "alice", `{"sampling_interval":10,"upload_interval":20}`)
@@ -362,13 +362,13 @@ func TestOps(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			before := h.snapshot()
+			before := h.Snapshot()
 			ev := h.ops("d1", tc.op, tc.body)
 			e, _ := ev["error"].(map[string]any)
 			if ev["status"] != "rejected" || e["code"] != tc.code || e["field"] != tc.field {
 				t.Fatalf("event: %v", ev)
 			}
-			h.assertUnchanged(t, before)
+			h.AssertUnchanged(t, before)
 		})
 	}
 	if st := h.get("d1"); st.Desired.Version != 1 || st.Desired.UpdatedBy != "alice" {

@@ -1,60 +1,31 @@
 package config
 
 import (
-	"context"
-	"os"
 	"testing"
 	"time"
 
+	"github.com/ecowatt/ecowatt/backend/backendtest/fleettest"
 	"github.com/ecowatt/ecowatt/backend/lease"
-	"github.com/ecowatt/ecowatt/backend/redistest"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/redis/go-redis/v9"
 	"github.com/rs/zerolog"
 )
 
+// sweepReplica is a config Service run as a replica of its own.
 type sweepReplica struct {
-	name   string
-	s      *Service
-	rdb    redis.UniversalClient
-	cancel context.CancelFunc
-	done   chan error
+	*fleettest.Replica
+	s *Service
 }
 
 func (h *harness) startSweeper(name string, every time.Duration) *sweepReplica {
-	h.t.Helper()
-	rdb, err := redistest.NewClient(os.Getenv(redistest.EnvURL))
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	s, err := New(Config{
-		// The replica's own Redis connection, so that a crash can be faked by closing it.
-		Redis: rdb, Keys: h.b.Keys(), Fleet: h.b, Replica: name,
-		Logger:        zerolog.New(zerolog.NewTestWriter(h.t)).Level(zerolog.ErrorLevel),
+	h.T.Helper()
+	r := &sweepReplica{Replica: h.NewReplica(name)}
+	r.s = fleettest.Build(h.T, New, Config{
+		Redis: r.Redis, Keys: h.Fleet.Keys(), Fleet: h.Fleet, Replica: name,
+		Logger:        zerolog.New(zerolog.NewTestWriter(h.T)).Level(zerolog.ErrorLevel),
 		SweepInterval: every, LeaseTTL: 300 * time.Millisecond,
 	})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &sweepReplica{name: name, s: s, rdb: rdb, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- s.Run(ctx) }()
-	h.t.Cleanup(func() { r.stop(h.t); rdb.Close() })
+	r.Start(r.s.Run)
 	return r
-}
-
-func (r *sweepReplica) stop(t *testing.T) {
-	t.Helper()
-	if r.cancel == nil {
-		return
-	}
-	r.cancel()
-	r.cancel = nil
-	select {
-	case <-r.done:
-	case <-time.After(5 * time.Second):
-		t.Errorf("replica %s did not stop within 5 s", r.name)
-	}
 }
 
 func (r *sweepReplica) redeliveries() float64 { return testutil.ToFloat64(r.s.m.redeliveries) }
@@ -70,8 +41,8 @@ func TestSweepLease(t *testing.T) {
 	}{{"stop", false}, {"crash", true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
-			h.device("on")
-			if err := h.rdb.HSet(h.ctx, h.s.keys.Device("on"), "online", "1").Err(); err != nil {
+			h.Device("on")
+			if err := h.Redis.HSet(h.Ctx, h.s.keys.Device("on"), "online", "1").Err(); err != nil {
 				t.Fatal(err)
 			}
 			h.set("on", `{"sampling_interval":10,"upload_interval":30}`) // pending until acked: every sweep resends
@@ -91,23 +62,23 @@ func TestSweepLease(t *testing.T) {
 				}
 			}
 			if n := survivor.redeliveries(); n != 0 {
-				t.Fatalf("both replicas swept: %s %v, %s %v", victim.name, victim.redeliveries(), survivor.name, n)
+				t.Fatalf("both replicas swept: %s %v, %s %v", victim.Name, victim.redeliveries(), survivor.Name, n)
 			}
-			tok, _ := h.rdb.Get(h.ctx, h.s.keys.Global("lease:config-sweep")).Result()
-			if lease.ReplicaOf(tok) != victim.name {
-				t.Fatalf("lease held by %q, but %s swept", tok, victim.name)
+			tok, _ := h.Redis.Get(h.Ctx, h.s.keys.Global("lease:config-sweep")).Result()
+			if lease.ReplicaOf(tok) != victim.Name {
+				t.Fatalf("lease held by %q, but %s swept", tok, victim.Name)
 			}
 
 			stopped := time.Now()
 			if tc.crash {
-				victim.rdb.Close()
+				victim.Redis.Close()
 			}
-			victim.stop(t)
+			victim.Stop(t)
 			before := victim.redeliveries()
 			deadline = time.Now().Add(5 * time.Second)
 			for survivor.redeliveries() < 3 {
 				if time.Now().After(deadline) {
-					t.Fatalf("%s did not take the sweep over within 5 s", survivor.name)
+					t.Fatalf("%s did not take the sweep over within 5 s", survivor.Name)
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
@@ -125,13 +96,13 @@ func TestSweepLease(t *testing.T) {
 // when Run starts, not a whole SweepInterval (30 s by default) later.
 func TestRunSweepsAtOnce(t *testing.T) {
 	h := newHarness(t)
-	h.device("late")
+	h.Device("late")
 	h.set("late", `{"sampling_interval":10,"upload_interval":30}`)
 	// Online, and the version was sent long ago without an ack: due.
-	if err := h.rdb.HSet(h.ctx, h.s.keys.Device("late"), "online", "1").Err(); err != nil {
+	if err := h.Redis.HSet(h.Ctx, h.s.keys.Device("late"), "online", "1").Err(); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.rdb.HSet(h.ctx, h.s.cfgKey("late"), fSentAt, 1).Err(); err != nil {
+	if err := h.Redis.HSet(h.Ctx, h.s.cfgKey("late"), fSentAt, 1).Err(); err != nil {
 		t.Fatal(err)
 	}
 	r := h.startSweeper("rep-a", time.Hour)

@@ -16,7 +16,7 @@ import (
 func request(t *testing.T, h *harness, dev, version string, chunks ...int) error {
 	t.Helper()
 	b, _ := json.Marshal(wire.RequestBody{FotaRequest: &wire.Request{Version: version, Chunks: chunks}})
-	return h.svc.HandleRequest(h.ctx, dev, envelope.Message{Body: b})
+	return h.svc.HandleRequest(h.Ctx, dev, envelope.Message{Body: b})
 }
 
 // TestUpdateTransfer: starting an update sends the signed manifest; each
@@ -26,7 +26,7 @@ func TestUpdateTransfer(t *testing.T) {
 	h.device("d1")
 	img := h.upload("1.0.4", 5000, false)
 
-	f, err := h.svc.StartUpdate(h.ctx, "d1", "1.0.4", "")
+	f, err := h.svc.StartUpdate(h.Ctx, "d1", "1.0.4", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestUpdateTransfer(t *testing.T) {
 		t.Fatalf("chunks_sent_total %v", n)
 	}
 
-	if _, err := h.svc.StartUpdate(h.ctx, "d1", "1.0.4", ""); backend.ErrorCode(err) != backend.CodeConflict {
+	if _, err := h.svc.StartUpdate(h.Ctx, "d1", "1.0.4", ""); backend.ErrorCode(err) != backend.CodeConflict {
 		t.Fatalf("second start: %v", err)
 	}
 }
@@ -85,7 +85,7 @@ func TestRequestBadInput(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			err := h.svc.HandleRequest(h.ctx, "d1", envelope.Message{Body: []byte(tc.body)})
+			err := h.svc.HandleRequest(h.Ctx, "d1", envelope.Message{Body: []byte(tc.body)})
 			if backend.ErrorCode(err) != backend.CodeInvalid {
 				t.Fatalf("err %v, want invalid", err)
 			}
@@ -102,18 +102,18 @@ func TestStatusTracking(t *testing.T) {
 	h := newHarness(t)
 	h.device("d1")
 	h.upload("1.0.4", 100*1024, false) // 100 chunks
-	if _, err := h.svc.StartUpdate(h.ctx, "d1", "1.0.4", ""); err != nil {
+	if _, err := h.svc.StartUpdate(h.Ctx, "d1", "1.0.4", ""); err != nil {
 		t.Fatal(err)
 	}
 	h.serveAll("d1", "1.0.4")
-	h.bus.Reset()
+	h.Bus.Reset()
 	for i := 0; i <= 100; i++ {
 		h.status("d1", wire.Status{Version: "1.0.4", State: wire.StateDownloading, ChunkReceived: i, TotalChunks: 100, Running: "1.0.0"})
 	}
 	if n := len(h.events("d1")); n < 20 || n > 22 {
 		t.Fatalf("%d events for 0..100%%, want one per 5%% (21)", n)
 	}
-	d, _ := h.fleet.Device(h.ctx, "d1")
+	d, _ := h.Fleet.Device(h.Ctx, "d1")
 	if d.FOTA == nil || d.FOTA.State != "downloading" || d.FOTA.Received != 100 || d.FOTA.Percent != 100 || !d.FOTA.Active {
 		t.Fatalf("device doc fota %+v", d.FOTA)
 	}
@@ -126,7 +126,7 @@ func TestStatusTracking(t *testing.T) {
 	// A final status for a version never offered (nor running) is
 	// refused and does not end this update.
 	b, _ := json.Marshal(wire.StatusBody{FotaStatus: &wire.Status{Version: "1.0.3", State: wire.StateFailed, Reason: wire.ReasonDowngrade}})
-	if err := h.svc.HandleStatus(h.ctx, "d1", envelope.Message{Body: b}); backend.ErrorCode(err) != backend.CodeInvalid {
+	if err := h.svc.HandleStatus(h.Ctx, "d1", envelope.Message{Body: b}); backend.ErrorCode(err) != backend.CodeInvalid {
 		t.Fatalf("failed for a version never offered: %v", err)
 	}
 	if !h.fotaOf("d1").Active {
@@ -140,7 +140,7 @@ func TestStatusTracking(t *testing.T) {
 	if n := testutil.ToFloat64(h.svc.m.updates.WithLabelValues(ResultSucceeded)); n != 1 {
 		t.Fatalf("updates_total{succeeded} %v", n)
 	}
-	if n, _ := h.rdb.ZCard(h.ctx, h.svc.activeKey()).Result(); n != 0 {
+	if n, _ := h.Redis.ZCard(h.Ctx, h.svc.activeKey()).Result(); n != 0 {
 		t.Fatalf("%d devices still active", n)
 	}
 	// A repeated final status is recorded but counted once.
@@ -148,7 +148,7 @@ func TestStatusTracking(t *testing.T) {
 	if n := testutil.ToFloat64(h.svc.m.updates.WithLabelValues(ResultSucceeded)); n != 1 {
 		t.Fatalf("updates_total{succeeded} %v after a repeat", n)
 	}
-	if err := h.svc.HandleStatus(h.ctx, "d1", envelope.Message{Body: []byte(`{"fota_status":{"state":"exploded"}}`)}); backend.ErrorCode(err) != backend.CodeInvalid {
+	if err := h.svc.HandleStatus(h.Ctx, "d1", envelope.Message{Body: []byte(`{"fota_status":{"state":"exploded"}}`)}); backend.ErrorCode(err) != backend.CodeInvalid {
 		t.Fatalf("bad status: %v", err)
 	}
 }
@@ -160,26 +160,26 @@ func TestResendAndTimeout(t *testing.T) {
 	h := newHarness(t)
 	h.device("d1")
 	h.upload("1.0.4", 5000, false)
-	if _, err := h.svc.StartUpdate(h.ctx, "d1", "1.0.4", ""); err != nil {
+	if _, err := h.svc.StartUpdate(h.Ctx, "d1", "1.0.4", ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := request(t, h, "d1", "1.0.4", 0, 1); err != nil {
 		t.Fatal(err)
 	}
 	h.status("d1", wire.Status{Version: "1.0.4", State: wire.StateDownloading, ChunkReceived: 2, TotalChunks: 5})
-	h.svc.HandleBirth(h.ctx, "d1", envelope.Message{})
+	h.svc.HandleBirth(h.Ctx, "d1", envelope.Message{})
 	if n := len(h.manifests("d1")); n != 2 {
 		t.Fatalf("%d manifests after a birth mid-download, want 2", n)
 	}
 	if !h.tick(h.svc) || len(h.manifests("d1")) != 2 {
 		t.Fatal("tick resent a fresh manifest")
 	}
-	h.clk.Add(31 * time.Second)
+	h.Clock.Advance(31 * time.Second)
 	h.tick(h.svc)
 	if n := len(h.manifests("d1")); n != 3 {
 		t.Fatalf("%d manifests after a stall, want 3", n)
 	}
-	h.clk.Add(5 * time.Minute)
+	h.Clock.Advance(5 * time.Minute)
 	h.tick(h.svc)
 	f := h.fotaOf("d1")
 	if f.Active || f.Result != ResultTimedOut {
@@ -187,19 +187,19 @@ func TestResendAndTimeout(t *testing.T) {
 	}
 
 	h.device("d2")
-	if _, err := h.svc.StartUpdate(h.ctx, "d2", "1.0.4", ""); err != nil {
+	if _, err := h.svc.StartUpdate(h.Ctx, "d2", "1.0.4", ""); err != nil {
 		t.Fatal(err)
 	}
 	h.serveAll("d2", "1.0.4")
 	h.status("d2", wire.Status{Version: "1.0.4", State: wire.StatePendingVerify, ChunkReceived: 5, TotalChunks: 5})
-	h.rdb.HSet(h.ctx, h.svc.keys.Device("d2"), "firmware_version", "1.0.4")
-	h.svc.HandleBirth(h.ctx, "d2", envelope.Message{})
+	h.Redis.HSet(h.Ctx, h.svc.keys.Device("d2"), "firmware_version", "1.0.4")
+	h.svc.HandleBirth(h.Ctx, "d2", envelope.Message{})
 	if n := len(h.manifests("d2")); n != 1 {
 		t.Fatalf("%d manifests to a device running the new image, want 1", n)
 	}
 	// Its final status never comes (lost with a dead replica): once stale,
 	// the manifest goes again so that the device repeats "succeeded".
-	h.clk.Add(31 * time.Second)
+	h.Clock.Advance(31 * time.Second)
 	h.tick(h.svc)
 	if n := len(h.manifests("d2")); n != 2 {
 		t.Fatalf("%d manifests to a stale installed device, want 2", n)
@@ -218,10 +218,10 @@ func TestStartBadInput(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			before := h.snapshot()
-			_, err := h.svc.StartUpdate(h.ctx, tc.dev, tc.version, "")
+			before := h.Snapshot()
+			_, err := h.svc.StartUpdate(h.Ctx, tc.dev, tc.version, "")
 			wantCode(t, err, tc.code, tc.contains)
-			h.assertUnchanged(t, before)
+			h.AssertUnchanged(t, before)
 		})
 	}
 }
@@ -229,15 +229,15 @@ func TestStartBadInput(t *testing.T) {
 func TestRollback(t *testing.T) {
 	h := newHarness(t)
 	h.device("d1")
-	if err := h.svc.Rollback(h.ctx, "d1", "bad telemetry", "1.0.0"); err != nil {
+	if err := h.svc.Rollback(h.Ctx, "d1", "bad telemetry", "1.0.0"); err != nil {
 		t.Fatal(err)
 	}
-	k := h.keys["d1"]
-	sent := h.bus.Sent("ecowatt/v1/dev/d1/down/rollback")
+	k := h.KeysOf("d1")
+	sent := h.Bus.Sent("ecowatt/v1/dev/d1/down/rollback")
 	if len(sent) != 1 {
 		t.Fatalf("%d rollback messages", len(sent))
 	}
-	m, err := envelope.Open(&k, sent[0].Topic, sent[0].Payload)
+	m, err := envelope.Open(k, sent[0].Topic, sent[0].Payload)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,11 +245,11 @@ func TestRollback(t *testing.T) {
 	if err != nil || rb.Reason != "bad telemetry" || rb.Version != "1.0.0" {
 		t.Fatalf("rollback %+v %v", rb, err)
 	}
-	wantCode(t, h.svc.Rollback(h.ctx, "nobody", "", ""), backend.CodeNotFound, "no device")
-	wantCode(t, h.svc.Rollback(h.ctx, "d1", strings.Repeat("x", 513), ""), backend.CodeInvalid, "512")
+	wantCode(t, h.svc.Rollback(h.Ctx, "nobody", "", ""), backend.CodeNotFound, "no device")
+	wantCode(t, h.svc.Rollback(h.Ctx, "d1", strings.Repeat("x", 513), ""), backend.CodeInvalid, "512")
 	h.upload("1.0.4", 2000, false)
-	h.svc.StartUpdate(h.ctx, "d1", "1.0.4", "")
-	wantCode(t, h.svc.Rollback(h.ctx, "d1", "", ""), backend.CodeConflict, "in progress")
+	h.svc.StartUpdate(h.Ctx, "d1", "1.0.4", "")
+	wantCode(t, h.svc.Rollback(h.Ctx, "d1", "", ""), backend.CodeConflict, "in progress")
 }
 
 // TestRunReleasesLease: Run holds the lease while running and gives it up
@@ -258,13 +258,13 @@ func TestRunReleasesLease(t *testing.T) {
 	h := newHarness(t)
 	h.cfg.SweepInterval = 10 * time.Millisecond
 	s := h.newService()
-	ctx, cancel := context.WithCancel(h.ctx)
+	ctx, cancel := context.WithCancel(h.Ctx)
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
 	other := h.newService()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		owner, _ := h.rdb.Get(h.ctx, h.svc.keys.Global("lease:fota")).Result()
+		owner, _ := h.Redis.Get(h.Ctx, h.svc.keys.Global("lease:fota")).Result()
 		if owner == s.lease.Token() {
 			break
 		}

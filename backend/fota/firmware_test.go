@@ -15,7 +15,7 @@ func TestUpload(t *testing.T) {
 	h := newHarness(t)
 	img := h.upload("1.0.4", 5000, false)
 
-	f, err := h.svc.Firmware(h.ctx, "1.0.4")
+	f, err := h.svc.Firmware(h.Ctx, "1.0.4")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,11 +30,11 @@ func TestUpload(t *testing.T) {
 	}
 	// A fresh service (another replica) reads the same firmware from Redis.
 	s2 := h.newService()
-	got, err := s2.load(h.ctx, "1.0.4")
+	got, err := s2.load(h.Ctx, "1.0.4")
 	if err != nil {
 		t.Fatal(err)
 	}
-	data, err := s2.readChunks(h.ctx, got, []int{4, 0})
+	data, err := s2.readChunks(h.Ctx, got, []int{4, 0})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,14 +43,14 @@ func TestUpload(t *testing.T) {
 	}
 
 	h.upload("1.0.5", 2000, true)
-	list, err := h.svc.FirmwareList(h.ctx)
+	list, err := h.svc.FirmwareList(h.Ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(list) != 2 || list[0].Version != "1.0.4" || list[1].Version != "1.0.5" || !list[1].FailBoot || list[0].Manifest != nil {
 		t.Fatalf("list %+v", list)
 	}
-	if _, err := h.svc.Firmware(h.ctx, "9.9.9"); backend.ErrorCode(err) != backend.CodeNotFound {
+	if _, err := h.svc.Firmware(h.Ctx, "9.9.9"); backend.ErrorCode(err) != backend.CodeNotFound {
 		t.Fatalf("unknown version: %v", err)
 	}
 }
@@ -65,7 +65,7 @@ func TestUploadOfflineSigned(t *testing.T) {
 		t.Fatal(err)
 	}
 	raw, _ := json.Marshal(m)
-	f, err := h.svc.Upload(h.ctx, Upload{Version: "2.0.0", Image: img, Manifest: raw})
+	f, err := h.svc.Upload(h.Ctx, Upload{Version: "2.0.0", Image: img, Manifest: raw})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,13 +140,13 @@ func TestUploadBadInput(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			before := h.snapshot()
-			_, err := h.svc.Upload(h.ctx, tc.up)
+			before := h.Snapshot()
+			_, err := h.svc.Upload(h.Ctx, tc.up)
 			wantCode(t, err, tc.code, tc.contains)
 			if _, field := backend.ErrorMessage(err); field != tc.field {
 				t.Errorf("field %q, want %q", field, tc.field)
 			}
-			h.assertUnchanged(t, before)
+			h.AssertUnchanged(t, before)
 		})
 	}
 }

@@ -22,12 +22,12 @@ func TestImageCache(t *testing.T) {
 		off, end, _ := m[0].ChunkBounds(idx)
 		return img[off:end]
 	}
-	if _, err := h.svc.StartUpdate(h.ctx, "d1", "1.0.4", ""); err != nil {
+	if _, err := h.svc.StartUpdate(h.Ctx, "d1", "1.0.4", ""); err != nil {
 		t.Fatal(err)
 	}
 	corrupt := func(t *testing.T) {
 		t.Helper()
-		if err := h.rdb.SetRange(h.ctx, h.svc.fwImage("1.0.4"), 1100, "XXXX").Err(); err != nil {
+		if err := h.Redis.SetRange(h.Ctx, h.svc.fwImage("1.0.4"), 1100, "XXXX").Err(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -49,7 +49,7 @@ func TestImageCache(t *testing.T) {
 	t.Run("stored image checked on fill", func(t *testing.T) {
 		s := h.newService() // another replica, cold cache
 		before := len(h.chunks("d1"))
-		err := s.HandleRequest(h.ctx, "d1", requestMsg("1.0.4", 2))
+		err := s.HandleRequest(h.Ctx, "d1", requestMsg("1.0.4", 2))
 		if err == nil {
 			t.Fatal("a corrupted stored image was served")
 		}
@@ -63,7 +63,7 @@ func TestImageCache(t *testing.T) {
 		s := h.newService()
 		h.cfg.ImageCacheBytes = 0
 		before := len(h.chunks("d1"))
-		if err := s.HandleRequest(h.ctx, "d1", requestMsg("1.0.4", 3)); err != nil {
+		if err := s.HandleRequest(h.Ctx, "d1", requestMsg("1.0.4", 3)); err != nil {
 			t.Fatal(err)
 		}
 		got := h.chunks("d1")
@@ -80,11 +80,11 @@ func TestImageCache(t *testing.T) {
 		s := h.newService()
 		h.cfg.ImageCacheBytes = 0
 		for _, v := range []string{"1.0.5", "1.0.6", "1.0.5", "1.0.7"} {
-			f, err := s.load(h.ctx, v)
+			f, err := s.load(h.Ctx, v)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := s.chunks(h.ctx, f, []int{0}); err != nil {
+			if _, err := s.chunks(h.Ctx, f, []int{0}); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -25,10 +25,10 @@ func (h *harness) devices(n int) []string {
 }
 
 func (h *harness) rollout(rid string) Rollout {
-	h.t.Helper()
-	r, err := h.svc.Rollout(h.ctx, rid)
+	h.T.Helper()
+	r, err := h.svc.Rollout(h.Ctx, rid)
 	if err != nil {
-		h.t.Fatal(err)
+		h.T.Fatal(err)
 	}
 	return r
 }
@@ -90,7 +90,7 @@ func TestRolloutBadInput(t *testing.T) {
 	h.upload("1.0.4", 2000, false)
 	h.device("busy")
 	h.upload("1.0.3", 2000, false)
-	if _, err := h.svc.StartUpdate(h.ctx, "busy", "1.0.3", ""); err != nil {
+	if _, err := h.svc.StartUpdate(h.Ctx, "busy", "1.0.3", ""); err != nil {
 		t.Fatal(err)
 	}
 	cases := []struct {
@@ -109,16 +109,16 @@ func TestRolloutBadInput(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			before := h.snapshot()
-			_, err := h.svc.CreateRollout(h.ctx, tc.spec)
+			before := h.Snapshot()
+			_, err := h.svc.CreateRollout(h.Ctx, tc.spec)
 			wantCode(t, err, tc.code, tc.contains)
-			h.assertUnchanged(t, before)
+			h.AssertUnchanged(t, before)
 		})
 	}
 	for _, op := range []func() error{
-		func() error { _, err := h.svc.PauseRollout(h.ctx, "ro-none"); return err },
-		func() error { _, err := h.svc.Rollout(h.ctx, "ro-none"); return err },
-		func() error { _, err := h.svc.AbortRollout(h.ctx, "{bad}"); return err },
+		func() error { _, err := h.svc.PauseRollout(h.Ctx, "ro-none"); return err },
+		func() error { _, err := h.svc.Rollout(h.Ctx, "ro-none"); return err },
+		func() error { _, err := h.svc.AbortRollout(h.Ctx, "{bad}"); return err },
 	} {
 		if err := op(); backend.ErrorCode(err) != backend.CodeNotFound {
 			t.Errorf("unknown rollout: %v", err)
@@ -132,7 +132,7 @@ func TestRolloutAbortsAtThreshold(t *testing.T) {
 	h := newHarness(t)
 	ids := h.devices(10)
 	h.upload("1.0.4", 3000, false)
-	r, err := h.svc.CreateRollout(h.ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{All: true},
+	r, err := h.svc.CreateRollout(h.Ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{All: true},
 		Canary: ptr(2), BatchSize: 3, MaxFailurePercent: ptr(20.0)})
 	if err != nil {
 		t.Fatal(err)
@@ -199,10 +199,10 @@ func TestRolloutAbortsAtThreshold(t *testing.T) {
 	if r = h.rollout(rid); r.Counts[DevSucceeded] != 3 {
 		t.Fatalf("after the abort: %v", r.Counts)
 	}
-	if n, _ := h.rdb.ZCard(h.ctx, h.svc.roActive()).Result(); n != 0 {
+	if n, _ := h.Redis.ZCard(h.Ctx, h.svc.roActive()).Result(); n != 0 {
 		t.Fatalf("%d active rollouts", n)
 	}
-	if _, err := h.svc.ResumeRollout(h.ctx, rid); backend.ErrorCode(err) != backend.CodeConflict {
+	if _, err := h.svc.ResumeRollout(h.Ctx, rid); backend.ErrorCode(err) != backend.CodeConflict {
 		t.Fatalf("resume an aborted rollout: %v", err)
 	}
 }
@@ -212,19 +212,19 @@ func TestRolloutAbortsAtThreshold(t *testing.T) {
 func TestRolloutPauseResumeComplete(t *testing.T) {
 	h := newHarness(t)
 	h.devices(4)
-	h.rdb.HSet(h.ctx, h.svc.keys.Device("d03"), "firmware_version", "1.0.4")
+	h.Redis.HSet(h.Ctx, h.svc.keys.Device("d03"), "firmware_version", "1.0.4")
 	h.upload("1.0.4", 3000, false)
-	r, err := h.svc.CreateRollout(h.ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{IDs: []string{"d00", "d01", "d02", "d03"}},
+	r, err := h.svc.CreateRollout(h.Ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{IDs: []string{"d00", "d01", "d02", "d03"}},
 		Canary: ptr(1), BatchSize: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
 	rid := r.ID
 	h.tick(h.svc)
-	if _, err := h.svc.PauseRollout(h.ctx, rid); err != nil {
+	if _, err := h.svc.PauseRollout(h.Ctx, rid); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.svc.PauseRollout(h.ctx, rid); backend.ErrorCode(err) != backend.CodeConflict {
+	if _, err := h.svc.PauseRollout(h.Ctx, rid); backend.ErrorCode(err) != backend.CodeConflict {
 		t.Fatalf("pause twice: %v", err)
 	}
 	h.finish("d00", "1.0.4", wire.StateSucceeded, "")
@@ -232,7 +232,7 @@ func TestRolloutPauseResumeComplete(t *testing.T) {
 	if r = h.rollout(rid); r.State != RolloutPaused || r.CurrentBatch != 0 || r.Counts[DevSucceeded] != 1 {
 		t.Fatalf("paused: %s batch %d %v", r.State, r.CurrentBatch, r.Counts)
 	}
-	if _, err := h.svc.ResumeRollout(h.ctx, rid); err != nil {
+	if _, err := h.svc.ResumeRollout(h.Ctx, rid); err != nil {
 		t.Fatal(err)
 	}
 	h.tick(h.svc)
@@ -251,7 +251,7 @@ func TestRolloutPauseResumeComplete(t *testing.T) {
 	if n := testutil.ToFloat64(h.svc.m.rollouts.WithLabelValues(ResultCompleted)); n != 1 {
 		t.Fatalf("rollouts_total{completed} %v", n)
 	}
-	list, err := h.svc.Rollouts(h.ctx)
+	list, err := h.svc.Rollouts(h.Ctx)
 	if err != nil || len(list) != 1 || list[0].ID != rid || list[0].Devices != nil {
 		t.Fatalf("list %+v %v", list, err)
 	}
@@ -265,7 +265,7 @@ func TestRolloutLease(t *testing.T) {
 	h.devices(4)
 	h.upload("1.0.4", 3000, false)
 	a, b := h.newService(), h.newService()
-	r, err := a.CreateRollout(h.ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{All: true}, Canary: ptr(2), BatchSize: 2})
+	r, err := a.CreateRollout(h.Ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{All: true}, Canary: ptr(2), BatchSize: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,12 +281,12 @@ func TestRolloutLease(t *testing.T) {
 	}
 	// Without the lease, the batch compare-and-set still refuses a
 	// second start of the same batch.
-	rs, _ := b.loadRollout(h.ctx, r.ID)
-	if n, _ := batchScript.Run(h.ctx, h.rdb, []string{b.roKey(r.ID)}, rs.CurrentBatch-1, 0).Int(); n != 0 {
+	rs, _ := b.loadRollout(h.Ctx, r.ID)
+	if n, _ := batchScript.Run(h.Ctx, h.Redis, []string{b.roKey(r.ID)}, rs.CurrentBatch-1, 0).Int(); n != 0 {
 		t.Fatal("a stale batch number moved the rollout")
 	}
 	// a stops (releases); b takes over and advances.
-	if _, err := a.lease.Release(h.ctx); err != nil {
+	if _, err := a.lease.Release(h.Ctx); err != nil {
 		t.Fatal(err)
 	}
 	h.finish("d00", "1.0.4", wire.StateSucceeded, "")
@@ -305,11 +305,11 @@ func TestRolloutRecoversPendingBatch(t *testing.T) {
 	h := newHarness(t)
 	h.devices(3)
 	h.upload("1.0.4", 3000, false)
-	r, err := h.svc.CreateRollout(h.ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{All: true}, Canary: ptr(0), BatchSize: 3})
+	r, err := h.svc.CreateRollout(h.Ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{All: true}, Canary: ptr(0), BatchSize: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := batchScript.Run(h.ctx, h.rdb, []string{h.svc.roKey(r.ID)}, -1, 0).Int(); n != 1 {
+	if n, _ := batchScript.Run(h.Ctx, h.Redis, []string{h.svc.roKey(r.ID)}, -1, 0).Int(); n != 1 {
 		t.Fatal("batch move refused")
 	}
 	h.tick(h.svc)
@@ -328,7 +328,7 @@ func TestRolloutAdvancesOnEvents(t *testing.T) {
 	h.cfg.SweepInterval = time.Hour // only the first sweep, at start
 	s := h.newService()
 	s.Attach()
-	ctx, cancel := context.WithCancel(h.ctx)
+	ctx, cancel := context.WithCancel(h.Ctx)
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
 	defer func() {
@@ -346,10 +346,10 @@ func TestRolloutAdvancesOnEvents(t *testing.T) {
 		}
 	}
 	waitFor("the lease", func() bool {
-		owner, _ := h.rdb.Get(h.ctx, s.keys.Global("lease:fota")).Result()
+		owner, _ := h.Redis.Get(h.Ctx, s.keys.Global("lease:fota")).Result()
 		return owner == s.lease.Token()
 	})
-	r, err := s.CreateRollout(h.ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{IDs: []string{"d00", "d01"}},
+	r, err := s.CreateRollout(h.Ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{IDs: []string{"d00", "d01"}},
 		Canary: ptr(1), BatchSize: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -362,13 +362,13 @@ func TestRolloutAdvancesOnEvents(t *testing.T) {
 	b, _ := json.Marshal(wire.StatusBody{FotaStatus: &st})
 	h.serveAll("d00", "1.0.4")
 	h.status("d00", wire.Status{State: wire.StateRebooting, Version: "1.0.4", ChunkReceived: 3, TotalChunks: 3})
-	if err := s.HandleStatus(h.ctx, "d00", envelope.Message{Body: b}); err != nil {
+	if err := s.HandleStatus(h.Ctx, "d00", envelope.Message{Body: b}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor("the next batch to start", func() bool { return h.fotaOf("d01").Active })
 	h.serveAll("d01", "1.0.4")
 	h.status("d01", wire.Status{State: wire.StateRebooting, Version: "1.0.4", ChunkReceived: 3, TotalChunks: 3})
-	s.HandleStatus(h.ctx, "d01", envelope.Message{Body: b})
+	s.HandleStatus(h.Ctx, "d01", envelope.Message{Body: b})
 	waitFor("completion", func() bool { return h.rollout(r.ID).State == RolloutCompleted })
 }
 
@@ -382,7 +382,7 @@ func TestRolloutRefusedManifest(t *testing.T) {
 		h := newHarness(t)
 		h.devices(2)
 		h.upload("1.0.4", 3000, false)
-		r, err := h.svc.CreateRollout(h.ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{All: true},
+		r, err := h.svc.CreateRollout(h.Ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{All: true},
 			Canary: ptr(1), BatchSize: 1, MaxFailurePercent: ptr(100.0)})
 		if err != nil {
 			t.Fatal(err)
@@ -406,14 +406,14 @@ func TestRolloutRefusedManifest(t *testing.T) {
 		h := newHarness(t)
 		h.devices(1)
 		h.upload("1.0.4", 3000, false)
-		r, err := h.svc.CreateRollout(h.ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{All: true}, Canary: ptr(0), BatchSize: 1})
+		r, err := h.svc.CreateRollout(h.Ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{All: true}, Canary: ptr(0), BatchSize: 1})
 		if err != nil {
 			t.Fatal(err)
 		}
 		h.tick(h.svc)
 		for range 12 { // a refusal at every resend, for 6 minutes
 			h.status("d00", wire.Status{Version: "1.0.0", State: wire.StateFailed, Reason: wire.ReasonTooLarge, Running: "1.0.0"})
-			h.clk.Add(30 * time.Second)
+			h.Clock.Advance(30 * time.Second)
 			h.tick(h.svc)
 		}
 		if f := h.fotaOf("d00"); f.Active || f.Result != ResultTimedOut {
@@ -428,12 +428,12 @@ func TestRolloutRefusedManifest(t *testing.T) {
 		h := newHarness(t)
 		h.devices(1)
 		h.upload("1.0.4", 5000, false)
-		if _, err := h.svc.StartUpdate(h.ctx, "d00", "1.0.4", ""); err != nil {
+		if _, err := h.svc.StartUpdate(h.Ctx, "d00", "1.0.4", ""); err != nil {
 			t.Fatal(err)
 		}
 		h.serveAll("d00", "1.0.4")
 		for i := range 4 {
-			h.clk.Add(2 * time.Minute)
+			h.Clock.Advance(2 * time.Minute)
 			h.status("d00", wire.Status{Version: "1.0.4", State: wire.StateDownloading, ChunkReceived: i + 1, TotalChunks: 5})
 			h.tick(h.svc)
 		}
@@ -451,14 +451,14 @@ func TestRolloutRestartIdempotent(t *testing.T) {
 	h.devices(1)
 	h.upload("1.0.4", 3000, false)
 	h.upload("1.0.5", 3000, false)
-	r, err := h.svc.CreateRollout(h.ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{All: true}, Canary: ptr(0), BatchSize: 1})
+	r, err := h.svc.CreateRollout(h.Ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{All: true}, Canary: ptr(0), BatchSize: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.svc.StartUpdate(h.ctx, "d00", "1.0.4", r.ID); err != nil {
+	if _, err := h.svc.StartUpdate(h.Ctx, "d00", "1.0.4", r.ID); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := batchScript.Run(h.ctx, h.rdb, []string{h.svc.roKey(r.ID)}, -1, 0).Int(); n != 1 {
+	if n, _ := batchScript.Run(h.Ctx, h.Redis, []string{h.svc.roKey(r.ID)}, -1, 0).Int(); n != 1 {
 		t.Fatal("batch move refused")
 	}
 	h.tick(h.svc) // d00 is pending in the rollout, already updating
@@ -474,7 +474,7 @@ func TestRolloutRestartIdempotent(t *testing.T) {
 		{"another version", "1.0.5", r.ID},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := h.svc.StartUpdate(h.ctx, "d00", tc.version, tc.rollout)
+			_, err := h.svc.StartUpdate(h.Ctx, "d00", tc.version, tc.rollout)
 			wantCode(t, err, backend.CodeConflict, "in progress")
 		})
 	}
@@ -487,21 +487,21 @@ func TestRolloutAbortDuringBatchStart(t *testing.T) {
 	h := newHarness(t)
 	ids := h.devices(4)
 	h.upload("1.0.4", 3000, false)
-	r, err := h.svc.CreateRollout(h.ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{All: true}, Canary: ptr(0), BatchSize: 4})
+	r, err := h.svc.CreateRollout(h.Ctx, RolloutSpec{Version: "1.0.4", Devices: Selector{All: true}, Canary: ptr(0), BatchSize: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := batchScript.Run(h.ctx, h.rdb, []string{h.svc.roKey(r.ID)}, -1, 0).Int(); n != 1 {
+	if n, _ := batchScript.Run(h.Ctx, h.Redis, []string{h.svc.roKey(r.ID)}, -1, 0).Int(); n != 1 {
 		t.Fatal("batch move refused")
 	}
-	stale, err := h.svc.loadRollout(h.ctx, r.ID)
+	stale, err := h.svc.loadRollout(h.Ctx, r.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.svc.AbortRollout(h.ctx, r.ID); err != nil {
+	if _, err := h.svc.AbortRollout(h.Ctx, r.ID); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.svc.startPending(h.ctx, stale); err != nil {
+	if err := h.svc.startPending(h.Ctx, stale); err != nil {
 		t.Fatal(err)
 	}
 	h.tick(h.svc)

@@ -1,17 +1,13 @@
 package fota
 
 import (
-	"context"
-	"encoding/json"
 	"maps"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ecowatt/ecowatt/backend"
-	"github.com/ecowatt/ecowatt/backend/backendtest"
 	"github.com/ecowatt/ecowatt/topics"
-	"github.com/ecowatt/ecowatt/topics/envelope"
 	wire "github.com/ecowatt/ecowatt/topics/fota"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -20,56 +16,21 @@ import (
 // publish signed uplinks through the real broker as a rogue holder of a
 // device key would (devicesim never sends these).
 type rogue struct {
-	h     *harness
-	nonce map[string]uint64
+	h *harness
 }
 
 func newRogue(t *testing.T, h *harness) *rogue {
 	t.Helper()
 	h.svc.Attach()
-	ctx, cancel := context.WithCancel(h.ctx)
-	done := make(chan error, 1)
-	go func() { done <- h.fleet.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("backend run: %v", err)
-		}
-	})
-	h.bus.WaitSubscribed(t, 2, 5*time.Second)
-	return &rogue{h: h, nonce: map[string]uint64{}}
+	h.RunFleet(2)
+	return &rogue{h: h}
 }
 
 // send publishes body on dev's up/kind and waits for the first event of
 // eventKind about dev; with eventKind "" it does not wait.
 func (r *rogue) send(t *testing.T, dev, kind string, body any, eventKind string) backend.Event {
 	t.Helper()
-	raw, err := json.Marshal(body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	topic := topics.DeviceUp(dev, kind)
-	r.nonce[dev]++
-	k := r.h.keys[dev]
-	env, err := envelope.Seal(&k, topic, r.nonce[dev], time.Now(), raw, false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg := backend.Message{Topic: topic, Payload: env, Username: dev}
-	if eventKind == "" {
-		r.h.bus.Deliver(msg)
-		return backend.Event{}
-	}
-	ch, cancel := r.h.fleet.SubscribeEvents(backend.EventFilter{Device: dev, Kind: eventKind})
-	defer cancel()
-	r.h.bus.Deliver(msg)
-	select {
-	case ev := <-ch:
-		return ev
-	case <-time.After(5 * time.Second):
-		t.Fatalf("no %s event for %s after %s %s", eventKind, dev, kind, raw)
-		return backend.Event{}
-	}
+	return r.h.With(t).Uplink(dev, kind, body, eventKind)
 }
 
 // refused sends body and requires a security event naming want.
@@ -85,7 +46,7 @@ func (r *rogue) refused(t *testing.T, dev, kind string, body any, want string) {
 // last_seen move with every valid envelope; nothing else may.
 func (r *rogue) unchanged(t *testing.T, dev string, before map[string]string, devBefore map[string]string) {
 	t.Helper()
-	backendtest.AssertUnchanged(t, r.h.rdb, r.h.prefix, before, ":audit", r.h.svc.keys.Security(), ":rxhigh", ":rxbits", ":dev")
+	r.h.AssertUnchanged(t, before, ":rxhigh", ":rxbits", ":dev")
 	if after := r.devHash(t, dev); !maps.Equal(after, devBefore) {
 		t.Fatalf("device hash changed:\n%v\n%v", devBefore, after)
 	}
@@ -93,7 +54,7 @@ func (r *rogue) unchanged(t *testing.T, dev string, before map[string]string, de
 
 func (r *rogue) devHash(t *testing.T, dev string) map[string]string {
 	t.Helper()
-	m, err := r.h.rdb.HGetAll(r.h.ctx, r.h.svc.keys.Device(dev)).Result()
+	m, err := r.h.Redis.HGetAll(r.h.Ctx, r.h.svc.keys.Device(dev)).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +75,7 @@ func TestFirmwareOnlyToItsTarget(t *testing.T) {
 	h.upload("1.0.4", 5000, false)
 	h.upload("1.0.5", 5000, false)
 	r := newRogue(t, h)
-	if _, err := h.svc.StartUpdate(h.ctx, "d1", "1.0.4", ""); err != nil {
+	if _, err := h.svc.StartUpdate(h.Ctx, "d1", "1.0.4", ""); err != nil {
 		t.Fatal(err)
 	}
 	req := func(v string, chunks ...int) wire.RequestBody {
@@ -122,11 +83,11 @@ func TestFirmwareOnlyToItsTarget(t *testing.T) {
 	}
 	r.refused(t, "d2", topics.KindFOTARequest, req("1.0.4", 0, 1, 2, 3, 4), "not the target")
 	r.refused(t, "d1", topics.KindFOTARequest, req("1.0.5", 0), "not the target")
-	if n := len(h.bus.Sent(topics.DeviceDown("d2", topics.KindFOTAChunk))) + len(h.chunks("d1")); n != 0 {
+	if n := len(h.Bus.Sent(topics.DeviceDown("d2", topics.KindFOTAChunk))) + len(h.chunks("d1")); n != 0 {
 		t.Fatalf("%d chunks sent for requests outside the device's update", n)
 	}
 	r.send(t, "d1", topics.KindFOTARequest, req("1.0.4", 0), "")
-	h.bus.WaitSent(t, topics.DeviceDown("d1", topics.KindFOTAChunk), 1, 5*time.Second)
+	h.Bus.WaitSent(t, topics.DeviceDown("d1", topics.KindFOTAChunk), 1, 5*time.Second)
 }
 
 // TestChunkRateLimit: chunks served to one device are bounded by a token
@@ -138,7 +99,7 @@ func TestChunkRateLimit(t *testing.T) {
 	h.svc = h.newService()
 	h.device("d1")
 	h.upload("1.0.4", 20*1024, false)
-	if _, err := h.svc.StartUpdate(h.ctx, "d1", "1.0.4", ""); err != nil {
+	if _, err := h.svc.StartUpdate(h.Ctx, "d1", "1.0.4", ""); err != nil {
 		t.Fatal(err)
 	}
 	if err := request(t, h, "d1", "1.0.4", 0, 1, 2, 3, 4, 5, 6, 7); err != nil {
@@ -153,7 +114,7 @@ func TestChunkRateLimit(t *testing.T) {
 	if n := testutil.ToFloat64(h.svc.m.limited); n != 1 {
 		t.Fatalf("requests_limited_total %v, want 1", n)
 	}
-	h.clk.Add(time.Second) // 4 chunks' worth
+	h.Clock.Advance(time.Second) // 4 chunks' worth
 	if err := request(t, h, "d1", "1.0.4", 8, 9, 10, 11); err != nil {
 		t.Fatal(err)
 	}
@@ -175,14 +136,14 @@ func TestFakeStatusRefused(t *testing.T) {
 	h.upload("1.0.4", 3000, false) // 3 chunks
 	r := newRogue(t, h)
 
-	before, dev := h.snapshot(), r.devHash(t, "d1")
+	before, dev := h.Snapshot(), r.devHash(t, "d1")
 	r.refused(t, "d1", topics.KindFOTAStatus, statusOf(wire.Status{Version: "1.0.4", State: wire.StateSucceeded, ChunkReceived: 3, TotalChunks: 3}), "never offered")
 	r.unchanged(t, "d1", before, dev)
 
-	if _, err := h.svc.StartUpdate(h.ctx, "d1", "1.0.4", ""); err != nil {
+	if _, err := h.svc.StartUpdate(h.Ctx, "d1", "1.0.4", ""); err != nil {
 		t.Fatal(err)
 	}
-	before, dev = h.snapshot(), r.devHash(t, "d1")
+	before, dev = h.Snapshot(), r.devHash(t, "d1")
 	for _, st := range []wire.Status{
 		{Version: "1.0.4", State: wire.StateSucceeded, ChunkReceived: 3, TotalChunks: 3},
 		{Version: "1.0.4", State: wire.StateRolledBack, Reason: wire.ReasonBootFailed},
@@ -198,7 +159,7 @@ func TestFakeStatusRefused(t *testing.T) {
 
 	// Every chunk served, but no reboot reported: succeeded is still early.
 	r.send(t, "d1", topics.KindFOTARequest, wire.RequestBody{FotaRequest: &wire.Request{Version: "1.0.4", Chunks: []int{0, 1, 2}}}, "")
-	h.bus.WaitSent(t, topics.DeviceDown("d1", topics.KindFOTAChunk), 3, 5*time.Second)
+	h.Bus.WaitSent(t, topics.DeviceDown("d1", topics.KindFOTAChunk), 3, 5*time.Second)
 	r.send(t, "d1", topics.KindFOTAStatus, statusOf(wire.Status{Version: "1.0.4", State: wire.StateDownloading, ChunkReceived: 3, TotalChunks: 3}), topics.EventFOTA)
 	r.refused(t, "d1", topics.KindFOTAStatus, statusOf(wire.Status{Version: "1.0.4", State: wire.StateSucceeded, ChunkReceived: 3, TotalChunks: 3}), "no reboot")
 	for _, st := range []wire.State{wire.StateVerifying, wire.StateVerified, wire.StateRebooting, wire.StatePendingVerify, wire.StateSucceeded} {

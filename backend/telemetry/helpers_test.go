@@ -6,9 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ecowatt/ecowatt/backend/backendtest"
 	"github.com/ecowatt/ecowatt/backend/redistest"
 	"github.com/ecowatt/ecowatt/backend/store"
+	"github.com/ecowatt/ecowatt/devicesim/clock"
 	"github.com/ecowatt/ecowatt/topics/envelope"
 	wire "github.com/ecowatt/ecowatt/topics/telemetry"
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,7 +24,7 @@ type env struct {
 	st     *Store
 	rdb    redis.UniversalClient
 	prefix string
-	clock  *backendtest.Clock
+	clock  *clock.Fake
 	reg    *prometheus.Registry
 }
 
@@ -36,7 +36,7 @@ func newEnv(t testing.TB, mod func(*Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{rdb: rdb, prefix: prefix, clock: backendtest.NewClock(t0.Add(time.Minute)), reg: prometheus.NewRegistry()}
+	e := &env{rdb: rdb, prefix: prefix, clock: clock.NewFake(t0.Add(time.Minute)), reg: prometheus.NewRegistry()}
 	cfg := Config{
 		Redis: rdb, Keys: keys, Now: e.clock.Now, Registerer: e.reg,
 		Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),

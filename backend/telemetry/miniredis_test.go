@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
-	"github.com/ecowatt/ecowatt/backend/backendtest"
 	"github.com/ecowatt/ecowatt/backend/store"
+	"github.com/ecowatt/ecowatt/devicesim/clock"
 	wire "github.com/ecowatt/ecowatt/topics/telemetry"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
@@ -24,8 +24,8 @@ func TestMiniredis(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clock := backendtest.NewClock(t0.Add(time.Minute))
-	st, err := New(Config{Redis: rdb, Keys: keys, Now: clock.Now, Registerer: prometheus.NewRegistry(), Retention: time.Hour})
+	clk := clock.NewFake(t0.Add(time.Minute))
+	st, err := New(Config{Redis: rdb, Keys: keys, Now: clk.Now, Registerer: prometheus.NewRegistry(), Retention: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func TestMiniredis(t *testing.T) {
 	}
 
 	// Two hours on, the next batch trims the expired ones.
-	clock.Set(t0.Add(2 * time.Hour))
+	clk.Set(t0.Add(2 * time.Hour))
 	if err := st.Ingest(ctx, "d1", body(t, message(t, mkBatch(2, t0.Add(2*time.Hour-time.Minute), 3)))); err != nil {
 		t.Fatal(err)
 	}

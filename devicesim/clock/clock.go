@@ -1,4 +1,5 @@
-// Package clock is the time source of the simulated device: a small Clock
+// Package clock is the time source of the simulated device, and the one
+// fake clock of every test (the backend's too): a small Clock
 // interface with a Real implementation and a Fake one whose Advance fires
 // due timers deterministically, so tests of timed loops run instantly.
 package clock

@@ -136,3 +136,28 @@ func TestReal(t *testing.T) {
 	<-fired
 	<-c.NewTimer(time.Millisecond).C()
 }
+
+// TestFakeSet: Set moves the clock to a given time either way; forward it
+// fires what is due, backward nothing, and the timers keep their deadlines.
+func TestFakeSet(t *testing.T) {
+	f := NewFake(epoch)
+	tm := f.NewTimer(time.Minute)
+	f.Set(epoch.Add(-time.Hour))
+	if !f.Now().Equal(epoch.Add(-time.Hour)) {
+		t.Fatalf("Now = %v after Set back", f.Now())
+	}
+	select {
+	case <-tm.C():
+		t.Fatal("timer fired on a Set back")
+	default:
+	}
+	f.Set(epoch.Add(time.Minute))
+	select {
+	case got := <-tm.C():
+		if !got.Equal(epoch.Add(time.Minute)) {
+			t.Fatalf("fired with %v, want its deadline", got)
+		}
+	default:
+		t.Fatal("timer due at the Set time did not fire")
+	}
+}

@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// Fake is a manual clock for tests. Time moves only through Advance, which
+// Fake is a manual clock for tests. Time moves only through Advance (or Set), which
 // first sets the new time and then fires every due timer in deadline order
 // (ties in creation order): channel timers by a non-blocking send,
 // AfterFunc timers by calling f in Advance's goroutine, sleepers by waking
@@ -134,7 +134,20 @@ func (f *Fake) Sleep(ctx context.Context, d time.Duration) error {
 // Advance moves the clock forward by d and fires the timers that are due.
 func (f *Fake) Advance(d time.Duration) {
 	f.mu.Lock()
-	f.now = f.now.Add(d)
+	f.setLocked(f.now.Add(d))
+}
+
+// Set sets the clock to t and fires the timers that are due. Set to an
+// earlier time fires nothing: the pending timers keep their deadlines.
+func (f *Fake) Set(t time.Time) {
+	f.mu.Lock()
+	f.setLocked(t)
+}
+
+// setLocked sets now to t and fires the due timers; it is called with
+// f.mu held and releases it.
+func (f *Fake) setLocked(now time.Time) {
+	f.now = now
 	for {
 		t := f.earliest()
 		if t == nil || t.deadline.After(f.now) {
