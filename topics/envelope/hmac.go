@@ -1,0 +1,185 @@
+package envelope
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/sha256"
+	"encoding"
+	"encoding/binary"
+	"hash"
+	"sync"
+)
+
+// HMAC-SHA256 without allocations and without re-hashing the key pads.
+//
+// hmac.New costs five allocations and two SHA-256 blocks (the inner and
+// outer key pads) before it reads a byte of the message; for a 256-byte
+// body that is a fifth of the work, paid twice per seal+open
+// (docs/BENCHMARKS.md, issue 14). DeriveKeys therefore hashes the pads once
+// and keeps the two SHA-256 states with the keys; each MAC then starts from
+// them in a pooled hash. The output is HMAC-SHA256 exactly (RFC 2104): the
+// golden vectors and the differential fuzz target check it against
+// crypto/hmac.
+
+// hmacPads are the SHA-256 states after the inner (key^0x36) and outer
+// (key^0x5c) pad blocks of one key.
+type hmacPads struct {
+	key          [KeySize]byte // the key they were computed from
+	inner, outer []byte        // encoding.BinaryMarshaler states
+}
+
+// derived is what DeriveKeys computes beyond the three keys. It is
+// immutable once built (the AEAD is built once, on first use), so copies
+// of Keys share it safely across goroutines.
+type derived struct {
+	mac, password hmacPads
+
+	aeadOnce sync.Once
+	encKey   [KeySize]byte
+	aead     cipher.AEAD // AES-256-GCM; Go's implementation keeps no per-call state
+	aeadErr  error
+}
+
+func newDerived(k *Keys) *derived {
+	d := &derived{encKey: k.Enc}
+	d.mac = makePads(&k.MAC)
+	d.password = makePads(&k.Password)
+	return d
+}
+
+func makePads(key *[KeySize]byte) hmacPads {
+	p := hmacPads{key: *key}
+	var pad [sha256.BlockSize]byte
+	for _, side := range []struct {
+		dst *[]byte
+		x   byte
+	}{{&p.inner, 0x36}, {&p.outer, 0x5c}} {
+		fillPad(&pad, key, side.x)
+		h := sha256.New()
+		h.Write(pad[:])
+		st, err := h.(encoding.BinaryMarshaler).MarshalBinary()
+		if err != nil {
+			return hmacPads{} // never for crypto/sha256; the MAC then hashes the pads itself
+		}
+		*side.dst = st
+	}
+	return p
+}
+
+func fillPad(pad *[sha256.BlockSize]byte, key *[KeySize]byte, x byte) {
+	for i := range pad {
+		pad[i] = x
+	}
+	for i, c := range key {
+		pad[i] = c ^ x
+	}
+}
+
+// macScratch is one pooled SHA-256 and the buffers a MAC needs, so that
+// nothing escapes per call.
+type macScratch struct {
+	h   hash.Hash
+	um  encoding.BinaryUnmarshaler
+	pad [sha256.BlockSize]byte
+	buf []byte // canonical header and topic; also the AEAD's additional data
+	sum [sha256.Size]byte
+}
+
+var scratchPool = sync.Pool{New: func() any {
+	h := sha256.New()
+	um, _ := h.(encoding.BinaryUnmarshaler)
+	return &macScratch{h: h, um: um, buf: make([]byte, 0, 128)}
+}}
+
+// begin puts s.h in the state after key's inner or outer pad block.
+func (s *macScratch) begin(p *hmacPads, key *[KeySize]byte, outer bool) {
+	st, x := p.inner, byte(0x36)
+	if outer {
+		st, x = p.outer, 0x5c
+	}
+	// The pads are used only while they still match the key, so that a
+	// Keys whose fields were set by hand, or changed, still MACs right.
+	if s.um != nil && st != nil && p.key == *key {
+		if s.um.UnmarshalBinary(st) == nil {
+			return
+		}
+	}
+	s.h.Reset()
+	fillPad(&s.pad, key, x)
+	s.h.Write(s.pad[:])
+}
+
+// hmacSum is HMAC-SHA256(key, a | b) with the pads in p when they fit key.
+// a is s.buf, b the caller's bytes.
+func (s *macScratch) hmacSum(p *hmacPads, key *[KeySize]byte, b []byte) [sha256.Size]byte {
+	s.begin(p, key, false)
+	s.h.Write(s.buf)
+	s.h.Write(b)
+	inner := s.h.Sum(s.sum[:0])
+	s.begin(p, key, true)
+	s.h.Write(inner)
+	var out [sha256.Size]byte
+	s.h.Sum(s.sum[:0])
+	copy(out[:], s.sum[:])
+	return out
+}
+
+func (k *Keys) pads(password bool) *hmacPads {
+	if k.d == nil {
+		return &hmacPads{}
+	}
+	if password {
+		return &k.d.password
+	}
+	return &k.d.mac
+}
+
+// mac is HMAC-SHA256(K_mac, Canonical(topic, nonce, tsMillis, encrypted,
+// payload)), without building the canonical string.
+func (k *Keys) mac(topic string, nonce uint64, tsMillis int64, encrypted bool, payload []byte) [sha256.Size]byte {
+	s := scratchPool.Get().(*macScratch)
+	b := append(s.buf[:0], Label...)
+	b = append(b, 0)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(topic)))
+	b = append(b, topic...)
+	b = binary.BigEndian.AppendUint64(b, nonce)
+	b = binary.BigEndian.AppendUint64(b, uint64(tsMillis))
+	if encrypted {
+		b = append(b, 1)
+	} else {
+		b = append(b, 0)
+	}
+	s.buf = binary.BigEndian.AppendUint32(b, uint32(len(payload)))
+	sum := s.hmacSum(k.pads(false), &k.MAC, payload)
+	scratchPool.Put(s)
+	return sum
+}
+
+// passwordMAC is HMAC-SHA256(K_password, Label " mqtt\x00" id "\x00" sec).
+func passwordMAC(k *Keys, id, sec string) [sha256.Size]byte {
+	s := scratchPool.Get().(*macScratch)
+	b := append(s.buf[:0], Label+" mqtt\x00"...)
+	b = append(b, id...)
+	b = append(b, 0)
+	s.buf = append(b, sec...)
+	sum := s.hmacSum(k.pads(true), &k.Password, nil)
+	scratchPool.Put(s)
+	return sum
+}
+
+// gcm returns the AES-256-GCM AEAD of k.Enc, built once per DeriveKeys.
+func (k *Keys) gcm() (cipher.AEAD, error) {
+	if d := k.d; d != nil && d.encKey == k.Enc {
+		d.aeadOnce.Do(func() { d.aead, d.aeadErr = newGCM(&d.encKey) })
+		return d.aead, d.aeadErr
+	}
+	return newGCM(&k.Enc)
+}
+
+func newGCM(key *[KeySize]byte) (cipher.AEAD, error) {
+	block, err := aes.NewCipher(key[:])
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
+}
