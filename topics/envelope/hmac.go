@@ -21,18 +21,24 @@ import (
 // golden vectors and the differential fuzz target check it against
 // crypto/hmac.
 
+// shaStateSize is the length of crypto/sha256's marshaled state.
+const shaStateSize = 108
+
 // hmacPads are the SHA-256 states after the inner (key^0x36) and outer
-// (key^0x5c) pad blocks of one key.
+// (key^0x5c) pad blocks of one key, kept inline (one allocation per
+// DeriveKeys: the backend's key cache holds one per device).
 type hmacPads struct {
 	key          [KeySize]byte // the key they were computed from
-	inner, outer []byte        // encoding.BinaryMarshaler states
+	ok           bool
+	inner, outer [shaStateSize]byte // encoding.BinaryMarshaler states
 }
 
 // derived is what DeriveKeys computes beyond the three keys. It is
 // immutable once built (the AEAD is built once, on first use), so copies
-// of Keys share it safely across goroutines.
+// of Keys share it safely across goroutines. Only the MAC key has pads:
+// the password key serves one check per CONNECT.
 type derived struct {
-	mac, password hmacPads
+	mac hmacPads
 
 	aeadOnce sync.Once
 	encKey   [KeySize]byte
@@ -42,28 +48,27 @@ type derived struct {
 
 func newDerived(k *Keys) *derived {
 	d := &derived{encKey: k.Enc}
-	d.mac = makePads(&k.MAC)
-	d.password = makePads(&k.Password)
+	d.mac.set(&k.MAC)
 	return d
 }
 
-func makePads(key *[KeySize]byte) hmacPads {
-	p := hmacPads{key: *key}
+func (p *hmacPads) set(key *[KeySize]byte) {
+	p.key = *key
 	var pad [sha256.BlockSize]byte
 	for _, side := range []struct {
-		dst *[]byte
+		dst *[shaStateSize]byte
 		x   byte
 	}{{&p.inner, 0x36}, {&p.outer, 0x5c}} {
 		fillPad(&pad, key, side.x)
 		h := sha256.New()
 		h.Write(pad[:])
 		st, err := h.(encoding.BinaryMarshaler).MarshalBinary()
-		if err != nil {
-			return hmacPads{} // never for crypto/sha256; the MAC then hashes the pads itself
+		if err != nil || len(st) != shaStateSize {
+			return // not for this crypto/sha256; the MAC then hashes the pads itself
 		}
-		*side.dst = st
+		copy(side.dst[:], st)
 	}
-	return p
+	p.ok = true
 }
 
 func fillPad(pad *[sha256.BlockSize]byte, key *[KeySize]byte, x byte) {
@@ -93,14 +98,18 @@ var scratchPool = sync.Pool{New: func() any {
 
 // begin puts s.h in the state after key's inner or outer pad block.
 func (s *macScratch) begin(p *hmacPads, key *[KeySize]byte, outer bool) {
-	st, x := p.inner, byte(0x36)
+	x := byte(0x36)
 	if outer {
-		st, x = p.outer, 0x5c
+		x = 0x5c
 	}
 	// The pads are used only while they still match the key, so that a
 	// Keys whose fields were set by hand, or changed, still MACs right.
-	if s.um != nil && st != nil && p.key == *key {
-		if s.um.UnmarshalBinary(st) == nil {
+	if p != nil && p.ok && s.um != nil && p.key == *key {
+		st := &p.inner
+		if outer {
+			st = &p.outer
+		}
+		if s.um.UnmarshalBinary(st[:]) == nil {
 			return
 		}
 	}
@@ -124,12 +133,11 @@ func (s *macScratch) hmacSum(p *hmacPads, key *[KeySize]byte, b []byte) [sha256.
 	return out
 }
 
-func (k *Keys) pads(password bool) *hmacPads {
+// macPads returns the MAC key's pads, or nil for a Keys not made by
+// DeriveKeys.
+func (k *Keys) macPads() *hmacPads {
 	if k.d == nil {
-		return &hmacPads{}
-	}
-	if password {
-		return &k.d.password
+		return nil
 	}
 	return &k.d.mac
 }
@@ -150,7 +158,7 @@ func (k *Keys) mac(topic string, nonce uint64, tsMillis int64, encrypted bool, p
 		b = append(b, 0)
 	}
 	s.buf = binary.BigEndian.AppendUint32(b, uint32(len(payload)))
-	sum := s.hmacSum(k.pads(false), &k.MAC, payload)
+	sum := s.hmacSum(k.macPads(), &k.MAC, payload)
 	scratchPool.Put(s)
 	return sum
 }
@@ -162,7 +170,7 @@ func passwordMAC(k *Keys, id, sec string) [sha256.Size]byte {
 	b = append(b, id...)
 	b = append(b, 0)
 	s.buf = append(b, sec...)
-	sum := s.hmacSum(k.pads(true), &k.Password, nil)
+	sum := s.hmacSum(nil, &k.Password, nil)
 	scratchPool.Put(s)
 	return sum
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"testing"
+	"unsafe"
 )
 
 // refMAC is crypto/hmac over the canonical bytes: what k.mac must equal.
@@ -126,5 +127,13 @@ func TestNeedsEscape(t *testing.T) {
 		if got, want := needsEscape(x), naive(w[:]); got != want {
 			t.Fatalf("% x: needsEscape %v, want %v", w, got, want)
 		}
+	}
+}
+
+// DeriveKeys' extra state is one small allocation: the backend's key cache
+// holds one per device (issue 14: memory per device).
+func TestDerivedIsSmall(t *testing.T) {
+	if size := unsafe.Sizeof(derived{}); size > 384 {
+		t.Errorf("derived is %d bytes, want <= 384", size)
 	}
 }
