@@ -177,6 +177,8 @@ type Server struct {
 	ws        *wsListener  // set by Start when Config.WSAddr is set
 	started   bool
 
+	connectWork *connectWork // CONNECT auth and presence, off the read goroutine
+
 	noBackpressure bool // tests only, set before clients connect: mochi's bare behaviour
 	noAdmission    bool // tests only, set before clients connect: exercise redeliver alone
 
@@ -246,6 +248,7 @@ func New(cfg Config) (*Server, error) {
 		tcp:    cfg.MQTTListener,
 		tls:    cfg.MQTTSListener,
 
+		connectWork:  newConnectWork(),
 		addrThrottle: newThrottle(cfg.AddressThrottle),
 		opThrottle:   newThrottle(cfg.OperatorThrottle),
 	}
@@ -409,6 +412,7 @@ func (s *Server) Close() error {
 		if err := s.mochi.Close(); err != nil {
 			s.closeErr = fmt.Errorf("broker: close: %w", err)
 		}
+		s.connectWork.stop()
 		s.log.Info().Msg("broker stopped")
 	})
 	return s.closeErr
