@@ -18,8 +18,10 @@ func TestParseSecurity(t *testing.T) {
 	}
 	want := []securityCase{
 		// Round 1: medians 5831 / 1184; round 2: 6000 / 1000.
-		{Case: "plain", SealOpenNs: 5915.5, BareHMACNs: 1128.5, Rounds: 2, Ratio: round((5831.0/1184+6)/2, 2)},
-		{Case: "encrypted", SealOpenNs: 11436, BareHMACNs: 2000, Rounds: 1, Ratio: 5.72}, // no -N suffix
+		{Case: "plain", SealOpenNs: 5915.5, BareHMACNs: 1128.5, Rounds: 2, Ratio: round((5831.0/1184+6)/2, 2),
+			RatioMin: round(5831.0/1184, 2), RatioMax: 6, SealOpenAllocs: 22, BareHMACAllocs: 6},
+		{Case: "encrypted", SealOpenNs: 11436, BareHMACNs: 2000, Rounds: 1, Ratio: 5.72, // no -N suffix
+			RatioMin: 5.72, RatioMax: 5.72, SealOpenAllocs: 30, BareHMACAllocs: 6},
 	}
 	if len(sec.Cases) != len(want) {
 		t.Fatalf("cases %+v", sec.Cases)
