@@ -130,10 +130,21 @@ type Config struct {
 
 // Defaults for the zero values of Config.
 const (
-	DefaultMaxPacketSize       = 256 << 10 // an envelope (envelope.MaxSize) plus headers fits
-	DefaultMaxSessionExpiry    = 24 * time.Hour
-	DefaultClientWritesPending = 256
-	DefaultClientReadBuffer    = 1 << 10         // device messages are mostly small; mochi's default is 2 KiB
+	DefaultMaxPacketSize    = 256 << 10 // an envelope (envelope.MaxSize) plus headers fits
+	DefaultMaxSessionExpiry = 24 * time.Hour
+	// DefaultClientWritesPending sizes every client's outbound queue, a
+	// channel mochi allocates per connection (8 bytes a slot, 2 KiB at
+	// mochi's 256). A device receives rare downlinks and at most
+	// fota.MaxWindow (8) chunks in flight; an operator's event stream
+	// keeps up through backpressure (flow.go), which admits a publish
+	// while the queue has room.
+	DefaultClientWritesPending = 64
+	// DefaultClientReadBuffer: a device sends a few hundred bytes every
+	// 15 s; a larger packet (a FOTA chunk request is small, an operator's
+	// command rarely large) is read through it in several reads, and
+	// bufio reads a packet body larger than the buffer straight from the
+	// socket. mochi's default is 2 KiB.
+	DefaultClientReadBuffer    = 512
 	DefaultClientWriteBuffer   = 2 << 10         // mochi's default
 	DefaultSlowClientTimeout   = 2 * time.Second // the publisher is a backend worker
 	DefaultOperatorSlowTimeout = time.Second
@@ -154,6 +165,8 @@ type Server struct {
 	tcp, tls  net.Listener // set by Start (or from Config)
 	ws        *wsListener  // set by Start when Config.WSAddr is set
 	started   bool
+
+	connectWork *connectWork // CONNECT auth and presence, off the read goroutine
 
 	noBackpressure bool // tests only, set before clients connect: mochi's bare behaviour
 	noAdmission    bool // tests only, set before clients connect: exercise redeliver alone
@@ -224,6 +237,7 @@ func New(cfg Config) (*Server, error) {
 		tcp:    cfg.MQTTListener,
 		tls:    cfg.MQTTSListener,
 
+		connectWork:  newConnectWork(),
 		addrThrottle: newThrottle(cfg.AddressThrottle),
 		opThrottle:   newThrottle(cfg.OperatorThrottle),
 	}
@@ -403,6 +417,7 @@ func (s *Server) Close() error {
 		if err := s.mochi.Close(); err != nil {
 			s.closeErr = fmt.Errorf("broker: close: %w", err)
 		}
+		s.connectWork.stop()
 		s.log.Info().Msg("broker stopped")
 	})
 	return s.closeErr

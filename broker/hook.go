@@ -47,7 +47,7 @@ func (h *hook) Provides(b byte) bool {
 // code so that mochi closes the connection.
 func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	s := h.s
-	id, rej, code := s.authenticate(cl, pk)
+	id, rej, code := s.authenticateOffStack(cl, pk) // connectwork.go
 	if rej == nil && cl.Properties.Will.Flag != 0 &&
 		!allowWill(id, cl.Properties.Will.TopicName, cl.Properties.Will.Retain) {
 		rej = &Rejection{Reason: ReasonACLWill, Operator: !id.device, Detail: fmt.Sprintf("will topic %q retain=%t",
@@ -58,7 +58,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		}
 	}
 	if rej == nil {
-		if err := s.connected(id); err != nil {
+		if err := s.connectedOffStack(id); err != nil {
 			rej, code = &Rejection{Reason: ReasonAuthError, Detail: "presence: " + err.Error()}, packets.ErrServerUnavailable
 		}
 	}

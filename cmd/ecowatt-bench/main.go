@@ -8,6 +8,7 @@
 //	ecowatt-bench mosquitto-conf  a Mosquitto config with the same rules
 //	ecowatt-bench suite           every scenario on both brokers: JSON + docs/BENCHMARKS.md
 //	ecowatt-bench compare         the change between two recorded runs
+//	ecowatt-bench idle            RSS per idle connection of a broker process
 //
 // The suite's fleet, commands, fota and redis parts load a running
 // `ecowatt serve` (its own process, on Redis) with devicesim devices run in
@@ -73,6 +74,7 @@ func commands() []command {
 		{"mosquitto-conf", "write a Mosquitto config, password and ACL files with the same rules", runMosquittoConf},
 		{"suite", "run the scenarios on both brokers; write JSON and docs/BENCHMARKS.md", runSuite},
 		{"compare", "print the change between two recorded runs (OLD.json NEW.json)", runCompare},
+		{"idle", "RSS per idle connection of a broker process (e.g. Mosquitto)", runIdle},
 	}
 }
 

@@ -191,7 +191,23 @@ type securityCase struct {
 	BareHMACNs float64 `json:"bare_hmac_ns"`
 	Rounds     int     `json:"rounds"` // go test runs that measured both
 	Ratio      float64 `json:"ratio"`  // median over rounds of seal+open / bare HMAC
+	RatioMin   float64 `json:"ratio_min,omitempty"`
+	RatioMax   float64 `json:"ratio_max,omitempty"`
+	// Allocations per op (go test -benchmem / b.ReportAllocs), medians.
+	SealOpenAllocs float64 `json:"seal_open_allocs"`
+	BareHMACAllocs float64 `json:"bare_hmac_allocs"`
 }
+
+// securityTarget is issue 14's bound on seal+open / bare HMAC per case.
+func securityTarget(c string) float64 {
+	if c == "encrypted" {
+		return 4
+	}
+	return 3
+}
+
+// allocsField matches the allocations column of a benchmark line.
+var allocsField = regexp.MustCompile(`\s([\d.]+) allocs/op`)
 
 // benchLine matches a `go test -bench` result line.
 var benchLine = regexp.MustCompile(`^Benchmark(\S+?)(?:-\d+)?\s+\d+\s+([\d.]+) ns/op`)
@@ -208,7 +224,7 @@ func parseSecurity(path string) (*security, error) {
 		return nil, fmt.Errorf("security results: %w", err)
 	}
 	defer f.Close()
-	samples := map[string][]float64{}
+	samples, allocs := map[string][]float64{}, map[string][]float64{}
 	var rounds []map[string][]float64
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
@@ -224,6 +240,11 @@ func parseSecurity(path string) (*security, error) {
 			return nil, fmt.Errorf("security results %s: %q: %w", path, sc.Text(), err)
 		}
 		samples[m[1]] = append(samples[m[1]], ns)
+		if am := allocsField.FindStringSubmatch(sc.Text()); am != nil {
+			if n, err := strconv.ParseFloat(am[1], 64); err == nil {
+				allocs[m[1]] = append(allocs[m[1]], n)
+			}
+		}
 		rounds[len(rounds)-1][m[1]] = append(rounds[len(rounds)-1][m[1]], ns)
 	}
 	if err := sc.Err(); err != nil {
@@ -244,8 +265,12 @@ func parseSecurity(path string) (*security, error) {
 				ratios = append(ratios, a/b)
 			}
 		}
-		sec.Cases = append(sec.Cases, securityCase{Case: c, SealOpenNs: so, BareHMACNs: bare,
-			Rounds: len(ratios), Ratio: round(median(ratios), 2)})
+		sc := securityCase{Case: c, SealOpenNs: so, BareHMACNs: bare, Rounds: len(ratios), Ratio: round(median(ratios), 2),
+			SealOpenAllocs: median(allocs["SealOpen/"+c]), BareHMACAllocs: median(allocs["BareHMAC/"+c])}
+		if len(ratios) > 0 {
+			sc.RatioMin, sc.RatioMax = round(slices.Min(ratios), 2), round(slices.Max(ratios), 2)
+		}
+		sec.Cases = append(sec.Cases, sc)
 	}
 	if len(sec.Cases) == 0 {
 		return nil, fmt.Errorf("security results %s: no SealOpen/BareHMAC pairs found", path)

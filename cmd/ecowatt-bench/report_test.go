@@ -18,8 +18,10 @@ func TestParseSecurity(t *testing.T) {
 	}
 	want := []securityCase{
 		// Round 1: medians 5831 / 1184; round 2: 6000 / 1000.
-		{Case: "plain", SealOpenNs: 5915.5, BareHMACNs: 1128.5, Rounds: 2, Ratio: round((5831.0/1184+6)/2, 2)},
-		{Case: "encrypted", SealOpenNs: 11436, BareHMACNs: 2000, Rounds: 1, Ratio: 5.72}, // no -N suffix
+		{Case: "plain", SealOpenNs: 5915.5, BareHMACNs: 1128.5, Rounds: 2, Ratio: round((5831.0/1184+6)/2, 2),
+			RatioMin: round(5831.0/1184, 2), RatioMax: 6, SealOpenAllocs: 22, BareHMACAllocs: 6},
+		{Case: "encrypted", SealOpenNs: 11436, BareHMACNs: 2000, Rounds: 1, Ratio: 5.72, // no -N suffix
+			RatioMin: 5.72, RatioMax: 5.72, SealOpenAllocs: 30, BareHMACAllocs: 6},
 	}
 	if len(sec.Cases) != len(want) {
 		t.Fatalf("cases %+v", sec.Cases)
@@ -138,5 +140,39 @@ func TestThousands(t *testing.T) {
 		if got := thousands(in); got != want {
 			t.Errorf("thousands(%v) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// The memory check (issue 14): RSS per device up by more than the band
+// against a run of the same size is a regression; within it, or at another
+// size, it is not.
+func TestCompareMemory(t *testing.T) {
+	withFleet := func(devices int, kib float64) *report {
+		r := testReport(time.Now(), []float64{100}, []float64{100}, 0)
+		r.Fleet = &fleetResult{Devices: devices, Online: devices, RSSPerDeviceKiB: kib}
+		return r
+	}
+	old := withFleet(1000, 40)
+	for _, tc := range []struct {
+		name string
+		cur  *report
+		regr bool
+	}{
+		{"same", withFleet(1000, 41), false},
+		{"at the band", withFleet(1000, 48), false},
+		{"above the band", withFleet(1000, 48.5), true},
+		{"other size", withFleet(10000, 80), false},
+		{"lighter", withFleet(1000, 20), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			n := compareReports(&out, old, tc.cur)
+			if got := memoryRegressed(old, tc.cur); got != tc.regr {
+				t.Errorf("memoryRegressed = %v, want %v", got, tc.regr)
+			}
+			if marked := strings.Contains(out.String(), "REGRESSION (memory)"); marked != tc.regr || (n > 0) != tc.regr {
+				t.Errorf("regressions %d, marked %v, want %v:\n%s", n, marked, tc.regr, out.String())
+			}
+		})
 	}
 }

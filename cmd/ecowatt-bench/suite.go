@@ -212,6 +212,10 @@ func runSuite(ctx context.Context, e env, args []string) error {
 		}
 		fmt.Fprintln(e.stdout)
 		compareReports(e.stdout, old, rep)
+		if memoryRegressed(old, rep) {
+			return fmt.Errorf("memory regression: server RSS %.1f -> %.1f KiB per device at %d devices (more than +%.0f%% against the run of %s)",
+				old.Fleet.RSSPerDeviceKiB, rep.Fleet.RSSPerDeviceKiB, rep.Fleet.Devices, 100*regressionBand, old.Date.Format("2006-01-02 15:04 MST"))
+		}
 	}
 	return nil
 }

@@ -40,7 +40,8 @@ func SealBinary(k *Keys, topic string, nonce uint64, ts time.Time, payload []byt
 	b = append(b, 0)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(payload)))
 	b = append(b, payload...)
-	return append(b, k.mac(topic, nonce, ms, false, payload)...), nil
+	mac := k.mac(topic, nonce, ms, false, payload)
+	return append(b, mac[:]...), nil
 }
 
 // OpenBinary verifies a binary envelope received on topic.
@@ -62,7 +63,7 @@ func OpenBinary(k *Keys, topic string, raw []byte) (Message, error) {
 		return Message{}, fmt.Errorf("open binary: %w", err)
 	}
 	payload := raw[binaryHeader : binaryHeader+int(n)]
-	if !hmac.Equal(raw[binaryHeader+int(n):], k.mac(topic, nonce, ms, false, payload)) {
+	if want := k.mac(topic, nonce, ms, false, payload); !hmac.Equal(raw[binaryHeader+int(n):], want[:]) {
 		return Message{}, fmt.Errorf("open binary: %w", ErrMAC)
 	}
 	return Message{Nonce: nonce, Timestamp: time.UnixMilli(ms), Body: payload}, nil

@@ -65,7 +65,7 @@ func TestBinaryLayout(t *testing.T) {
 		t.Fatalf("header %s\nwant   %s", head, want)
 	}
 	// The trailing MAC is the same HMAC as a plain JSON envelope's.
-	if got, want := raw[len(raw)-32:], k.mac(chunkTopic, 0x0102, testMs, false, []byte("hi")); !bytes.Equal(got, want) {
+	if got, want := raw[len(raw)-32:], k.mac(chunkTopic, 0x0102, testMs, false, []byte("hi")); !bytes.Equal(got, want[:]) {
 		t.Fatalf("mac %x, want %x", got, want)
 	}
 }

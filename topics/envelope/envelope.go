@@ -10,8 +10,6 @@ package envelope
 
 import (
 	"bytes"
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -59,6 +57,10 @@ type Keys struct {
 	MAC      [KeySize]byte
 	Enc      [KeySize]byte
 	Password [KeySize]byte
+
+	// d holds the precomputed HMAC pads and the AEAD (hmac.go); nil for a
+	// Keys not made by DeriveKeys, which then computes them per call.
+	d *derived
 }
 
 // DeriveKeys derives the MAC, encryption and password keys from a PSK with
@@ -78,6 +80,7 @@ func DeriveKeys(psk []byte) (Keys, error) {
 		}
 		copy(d.dst[:], b)
 	}
+	k.d = newDerived(&k)
 	return k, nil
 }
 
@@ -121,12 +124,6 @@ func Canonical(topic string, nonce uint64, tsMillis int64, encrypted bool, paylo
 	return append(b, payload...)
 }
 
-func (k *Keys) mac(topic string, nonce uint64, tsMillis int64, encrypted bool, payload []byte) []byte {
-	h := hmac.New(sha256.New, k.MAC[:])
-	h.Write(Canonical(topic, nonce, tsMillis, encrypted, payload))
-	return h.Sum(nil)
-}
-
 // Seal wraps body for topic. When encrypt is true the body is encrypted with
 // AES-256-GCM under a random 12-byte IV read from random (which must then be
 // non-nil), and the payload is base64(IV | ciphertext | tag). A plain body
@@ -140,17 +137,29 @@ func Seal(k *Keys, topic string, nonce uint64, ts time.Time, body []byte, encryp
 		// receiver's MAC would no longer match.
 		return nil, fmt.Errorf("seal: %w: plain body is not valid UTF-8", ErrMalformed)
 	}
-	payload := body
-	if encrypt {
-		ct, err := k.encrypt(topic, body, random)
-		if err != nil {
-			return nil, fmt.Errorf("seal: %w", err)
-		}
-		payload = []byte(base64.StdEncoding.EncodeToString(ct))
-	}
 	ms := ts.UnixMilli()
-	out := appendEnvelope(make([]byte, 0, len(payload)+len(payload)/8+180),
-		nonce, ms, encrypt, payload, k.mac(topic, nonce, ms, encrypt, payload))
+	if !encrypt {
+		mac := k.mac(topic, nonce, ms, false, body)
+		out := appendEnvelope(make([]byte, 0, len(body)+len(body)/8+180), nonce, ms, false, body, mac[:])
+		if len(out) > MaxSize {
+			return nil, fmt.Errorf("seal: %w: %d bytes", ErrTooLarge, len(out))
+		}
+		return out, nil
+	}
+	ct, err := k.encrypt(topic, body, random)
+	if err != nil {
+		return nil, fmt.Errorf("seal: %w", err)
+	}
+	// The base64 text needs no JSON escapes: write it straight into the
+	// envelope and MAC it there.
+	n := base64.StdEncoding.EncodedLen(len(ct))
+	out := appendEnvelopeHead(make([]byte, 0, n+180), nonce, ms, true)
+	start := len(out) + 1
+	out = append(out, '"')
+	out = out[:start+n]
+	base64.StdEncoding.Encode(out[start:], ct)
+	mac := k.mac(topic, nonce, ms, true, out[start:])
+	out = appendEnvelopeTail(append(out, '"'), mac[:])
 	if len(out) > MaxSize {
 		return nil, fmt.Errorf("seal: %w: %d bytes", ErrTooLarge, len(out))
 	}
@@ -184,14 +193,12 @@ func Open(k *Keys, topic string, raw []byte) (Message, error) {
 		return Message{}, fmt.Errorf("open: %w: mac must be 64 hex digits", ErrMalformed)
 	}
 	payload := env.payload
-	if !hmac.Equal(got[:], k.mac(topic, env.nonce, env.ms, env.encrypted, payload)) {
+	if want := k.mac(topic, env.nonce, env.ms, env.encrypted, payload); !hmac.Equal(got[:], want[:]) {
 		return Message{}, fmt.Errorf("open: %w", ErrMAC)
 	}
-	if !env.payloadCopied {
-		payload = bytes.Clone(payload) // the body must not alias the caller's buffer
-	}
-	m := Message{Nonce: env.nonce, Timestamp: time.UnixMilli(env.ms), Encrypted: env.encrypted, Body: payload}
-	if env.encrypted {
+	m := Message{Nonce: env.nonce, Timestamp: time.UnixMilli(env.ms), Encrypted: env.encrypted}
+	switch {
+	case env.encrypted:
 		ct, err := decodeBase64(payload)
 		if err != nil {
 			return Message{}, fmt.Errorf("open: %w: payload is not strict base64: %v", ErrMalformed, err)
@@ -199,6 +206,10 @@ func Open(k *Keys, topic string, raw []byte) (Message, error) {
 		if m.Body, err = k.decrypt(topic, ct); err != nil {
 			return Message{}, fmt.Errorf("open: %w", err)
 		}
+	case env.payloadCopied:
+		m.Body = payload
+	default:
+		m.Body = bytes.Clone(payload) // the body must not alias the caller's buffer
 	}
 	return m, nil
 }
@@ -211,10 +222,17 @@ var strictBase64 = base64.StdEncoding.Strict()
 // decoder skips '\r' and '\n' even in strict mode, so they are refused
 // here: a port with a strict decoder must reach the same verdict.
 func decodeBase64(s []byte) ([]byte, error) {
-	if i := bytes.IndexAny(s, "\r\n"); i >= 0 {
-		return nil, fmt.Errorf("line break at offset %d", i)
+	for _, c := range []byte{'\r', '\n'} {
+		if i := bytes.IndexByte(s, c); i >= 0 {
+			return nil, fmt.Errorf("line break at offset %d", i)
+		}
 	}
-	return strictBase64.DecodeString(string(s))
+	ct := make([]byte, strictBase64.DecodedLen(len(s)))
+	n, err := strictBase64.Decode(ct, s)
+	if err != nil {
+		return nil, err
+	}
+	return ct[:n], nil
 }
 
 func checkHeader(topic string, nonce uint64) error {
@@ -227,18 +245,15 @@ func checkHeader(topic string, nonce uint64) error {
 	return nil
 }
 
-// aad binds the ciphertext to its topic, so it cannot be moved even by a
-// party that can compute MACs for another topic.
-func aad(topic string) []byte { return append([]byte(Label+"\x00"), topic...) }
+// appendAAD appends the additional data that binds a ciphertext to its
+// topic, so it cannot be moved even by a party that can compute MACs for
+// another topic.
+func appendAAD(b []byte, topic string) []byte { return append(append(b, Label+"\x00"...), topic...) }
 
-func (k *Keys) gcm() (cipher.AEAD, error) {
-	block, err := aes.NewCipher(k.Enc[:])
-	if err != nil {
-		return nil, err
-	}
-	return cipher.NewGCM(block)
-}
+// aad is appendAAD on a fresh slice.
+func aad(topic string) []byte { return appendAAD(nil, topic) }
 
+// encrypt returns IV | ciphertext | tag.
 func (k *Keys) encrypt(topic string, body []byte, random io.Reader) ([]byte, error) {
 	if random == nil {
 		return nil, errors.New("encrypt: no random source")
@@ -247,13 +262,20 @@ func (k *Keys) encrypt(topic string, body []byte, random io.Reader) ([]byte, err
 	if err != nil {
 		return nil, err
 	}
-	iv := make([]byte, g.NonceSize(), g.NonceSize()+len(body)+g.Overhead())
+	ns, n := g.NonceSize(), g.NonceSize()+len(body)+g.Overhead()
+	iv := make([]byte, ns, n)
 	if _, err := io.ReadFull(random, iv); err != nil {
 		return nil, fmt.Errorf("encrypt: read iv: %w", err)
 	}
-	return g.Seal(iv, iv, body, aad(topic)), nil
+	s := scratchPool.Get().(*macScratch)
+	s.buf = appendAAD(s.buf[:0], topic)
+	ct := g.Seal(iv, iv, body, s.buf)
+	scratchPool.Put(s)
+	return ct, nil
 }
 
+// decrypt opens ct (IV | ciphertext | tag) in place; ct must be the
+// caller's own buffer.
 func (k *Keys) decrypt(topic string, ct []byte) ([]byte, error) {
 	g, err := k.gcm()
 	if err != nil {
@@ -262,7 +284,10 @@ func (k *Keys) decrypt(topic string, ct []byte) ([]byte, error) {
 	if len(ct) < g.NonceSize()+g.Overhead() {
 		return nil, fmt.Errorf("%w: ciphertext too short", ErrDecrypt)
 	}
-	body, err := g.Open(nil, ct[:g.NonceSize()], ct[g.NonceSize():], aad(topic))
+	s := scratchPool.Get().(*macScratch)
+	s.buf = appendAAD(s.buf[:0], topic)
+	body, err := g.Open(ct[g.NonceSize():g.NonceSize()], ct[:g.NonceSize()], ct[g.NonceSize():], s.buf)
+	scratchPool.Put(s)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrDecrypt, err)
 	}

@@ -29,13 +29,8 @@ var (
 // It never reveals the PSK and expires PasswordValidity after ts.
 func Password(k *Keys, id string, ts time.Time) string {
 	sec := strconv.FormatInt(ts.Unix(), 10)
-	return "v1." + sec + "." + hex.EncodeToString(passwordMAC(k, id, sec))
-}
-
-func passwordMAC(k *Keys, id, sec string) []byte {
-	h := hmac.New(sha256.New, k.Password[:])
-	h.Write([]byte(Label + " mqtt\x00" + id + "\x00" + sec))
-	return h.Sum(nil)
+	mac := passwordMAC(k, id, sec)
+	return "v1." + sec + "." + hex.EncodeToString(mac[:])
 }
 
 // VerifyPassword checks a password token for device id at time now.
@@ -52,7 +47,7 @@ func VerifyPassword(k *Keys, id, token string, now time.Time) error {
 	if err != nil || len(got) != sha256.Size {
 		return ErrPasswordFormat
 	}
-	if !hmac.Equal(got, passwordMAC(k, id, parts[1])) {
+	if want := passwordMAC(k, id, parts[1]); !hmac.Equal(got, want[:]) {
 		return ErrPasswordMAC
 	}
 	if d := now.Sub(time.Unix(sec, 0)); d > PasswordValidity || d < -PasswordValidity {
