@@ -379,14 +379,14 @@ func TestPresenceStaleBirth(t *testing.T) {
 	if err != nil || gen != 1 {
 		t.Fatalf("DeviceConnected = %d, %v; want 1", gen, err)
 	}
-	h.birth(k, "stale-1", 1, `{"online":true,"boot_count":1}`)
+	h.birth(k, "stale-1", 1, `{"online":true,"firmware_version":"1.0.0","config_version":0,"uptime_s":0,"boot_count":1}`)
 	if err := h.s.DeviceDisconnected(ctx, "stale-1", gen, "closed"); err != nil {
 		t.Fatal(err)
 	}
 	// A birth of the ended connection, processed late.
 	topic := topics.DeviceUp("stale-1", topics.KindBirth)
-	h.bus.Deliver(Message{Topic: topic, Payload: h.seal(k, topic, 2, `{"online":true,"boot_count":2}`), Username: "stale-1"})
-	h.bus.Deliver(Message{Topic: topic, Payload: h.seal(k, topic, 3, `{"online":true,"boot_count":3}`), Username: "stale-1"})
+	h.bus.Deliver(Message{Topic: topic, Payload: h.seal(k, topic, 2, `{"online":true,"firmware_version":"1.0.0","config_version":0,"uptime_s":0,"boot_count":2}`), Username: "stale-1"})
+	h.bus.Deliver(Message{Topic: topic, Payload: h.seal(k, topic, 3, `{"online":true,"firmware_version":"1.0.0","config_version":0,"uptime_s":0,"boot_count":3}`), Username: "stale-1"})
 	deadline := time.Now().Add(5 * time.Second)
 	for testutil.ToFloat64(h.s.m.uplink.WithLabelValues(topics.KindBirth)) < 3 {
 		if time.Now().After(deadline) {
@@ -407,7 +407,7 @@ func TestPresenceStaleBirth(t *testing.T) {
 	if gen, err = h.s.DeviceConnected(ctx, "stale-1"); err != nil || gen != 2 {
 		t.Fatalf("DeviceConnected = %d, %v; want 2", gen, err)
 	}
-	h.birth(k, "stale-1", 4, `{"online":true,"boot_count":4}`)
+	h.birth(k, "stale-1", 4, `{"online":true,"firmware_version":"1.0.0","config_version":0,"uptime_s":0,"boot_count":4}`)
 	if err := h.s.DeviceDisconnected(ctx, "stale-1", 1, "takeover"); err != nil {
 		t.Fatal(err)
 	}

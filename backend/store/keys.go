@@ -25,6 +25,7 @@ import (
 //	ecowatt:online           zset    online device IDs, score = last birth (unix ms)
 //	ecowatt:security         stream  every security rejection, fleet-wide (capped)
 //	ecowatt:op:NAME          hash    operator account (bcrypt hash, role, created_at)
+//	ecowatt:replica:ID       string  replica heartbeat (TTL): ID is alive and reconciles its devices' presence
 type Keys struct {
 	prefix string
 }
@@ -77,6 +78,9 @@ func (k Keys) Devices() string { return k.Global("devices") }
 
 // Online is the index of online devices.
 func (k Keys) Online() string { return k.Global("online") }
+
+// Replica is the heartbeat of backend replica id (backend/reconcile.go).
+func (k Keys) Replica(id string) string { return k.Global("replica:" + id) }
 
 // Security is the fleet-wide security event stream.
 func (k Keys) Security() string { return k.Global("security") }
