@@ -24,7 +24,9 @@ import (
 //
 // Without such reports (an external broker) births and wills apply as
 // they come, and a clean DISCONNECT is not seen. The two fields are
-// written only by the Lua scripts below and by the birth script.
+// written only by the Lua scripts below, the birth script and the sweep.
+// The connect script also records the holding replica (field replica),
+// which the presence sweep reconciles against (reconcile.go).
 
 // connectScript starts a connection generation of an existing device and
 // records the replica that holds it (reconcile.go).
