@@ -90,6 +90,16 @@ type Config struct {
 	SecurityMaxLen  int64 // approximate cap of the fleet-wide security stream; default 10000
 	EncryptDownlink bool  // seal downlink bodies with AES-256-GCM as well as the MAC
 	MessageTimeout  time.Duration
+
+	// Presence reconciliation (reconcile.go). Replica is this replica's
+	// identity, recorded in the hash of each device it holds (default: a
+	// random one); Connections, when set (the embedded broker), answers
+	// which device connections this replica holds.
+	Replica        string
+	Connections    Connections
+	PresenceSweep  time.Duration // sweep period; default 10 s
+	PresenceExpiry time.Duration // last_seen bound for devices no replica holds; default DefaultPresenceExpiry
+	PresenceBatch  int           // online devices checked per sweep; default 5000
 }
 
 // Service is the backend. Create it with New and start it with Run.
@@ -112,6 +122,7 @@ type Service struct {
 
 	stopped chan struct{} // closed when Run returns; enqueue stops blocking
 	tracked atomic.Bool   // the broker reports connections: presence follows generations (presence.go)
+	pres    presence      // reconciliation state (reconcile.go)
 
 	run RunGuard
 
@@ -164,6 +175,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.MessageTimeout <= 0 {
 		cfg.MessageTimeout = 10 * time.Second
 	}
+	if err := presenceDefaults(&cfg); err != nil {
+		return nil, fmt.Errorf("new backend: %w", err)
+	}
 	s := &Service{
 		Accounts: acc,
 
@@ -183,6 +197,9 @@ func New(cfg Config) (*Service, error) {
 		ops:           make(map[string]OpsHandler),
 	}
 	if s.m, err = newMetrics(cfg.Registerer, s.onlineCount); err != nil {
+		return nil, fmt.Errorf("new backend: %w", err)
+	}
+	if s.pres.m, err = newPresenceMetrics(cfg.Registerer, s.pres.queued); err != nil {
 		return nil, fmt.Errorf("new backend: %w", err)
 	}
 	s.shards = make([]chan job, cfg.Workers)
@@ -224,6 +241,7 @@ func (s *Service) Run(ctx context.Context) error {
 	for _, q := range s.shards {
 		wg.Go(func() { s.worker(ctx, q) })
 	}
+	wg.Go(func() { s.reconcileLoop(ctx) })
 	for _, f := range []string{topics.FilterAllUp, topics.FilterAllOps} {
 		if err := s.bus.Subscribe(f, s.enqueue); err != nil {
 			return fmt.Errorf("backend run: subscribe %s: %w", f, err)

@@ -24,12 +24,17 @@ import (
 //
 // Without such reports (an external broker) births and wills apply as
 // they come, and a clean DISCONNECT is not seen. The two fields are
-// written only by the Lua scripts below and by the birth script.
+// written only by the Lua scripts below, the birth script and the sweep.
+// The connect script also records the holding replica (field replica),
+// which the presence sweep reconciles against (reconcile.go).
 
-// connectScript starts a connection generation of an existing device.
-// KEYS: dev hash. Returns the generation, 0 for an unknown device.
+// connectScript starts a connection generation of an existing device and
+// records the replica that holds it (reconcile.go).
+// KEYS: dev hash. ARGV: replica. Returns the generation, 0 for an unknown
+// device.
 var connectScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'replica', ARGV[1])
 return redis.call('HINCRBY', KEYS[1], 'conn_gen', 1)
 `)
 
@@ -37,7 +42,12 @@ return redis.call('HINCRBY', KEYS[1], 'conn_gen', 1)
 // device id and returns its generation (see broker.Presence). From the
 // first call on, this Service orders presence by generation.
 func (s *Service) DeviceConnected(ctx context.Context, id string) (uint64, error) {
-	gen, err := connectScript.Run(ctx, s.rdb, []string{s.keys.Device(id)}).Int64()
+	// Other replicas must see this one alive before they see a device it
+	// holds, or their sweep would take the device for orphaned.
+	if err := s.ensureHeartbeat(ctx); err != nil {
+		return 0, Unavailable("connect "+id, err)
+	}
+	gen, err := connectScript.Run(ctx, s.rdb, []string{s.keys.Device(id)}, s.cfg.Replica).Int64()
 	if err != nil {
 		return 0, Unavailable("connect "+id, err)
 	}
@@ -65,24 +75,41 @@ return 1
 
 // DeviceDisconnected records the end of connection gen of device id, for
 // cause (one of broker.Cause*), and marks the device offline unless it
-// has connected again since.
+// has connected again since. When Redis fails the report is queued and
+// retried (reconcile.go): it returns nil then.
 func (s *Service) DeviceDisconnected(ctx context.Context, id string, gen uint64, cause string) error {
-	res, err := disconnectScript.Run(ctx, s.rdb, []string{s.keys.Device(id)}, gen, s.now().UnixMilli()).Int()
+	p := pendingDisconnect{id: id, gen: gen, cause: cause, at: s.now()}
+	recorded, err := s.disconnect(ctx, p)
+	if !recorded && s.pres.enqueue(p) {
+		s.log.Warn().Err(err).Str("device", id).Uint64("gen", gen).Str("cause", cause).
+			Msg("presence: disconnect not recorded; queued for retry")
+		return nil
+	}
+	return err
+}
+
+// disconnect applies a disconnect report; recorded is false when the
+// script did not run (Redis failed), so the report may be retried.
+func (s *Service) disconnect(ctx context.Context, p pendingDisconnect) (recorded bool, _ error) {
+	id, gen, cause := p.id, p.gen, p.cause
+	res, err := disconnectScript.Run(ctx, s.rdb, []string{s.keys.Device(id)}, gen, p.at.UnixMilli()).Int()
 	if err != nil {
-		return Unavailable("disconnect "+id, err)
+		return false, Unavailable("disconnect "+id, err)
 	}
 	s.m.disconnects.WithLabelValues(cause).Inc()
 	switch res {
 	case -1:
 		s.log.Debug().Str("device", id).Uint64("gen", gen).Str("cause", cause).Msg("disconnect of a superseded connection: ignored")
-		return nil
+		return true, nil
 	case 1:
 	default:
-		return nil
+		return true, nil
 	}
+	// A failure from here on leaves the device offline; the sweep drops a
+	// stale index entry (reconcile.go).
 	if err := s.rdb.ZRem(ctx, s.keys.Online(), id).Err(); err != nil {
-		return fmt.Errorf("disconnect %s: online index: %w", id, err)
+		return true, fmt.Errorf("disconnect %s: online index: %w", id, err)
 	}
 	s.log.Info().Str("device", id).Str("via", cause).Uint64("gen", gen).Msg("device offline")
-	return s.Emit(ctx, id, topics.EventPresence, map[string]any{"online": false, "via": cause})
+	return true, s.Emit(ctx, id, topics.EventPresence, map[string]any{"online": false, "via": cause})
 }

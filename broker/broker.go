@@ -161,6 +161,7 @@ type Server struct {
 
 	mu        sync.Mutex // guards fields below
 	idents    map[net.Conn]*identity
+	held      deviceConns // device connections Presence numbered (presence.go)
 	nextSubID int
 	tcp, tls  net.Listener // set by Start (or from Config)
 	ws        *wsListener  // set by Start when Config.WSAddr is set

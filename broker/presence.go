@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"math"
 	"net"
 	"time"
 
@@ -44,14 +45,75 @@ func (s *Server) connected(id *identity) error {
 	if s.cfg.Presence == nil || !id.device {
 		return nil
 	}
+	// While the call runs, the generation is already in Redis but not yet
+	// here: HeldGeneration answers "held" so a sweep does not end it.
+	s.mu.Lock()
+	s.held.connecting(id.name, 1)
+	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), presenceTimeout)
 	defer cancel()
 	gen, err := s.cfg.Presence.DeviceConnected(ctx, id.name)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.held.connecting(id.name, -1)
 	if err != nil {
 		return err
 	}
 	id.gen = gen
+	s.held.add(id.name, gen)
 	return nil
+}
+
+// HeldGeneration returns the newest generation among device id's
+// connections on this broker, 0 when it holds none. While a connect of
+// the device is being recorded it returns math.MaxUint64: that
+// connection's generation is not known yet, so the caller must assume it
+// is held. The backend's presence sweep compares it with the device's
+// newest generation in Redis (backend/reconcile.go).
+func (s *Server) HeldGeneration(id string) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.held.pending[id] > 0 {
+		return math.MaxUint64
+	}
+	var newest uint64
+	for g := range s.held.gens[id] {
+		newest = max(newest, g)
+	}
+	return newest
+}
+
+// deviceConns are the device connections a Server holds, by device, with
+// the generations Presence gave them. Guarded by Server.mu.
+type deviceConns struct {
+	gens    map[string]map[uint64]struct{}
+	pending map[string]int // connects waiting for Presence.DeviceConnected
+}
+
+func (d *deviceConns) connecting(id string, delta int) {
+	if d.pending == nil {
+		d.pending = map[string]int{}
+	}
+	if d.pending[id] += delta; d.pending[id] <= 0 {
+		delete(d.pending, id)
+	}
+}
+
+func (d *deviceConns) add(id string, gen uint64) {
+	if d.gens == nil {
+		d.gens = map[string]map[uint64]struct{}{}
+	}
+	if d.gens[id] == nil {
+		d.gens[id] = map[uint64]struct{}{}
+	}
+	d.gens[id][gen] = struct{}{}
+}
+
+func (d *deviceConns) remove(id string, gen uint64) {
+	delete(d.gens[id], gen)
+	if len(d.gens[id]) == 0 {
+		delete(d.gens, id)
+	}
 }
 
 // ended reports the end of connection c once, if it belonged to a device
@@ -67,6 +129,7 @@ func (s *Server) ended(c net.Conn, cause string) {
 	report := id != nil && id.gen != 0 && !id.ended
 	if report {
 		id.ended = true
+		s.held.remove(id.name, id.gen)
 	}
 	s.mu.Unlock()
 	if !report {

@@ -29,6 +29,7 @@ import (
 //	ecowatt:{idx}:keys       set     names of every label index key above (for the repair pass)
 //	ecowatt:{idx}:cursorkey  string  random HMAC key that signs page cursors (shared by replicas)
 //	ecowatt:op:NAME          hash    operator account (bcrypt hash, role, created_at)
+//	ecowatt:replica:ID       string  replica heartbeat (TTL): ID is alive and reconciles its devices' presence
 type Keys struct {
 	prefix string
 }
@@ -90,6 +91,9 @@ func (k Keys) Devices() string { return k.Global("devices") }
 
 // Online is the index of online devices.
 func (k Keys) Online() string { return k.Global("online") }
+
+// Replica is the heartbeat of backend replica id (backend/reconcile.go).
+func (k Keys) Replica(id string) string { return k.Global("replica:" + id) }
 
 // Security is the fleet-wide security event stream.
 func (k Keys) Security() string { return k.Global("security") }

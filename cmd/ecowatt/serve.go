@@ -39,6 +39,7 @@ type serveConfig struct {
 	fota                                  fotaConfig
 	scale                                 scaleConfig
 	runtime                               runtimeConfig
+	presence                              presenceConfig
 	configSweep, configLease              time.Duration
 	telemetryRetention                    time.Duration
 	demo                                  int
@@ -73,7 +74,11 @@ func runServe(ctx context.Context, e env, args []string) error {
 	c.fota.register(fs)
 	c.scale.register(fs)
 	c.runtime.register(fs)
+	c.presence.register(fs)
 	if _, err := parseFlags(fs, e, args); err != nil {
+		return err
+	}
+	if err := c.presence.check(); err != nil {
 		return err
 	}
 	log, err := newLogger(e, c.logLevel, c.logFormat)
@@ -166,7 +171,7 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		return err
 	}
 	defer brk.close()
-	svc, err := backend.New(backend.Config{
+	bcfg := backend.Config{
 		Accounts:   accounts,
 		Bus:        brk.bus(),
 		Logger:     log,
@@ -175,7 +180,11 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		Workers:    c.uplinkWorkers,
 
 		EncryptDownlink: c.encryptDownlinks,
-	})
+		Replica:         replica,
+		Connections:     brk.connections(),
+	}
+	c.presence.apply(&bcfg)
+	svc, err := backend.New(bcfg)
 	if err != nil {
 		return err
 	}
