@@ -15,6 +15,8 @@ type metrics struct {
 	handlerLatency *prometheus.HistogramVec
 	handlerErrors  *prometheus.CounterVec
 	eventsDropped  prometheus.Counter
+	uplinkDropped  *prometheus.CounterVec
+	uplinkRetrying prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer, online func() float64) (*metrics, error) {
@@ -45,11 +47,19 @@ func newMetrics(reg prometheus.Registerer, online func() float64) (*metrics, err
 			Help: "Events not delivered to a slow in-process subscriber.",
 		}),
 	}
+	m.uplinkDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ecowatt_uplinks_dropped_total",
+		Help: "Device messages given up after the broker acknowledged them, by kind and reason (store_unavailable, error, shutdown).",
+	}, []string{"kind", "reason"})
+	m.uplinkRetrying = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ecowatt_uplinks_retrying",
+		Help: "Device messages held by the workers until the store answers again.",
+	})
 	onlineGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ecowatt_devices_online",
 		Help: "Devices currently online (read from Redis).",
 	}, online)
-	for _, c := range []prometheus.Collector{m.rejections, m.uplink, m.downlink, m.handlerLatency, m.handlerErrors, m.eventsDropped, onlineGauge} {
+	for _, c := range []prometheus.Collector{m.rejections, m.uplink, m.downlink, m.handlerLatency, m.handlerErrors, m.eventsDropped, m.uplinkDropped, m.uplinkRetrying, onlineGauge} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
