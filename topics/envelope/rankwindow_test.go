@@ -60,7 +60,7 @@ func rankVectors() []rankVector {
 		for _, n := range c.nonces {
 			v.Steps = append(v.Steps, rankStep{n, verdict(w.Accept(n))})
 		}
-		v.End = rankEndState{Floor: w.Floor, Seen: w.Seen}
+		v.End = rankEndState(w)
 		out = append(out, v)
 	}
 	return out
