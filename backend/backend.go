@@ -85,11 +85,11 @@ type Config struct {
 	QueueSize       int // per-shard queue; default 256
 	KeyCacheSize    int // see AccountsConfig
 	KeyCacheTTL     time.Duration
-	BcryptCost      int
-	AuditMaxLen     int64 // approximate cap of each device's audit stream; default 1000
-	SecurityMaxLen  int64 // approximate cap of the fleet-wide security stream; default 10000
-	EncryptDownlink bool  // seal downlink bodies with AES-256-GCM as well as the MAC
-	MessageTimeout  time.Duration
+	BcryptCost      int           // see AccountsConfig
+	AuditMaxLen     int64         // approximate cap of each device's audit stream; default 1000
+	SecurityMaxLen  int64         // approximate cap of the fleet-wide security stream; default 10000
+	EncryptDownlink bool          // seal downlink bodies with AES-256-GCM as well as the MAC
+	MessageTimeout  time.Duration // per attempt
 
 	// Presence reconciliation (reconcile.go). Replica is this replica's
 	// identity, recorded in the hash of each device it holds (default: a
@@ -100,6 +100,14 @@ type Config struct {
 	PresenceSweep  time.Duration // sweep period; default 10 s
 	PresenceExpiry time.Duration // last_seen bound for devices no replica holds; default DefaultPresenceExpiry
 	PresenceBatch  int           // online devices checked per sweep; default 5000
+
+	// An uplink that fails on a store error is retried for RetryFor
+	// (default 2 min); each worker holds at most RetryQueue such messages
+	// (default 1024) and RetryBytes of payload (default 8 MiB) before it
+	// stops reading its queue (retry.go).
+	RetryFor   time.Duration
+	RetryQueue int
+	RetryBytes int
 }
 
 // Service is the backend. Create it with New and start it with Run.
@@ -132,10 +140,17 @@ type Service struct {
 }
 
 // job is one message waiting for a worker. Oversized payloads are not
-// copied; size records how big they were.
+// copied; size records how big they were. The other fields carry a
+// message that failed on the store to its next attempt (retry.go).
 type job struct {
 	msg  Message
 	size int
+
+	since   time.Time        // first failed attempt; zero if never tried
+	lastErr error            // the store error of the last attempt
+	opened  bool             // MAC verified and nonce accepted: only handlers remain
+	env     envelope.Message // the opened message, when opened
+	next    int              // index of the first handler still to run
 }
 
 // New checks cfg and builds a Service. It registers its metrics with
@@ -174,6 +189,15 @@ func New(cfg Config) (*Service, error) {
 	}
 	if cfg.MessageTimeout <= 0 {
 		cfg.MessageTimeout = 10 * time.Second
+	}
+	if cfg.RetryFor <= 0 {
+		cfg.RetryFor = 2 * time.Minute
+	}
+	if cfg.RetryQueue <= 0 {
+		cfg.RetryQueue = 1024
+	}
+	if cfg.RetryBytes <= 0 {
+		cfg.RetryBytes = 8 << 20
 	}
 	if err := presenceDefaults(&cfg); err != nil {
 		return nil, fmt.Errorf("new backend: %w", err)
@@ -264,6 +288,7 @@ func (s *Service) enqueue(m Message) {
 	select {
 	case q <- j:
 	case <-s.stopped:
+		s.dropUplink(j, DropShutdown, nil)
 	}
 }
 
@@ -279,18 +304,9 @@ func shardOf(topic string, n int) int {
 	return int(h.Sum32() % uint32(n))
 }
 
-func (s *Service) worker(ctx context.Context, q <-chan job) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case j := <-q:
-			s.process(ctx, j)
-		}
-	}
-}
-
-func (s *Service) process(ctx context.Context, j job) {
+// process handles j once. It reports true when j failed on the store and
+// should be tried again (its fields then say where to resume).
+func (s *Service) process(ctx context.Context, j *job) (retry bool) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.MessageTimeout)
 	defer cancel()
 	defer func() {
@@ -301,16 +317,17 @@ func (s *Service) process(ctx context.Context, j job) {
 	t, err := topics.Parse(j.msg.Topic)
 	if err != nil {
 		s.SecurityEvent(ctx, deviceOf(j.msg.Topic), ReasonBadTopic, err.Error())
-		return
+		return false
 	}
 	switch {
 	case t.Class == topics.ClassDevice && t.Dir == topics.Up:
-		s.processUplink(ctx, t, j)
+		return s.processUplink(ctx, t, j)
 	case t.Class == topics.ClassOps:
-		s.processOps(ctx, t, j)
+		s.processOps(ctx, t, *j)
 	default:
 		s.SecurityEvent(ctx, t.Device, ReasonBadTopic, "not an uplink or operator topic: "+j.msg.Topic)
 	}
+	return false
 }
 
 // deviceOf returns the device level of a topic when it is a valid ID.

@@ -17,6 +17,8 @@ type metrics struct {
 	eventsDropped  prometheus.Counter
 	disconnects    *prometheus.CounterVec
 	suppressed     prometheus.Counter // broker rejections folded into a later sample event
+	uplinkDropped  *prometheus.CounterVec
+	uplinkRetrying prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer, online func() float64) (*metrics, error) {
@@ -55,11 +57,19 @@ func newMetrics(reg prometheus.Registerer, online func() float64) (*metrics, err
 			Help: "Broker rejections counted but not written as their own security event (rate limit per account).",
 		}),
 	}
+	m.uplinkDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ecowatt_uplinks_dropped_total",
+		Help: "Device messages given up after the broker acknowledged them, by kind and reason (store_unavailable, error, shutdown).",
+	}, []string{"kind", "reason"})
+	m.uplinkRetrying = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ecowatt_uplinks_retrying",
+		Help: "Device messages held by the workers until the store answers again.",
+	})
 	onlineGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ecowatt_devices_online",
 		Help: "Devices currently online (read from Redis).",
 	}, online)
-	for _, c := range []prometheus.Collector{m.rejections, m.uplink, m.downlink, m.handlerLatency, m.handlerErrors, m.eventsDropped, m.disconnects, m.suppressed, onlineGauge} {
+	for _, c := range []prometheus.Collector{m.rejections, m.uplink, m.downlink, m.handlerLatency, m.handlerErrors, m.eventsDropped, m.disconnects, m.suppressed, m.uplinkDropped, m.uplinkRetrying, onlineGauge} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

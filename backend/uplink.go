@@ -68,28 +68,33 @@ func (s *Service) HandleOps(kind string, h OpsHandler) {
 	s.ops[kind] = h
 }
 
-func (s *Service) processUplink(ctx context.Context, t topics.Topic, j job) {
+// processUplink authenticates, replay-checks and dispatches one device
+// message. It reports true when j failed on the store and is to be tried
+// again; j then records how far it got (retry.go).
+func (s *Service) processUplink(ctx context.Context, t topics.Topic, j *job) (retry bool) {
 	dev, topic := t.Device, j.msg.Topic
+	if j.opened {
+		return s.dispatch(ctx, dev, t.Kind, j)
+	}
 	if j.msg.Username != "" && j.msg.Username != dev {
 		s.SecurityEvent(ctx, dev, ReasonTopicMismatch, fmt.Sprintf("client %q published on %s", j.msg.Username, topic))
-		return
+		return false
 	}
 	if j.size > envelope.MaxSize {
 		s.SecurityEvent(ctx, dev, ReasonOversized, fmt.Sprintf("%d bytes on %s, limit %d", j.size, topic, envelope.MaxSize))
-		return
+		return false
 	}
 	if t.Kind == topics.KindBirth && isWill(j.msg.Payload) {
 		s.handleWill(ctx, dev)
-		return
+		return false
 	}
 	keys, err := s.DeviceKeys(ctx, dev)
 	if errors.Is(err, ErrNotFound) {
 		s.SecurityEvent(ctx, dev, ReasonUnknownDevice, "message on "+topic)
-		return
+		return false
 	}
 	if err != nil {
-		s.log.Error().Err(err).Str("device", dev).Msg("uplink dropped: key lookup failed")
-		return
+		return s.storeFailed(j, err, "key lookup failed")
 	}
 	m, err := envelope.Open(keys, topic, j.msg.Payload)
 	if err != nil {
@@ -103,60 +108,83 @@ func (s *Service) processUplink(ctx context.Context, t topics.Topic, j job) {
 			reason = ReasonOversized
 		}
 		s.SecurityEvent(ctx, dev, reason, err.Error()+" on "+topic)
-		return
+		return false
 	}
 	switch err := s.acceptNonce(ctx, dev, m.Nonce); {
 	case errors.Is(err, envelope.ErrReplay):
 		s.SecurityEvent(ctx, dev, ReasonReplay, err.Error()+" on "+topic)
-		return
+		return false
 	case errors.Is(err, envelope.ErrStale):
 		s.SecurityEvent(ctx, dev, ReasonStale, err.Error()+" on "+topic)
-		return
+		return false
 	case errors.Is(err, ErrNonceJump):
 		s.SecurityEvent(ctx, dev, ReasonNonceJump, err.Error()+" on "+topic)
-		return
+		return false
 	case errors.Is(err, ErrNotFound):
 		s.SecurityEvent(ctx, dev, ReasonUnknownDevice, "device removed; message on "+topic)
-		return
+		return false
 	case err != nil:
-		s.log.Error().Err(err).Str("device", dev).Msg("uplink dropped: replay check failed")
-		return
+		return s.storeFailed(j, err, "replay check failed")
 	}
 	s.m.uplink.WithLabelValues(t.Kind).Inc()
-	s.dispatch(ctx, dev, t.Kind, m)
+	j.opened, j.env, j.next = true, m, 0
+	return s.dispatch(ctx, dev, t.Kind, j)
 }
 
-// dispatch runs every handler of kind, in order, even when one fails: a
-// Redis hiccup in one service's handler must not hide the message from
-// the others. A bad body (CodeInvalid from any handler) is one security
-// event; other failures are counted and logged once, joined.
-func (s *Service) dispatch(ctx context.Context, dev, kind string, m envelope.Message) {
+// storeFailed decides the fate of j after a store error: a retry when
+// the error is transient, a counted drop otherwise.
+func (s *Service) storeFailed(j *job, err error, what string) (retry bool) {
+	j.lastErr = err
+	if transient(err) {
+		if j.since.IsZero() {
+			s.log.Warn().Err(err).Str("device", deviceOf(j.msg.Topic)).Str("kind", kindOf(j.msg.Topic)).
+				Msg("uplink held for retry: " + what)
+		}
+		return true
+	}
+	s.dropUplink(*j, DropError, err)
+	return false
+}
+
+// dispatch runs the handlers of kind on j's opened message, from j.next,
+// every one even when another fails: a bad body in one service's handler
+// must not hide the message from the others. Bad bodies (CodeInvalid) are
+// one security event; a transient store failure stops here so that the
+// retry resumes at that handler (retry.go); any other failure is counted
+// and logged, and the next handler runs.
+func (s *Service) dispatch(ctx context.Context, dev, kind string, j *job) (retry bool) {
 	s.mu.RLock()
 	hs := s.uplink[kind]
 	s.mu.RUnlock()
 	if len(hs) == 0 {
 		s.log.Debug().Str("device", dev).Str("kind", kind).Msg("no handler for uplink kind")
-		return
+		return false
 	}
 	start := time.Now()
 	defer func() { s.m.handlerLatency.WithLabelValues(kind).Observe(time.Since(start).Seconds()) }()
 	var invalid, failed []error
-	for _, h := range hs {
-		switch err := h(ctx, dev, m); {
+	defer func() {
+		if len(invalid) > 0 {
+			s.SecurityEvent(ctx, dev, ReasonInvalidBody, kind+": "+errors.Join(invalid...).Error())
+		}
+		if len(failed) > 0 {
+			s.m.handlerErrors.WithLabelValues(kind).Add(float64(len(failed)))
+			s.log.Error().Err(errors.Join(failed...)).Str("device", dev).Str("kind", kind).Msg("uplink handler failed")
+		}
+	}()
+	for ; j.next < len(hs); j.next++ {
+		switch err := hs[j.next](ctx, dev, j.env); {
 		case err == nil:
 		case ErrorCode(err) == CodeInvalid:
 			invalid = append(invalid, err)
+		case transient(err):
+			s.m.handlerErrors.WithLabelValues(kind).Inc()
+			return s.storeFailed(j, err, "handler failed")
 		default:
 			failed = append(failed, err)
 		}
 	}
-	if len(invalid) > 0 {
-		s.SecurityEvent(ctx, dev, ReasonInvalidBody, kind+": "+errors.Join(invalid...).Error())
-	}
-	if len(failed) > 0 {
-		s.m.handlerErrors.WithLabelValues(kind).Add(float64(len(failed)))
-		s.log.Error().Err(errors.Join(failed...)).Str("device", dev).Str("kind", kind).Msg("uplink handler failed")
-	}
+	return false
 }
 
 func (s *Service) processOps(ctx context.Context, t topics.Topic, j job) {

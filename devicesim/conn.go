@@ -251,7 +251,7 @@ func (d *Device) acceptNonce(n uint64) error {
 	if err := w.Accept(n); err != nil {
 		return err
 	}
-	if err := d.fl.Save(RecordRxWindow, rxWindowRecord{High: w.High, Seen: w.Seen}); err != nil {
+	if err := d.fl.Save(RecordRxWindow, rxRecord(w)); err != nil {
 		return fmt.Errorf("persist rx window: %w", err)
 	}
 	d.rxWindow = w

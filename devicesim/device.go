@@ -144,7 +144,7 @@ type Device struct {
 	reboot   context.CancelCauseFunc // cancels the current boot session
 
 	rxMu     sync.Mutex // guards rxWindow; held while a downlink is checked and persisted
-	rxWindow envelope.Window
+	rxWindow envelope.RankWindow
 
 	online                                                 atomic.Bool
 	connects, reconnects, connectFailures, sent, pubErrors atomic.Int64
@@ -445,7 +445,7 @@ func (d *Device) powerOn() error {
 		return fmt.Errorf("load rx window: %w", err)
 	}
 	d.rxMu.Lock()
-	d.rxWindow = envelope.Window{High: w.High, Seen: w.Seen}
+	d.rxWindow = w.window()
 	d.rxMu.Unlock()
 	d.mu.Lock()
 	d.boot, d.bootedAt, d.nonces = b, d.clk.Now(), n

@@ -85,10 +85,26 @@ type nonceRecord struct {
 	Limit uint64 `json:"limit"`
 }
 
-// rxWindowRecord persists the downlink anti-replay window.
+// rxWindowRecord persists the downlink anti-replay window
+// (envelope.RankWindow). A record written before the rank window (Rank
+// false) holds an envelope.Window in High and Seen and is converted.
 type rxWindowRecord struct {
-	High uint64 `json:"high"`
-	Seen uint64 `json:"seen"`
+	High   uint64   `json:"high,omitempty"`
+	Seen   uint64   `json:"seen,omitempty"`
+	Rank   bool     `json:"rank,omitempty"`
+	Floor  uint64   `json:"floor,omitempty"`
+	Nonces []uint64 `json:"nonces,omitempty"`
+}
+
+func (r rxWindowRecord) window() envelope.RankWindow {
+	if !r.Rank {
+		return envelope.RankWindowFrom(envelope.Window{High: r.High, Seen: r.Seen})
+	}
+	return envelope.RankWindow{Floor: r.Floor, Seen: r.Nonces}
+}
+
+func rxRecord(w envelope.RankWindow) rxWindowRecord {
+	return rxWindowRecord{Rank: true, Floor: w.Floor, Nonces: w.Seen}
 }
 
 // loadRecord is flash.Load that treats a missing record as the zero value.

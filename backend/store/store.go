@@ -36,8 +36,11 @@ type Closer func() error
 //	host:port                                       standalone
 //	""                                              in-process miniredis, NOT durable
 //
-// The query options are go-redis's (dial_timeout, pool_size, ...).
+// The query options are go-redis's (dial_timeout, pool_size, ...); the
+// timeouts default to the bounds in bounds.go. Open also routes go-redis's
+// own log lines into log (SetLogger).
 func Open(ctx context.Context, rawURL string, log zerolog.Logger) (redis.UniversalClient, Closer, error) {
+	SetLogger(log)
 	if rawURL == "" {
 		return openMemory(ctx, log)
 	}
@@ -78,7 +81,7 @@ func newClient(rawURL string) (redis.UniversalClient, error) {
 		if err != nil {
 			return nil, err
 		}
-		return redis.NewClient(opt), nil
+		return redis.NewClient(boundClient(rawURL, opt)), nil
 	}
 	switch scheme {
 	case "redis", "rediss":
@@ -86,7 +89,7 @@ func newClient(rawURL string) (redis.UniversalClient, error) {
 		if err != nil {
 			return nil, err
 		}
-		return redis.NewClient(opt), nil
+		return redis.NewClient(boundClient(rawURL, opt)), nil
 	case "redis+cluster", "rediss+cluster":
 		return newCluster(strings.TrimSuffix(scheme, "+cluster"), rest)
 	case "redis+sentinel", "rediss+sentinel":
@@ -152,7 +155,7 @@ func newCluster(scheme, rest string) (redis.UniversalClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	return redis.NewClusterClient(opt), nil
+	return redis.NewClusterClient(boundCluster(u, opt)), nil
 }
 
 func newSentinel(scheme, rest string) (redis.UniversalClient, error) {
@@ -174,7 +177,7 @@ func newSentinel(scheme, rest string) (redis.UniversalClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	return redis.NewFailoverClient(opt), nil
+	return redis.NewFailoverClient(boundFailover(u, opt)), nil
 }
 
 // redact hides the password in a URL for logs and errors. Userinfo ends at
