@@ -160,6 +160,10 @@ func presenceDefaults(cfg *Config) error {
 	return nil
 }
 
+// ReplicaID is this replica's identity, as recorded in the hash of each
+// device it holds and in its heartbeat key.
+func (s *Service) ReplicaID() string { return s.cfg.Replica }
+
 // heartbeatTTL is how long a replica counts as alive after its last
 // heartbeat.
 func (s *Service) heartbeatTTL() time.Duration { return 3 * s.cfg.PresenceSweep }

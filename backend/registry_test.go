@@ -42,7 +42,7 @@ func TestProvision(t *testing.T) {
 		t.Fatal(err)
 	}
 	want, _ := envelope.DeriveKeys(psk)
-	if *k != want {
+	if !k.Equal(&want) {
 		t.Fatal("DeviceKeys does not match the provisioned PSK")
 	}
 
@@ -73,7 +73,7 @@ func TestProvision(t *testing.T) {
 	}
 	// The duplicate did not replace the key.
 	k2, err := h.s.DeviceKeys(context.Background(), "dev-1_A")
-	if err != nil || *k2 != want {
+	if err != nil || !k2.Equal(&want) {
 		t.Fatalf("key changed by duplicate provisioning: %v", err)
 	}
 

@@ -128,7 +128,10 @@ func TestConnectionStackAfterDeepAuth(t *testing.T) {
 	shallow := stackPerConn(t, n, 0)
 	deep := stackPerConn(t, n, 32)
 	t.Logf("stack per idle connection: %.0f B with a shallow auth, %.0f B with a 32 KiB one", shallow, deep)
-	if deep > shallow+2048 {
+	// The two runs differ by a few KiB from run to run (which stacks a
+	// collection during the connects happened to shrink); the failure this
+	// guards against is the whole auth depth kept, +32 KiB or more.
+	if deep > shallow+8192 {
 		t.Errorf("a 32 KiB-deep auth leaves %.0f B of stack per connection, a shallow one %.0f B", deep, shallow)
 	}
 	limit := 24.0 * 1024 // 16 KiB + 8 KiB

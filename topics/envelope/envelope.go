@@ -63,6 +63,12 @@ type Keys struct {
 	d *derived
 }
 
+// Equal reports whether k and o hold the same key material (their derived
+// state is not compared: it follows from the keys).
+func (k *Keys) Equal(o *Keys) bool {
+	return k.MAC == o.MAC && k.Enc == o.Enc && k.Password == o.Password
+}
+
 // DeriveKeys derives the MAC, encryption and password keys from a PSK with
 // HKDF-SHA256 (no salt) under distinct info labels.
 func DeriveKeys(psk []byte) (Keys, error) {

@@ -299,8 +299,10 @@ func (h *Harness) Snapshot() map[string]string {
 
 // AssertUnchanged fails t for every key under the test prefix created,
 // changed or deleted since before, except the audit and security logs
-// (which a refused request does append to) and keys ending with ignore.
+// (which a refused request does append to), the fleet's replica heartbeat
+// (renewed on a timer) and keys ending with ignore.
 func (h *Harness) AssertUnchanged(t *testing.T, before map[string]string, ignore ...string) {
 	t.Helper()
-	backendtest.AssertUnchanged(t, h.Redis, h.Prefix, before, append([]string{":audit", h.Keys.Security()}, ignore...)...)
+	always := []string{":audit", h.Keys.Security(), h.Keys.Replica(h.Fleet.ReplicaID())}
+	backendtest.AssertUnchanged(t, h.Redis, h.Prefix, before, append(always, ignore...)...)
 }
