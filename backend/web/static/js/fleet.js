@@ -27,6 +27,8 @@ export async function fleetPage(root, ctx) {
   const saved = sessionStorage.getItem("ecowatt.fleet");
   if (saved) try { Object.assign(state, JSON.parse(saved)); } catch { /* ignore */ }
   if (!PAGE_SIZES.includes(state.limit)) state.limit = 50;
+  // A state saved by an older page may sort by a column the server cannot.
+  if (!COLUMNS.some((c) => c.sort === state.sort)) state.sort = "id";
   // cursors[i] is the cursor of page i+1 ("" for the first); next is the
   // cursor the server gave for the page after the one shown.
   let cursors = [""];
