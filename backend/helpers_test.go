@@ -17,7 +17,7 @@ import (
 )
 
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	s      *Service
 	bus    *backendtest.TestBus[Message]
 	rdb    redis.UniversalClient
@@ -28,13 +28,13 @@ type harness struct {
 
 // newHarness runs a Service against the test Redis and a real broker;
 // mods adjust its Config.
-func newHarness(t *testing.T, mods ...func(*Config)) *harness {
+func newHarness(t testing.TB, mods ...func(*Config)) *harness {
 	t.Helper()
 	return newHarnessClock(t, nil, mods...)
 }
 
 // newHarnessClock is newHarness with the service's clock (nil: time.Now).
-func newHarnessClock(t *testing.T, now func() time.Time, mods ...func(*Config)) *harness {
+func newHarnessClock(t testing.TB, now func() time.Time, mods ...func(*Config)) *harness {
 	t.Helper()
 	rdb, prefix := redistest.Client(t)
 	var err error

@@ -282,7 +282,7 @@ func TestDashboard(t *testing.T) {
 		b.waitJS(t, 30*time.Second, "output power shown for every device",
 			`[...document.querySelectorAll("#fleet-table tr[data-device] td.num")].every(td => td.textContent.endsWith(" W"))`,
 			`[...document.querySelectorAll("#fleet-table td.num")].map(td => td.textContent).join(",")`)
-		b.run(t, "filter", chromedp.SendKeys(chromedp.CSS("#fleet-q"), "0002"))
+		b.run(t, "filter", chromedp.SendKeys(chromedp.CSS("#fleet-q"), "id~web-0002"))
 		b.waitJS(t, 5*time.Second, "filter to one row", `document.querySelectorAll("#fleet-table tr[data-device]").length === 1`, "")
 		b.run(t, "clear filter", setValue("#fleet-q", ""))
 		b.waitJS(t, 5*time.Second, "all rows back", fmt.Sprintf(`document.querySelectorAll("#fleet-table tr[data-device]").length === %d`, n), "")

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sort"
 	"text/tabwriter"
 	"time"
 
@@ -19,7 +18,9 @@ type provisioned struct {
 }
 
 func deviceAdd(ctx context.Context, e env, args []string) error {
-	k := newCall(e, "device add", "device add [ID | --count N --prefix P] [--keys-out FILE]", false)
+	k := newCall(e, "device add", "device add [ID | --count N --prefix P] [--label KEY=VALUE ...] [--keys-out FILE]", false)
+	var labels labelFlags
+	k.fs.Var(&labels, "label", "a label KEY=VALUE for every new device (repeat the flag for more)")
 	count := k.fs.Int("count", 0, "provision this many devices named PREFIX-0001...")
 	prefix := k.fs.String("prefix", "dev", "ID prefix with --count")
 	keysOut := k.fs.String("keys-out", "", "merge the new keys into this JSON file {\"ID\":\"hexkey\"} (for devicesim)")
@@ -38,6 +39,9 @@ func deviceAdd(ctx context.Context, e env, args []string) error {
 	default:
 		return k.usage("give one ID, or --count N (with --prefix)")
 	}
+	if err := labels.err(); err != nil {
+		return k.usage(err.Error())
+	}
 	keys := map[string]string{}
 	if *keysOut != "" {
 		if err := readKeys(*keysOut, keys); err != nil {
@@ -47,7 +51,7 @@ func deviceAdd(ctx context.Context, e env, args []string) error {
 	start := time.Now()
 	for i, id := range ids {
 		var p provisioned
-		if err := k.c.do(ctx, "POST", apiPath("devices"), map[string]string{"id": id}, &p); err != nil {
+		if err := k.c.do(ctx, "POST", apiPath("devices"), provisionBody(id, labels), &p); err != nil {
 			return fmt.Errorf("device add %s: %w", id, err)
 		}
 		keys[p.ID] = p.Key
@@ -95,32 +99,16 @@ func writeKeys(path string, keys map[string]string) error {
 	return nil
 }
 
-// deviceListDoc is the API's device list.
-type deviceListDoc struct {
-	Devices []backend.Device `json:"devices"`
-}
-
-func deviceList(ctx context.Context, e env, args []string) error {
-	k := newCall(e, "device list", "device list [-o table|json]", true)
-	if _, err := k.parse(args, 0, 0); err != nil {
-		return err
-	}
-	return show(ctx, k, "GET", apiPath("devices"), nil, func(w io.Writer, l deviceListDoc) error {
-		sort.Slice(l.Devices, func(i, j int) bool { return l.Devices[i].ID < l.Devices[j].ID })
-		return printDevices(w, l.Devices...)
-	})
-}
-
 // printDevices draws the table of devices; -o json prints the documents whole.
 func printDevices(w io.Writer, ds ...backend.Device) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tONLINE\tFIRMWARE\tCONFIG\tBOOTS\tLAST SEEN")
+	fmt.Fprintln(tw, "ID\tONLINE\tFIRMWARE\tCONFIG\tBOOTS\tLAST SEEN\tLABELS")
 	for _, d := range ds {
 		seen := "never"
 		if d.LastSeen != nil && !d.LastSeen.IsZero() {
 			seen = time.Since(*d.LastSeen).Round(time.Second).String() + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%v\t%s\tv%d\t%d\t%s\n", d.ID, d.Online, d.FirmwareVersion, d.ConfigVersion, d.BootCount, seen)
+		fmt.Fprintf(tw, "%s\t%v\t%s\tv%d\t%d\t%s\t%s\n", d.ID, d.Online, d.FirmwareVersion, d.ConfigVersion, d.BootCount, seen, formatLabels(d.Labels))
 	}
 	return tw.Flush()
 }

@@ -50,10 +50,14 @@ func commandTree() []command {
 	return []command{
 		{name: "serve", summary: "run broker, backend and HTTP API in one process", run: runServe},
 		{name: "device", summary: "provision and inspect devices", sub: []command{
-			{name: "add", summary: "provision one device, or --count N of them, and print their keys", run: deviceAdd},
-			{name: "list", summary: "every device with its presence, firmware and config version", run: deviceList},
+			{name: "add", summary: "provision one device, or --count N of them (with --label), and print their keys", run: deviceAdd},
+			{name: "label", summary: "set (KEY=VALUE) or delete (KEY-) a device's labels", run: deviceLabel},
+			{name: "list", summary: "the devices a --selector matches, page by page, with presence, firmware, config version and labels", run: deviceList},
 			{name: "show", summary: "one device", run: deviceShow},
 			{name: "events", summary: "a device's audit timeline, oldest first", run: deviceEvents},
+		}},
+		{name: "fleet", summary: "fleet-wide views", sub: []command{
+			{name: "summary", summary: "device counts by online, firmware, config and FOTA state (of a --selector)", run: fleetSummary},
 		}},
 		{name: "telemetry", summary: "show a device's telemetry as a table", run: runTelemetry},
 		{name: "events", summary: "follow the live event stream (config, commands, FOTA, security, presence)", run: runEvents},

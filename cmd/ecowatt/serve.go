@@ -41,6 +41,7 @@ type serveConfig struct {
 	runtime                               runtimeConfig
 	presence                              presenceConfig
 	configSweep, configLease              time.Duration
+	indexRepair                           time.Duration
 	telemetryRetention                    time.Duration
 	demo                                  int
 	uplinkWorkers                         int
@@ -65,6 +66,7 @@ func runServe(ctx context.Context, e env, args []string) error {
 	fs.StringVar(&c.logFormat, "log-format", "console", "console or json")
 	fs.DurationVar(&c.configSweep, "config-sweep", 30*time.Second, "how often unacknowledged config versions are sent again to online devices")
 	fs.DurationVar(&c.configLease, "config-lease", 0, "lifetime of the Redis lease that makes one replica run the config sweep (default: 3 --config-sweep)")
+	fs.DurationVar(&c.indexRepair, "index-repair-interval", 10*time.Minute, "how often the label and online indexes are checked against the device hashes and repaired (also once at start-up; one replica at a time, under a Redis lease)")
 	fs.StringVar(&c.readyFile, "ready-file", "", "write the bound addresses as JSON to this file once serving (for scripts and tests)")
 	fs.DurationVar(&c.telemetryRetention, "telemetry-retention", 7*24*time.Hour, "how long telemetry batches are kept in Redis")
 	fs.IntVar(&c.uplinkWorkers, "uplink-workers", 32, "device message workers (shards by device; each waits on Redis round trips, so more than the cores)")
@@ -80,6 +82,9 @@ func runServe(ctx context.Context, e env, args []string) error {
 	}
 	if err := c.presence.check(); err != nil {
 		return err
+	}
+	if c.indexRepair <= 0 {
+		return usageError{fmt.Sprintf("--index-repair-interval %s: must be positive", c.indexRepair)}
 	}
 	log, err := newLogger(e, c.logLevel, c.logFormat)
 	if err != nil {
@@ -265,6 +270,10 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	g.Go(func() error { return cmds.Run(gctx) })
 	g.Go(func() error { return cfgSvc.Run(gctx) })
 	g.Go(func() error { return fw.Run(gctx) })
+	// Index writes cannot share a device's slot on Redis Cluster, so a
+	// replica that dies between the two leaves an index wrong until this
+	// pass (docs/DECISIONS.md).
+	g.Go(func() error { return svc.RunIndexRepair(gctx, replica, c.indexRepair) })
 	if pprofLn != nil {
 		log.Warn().Str("addr", pprofLn.Addr().String()).Msg("profiling on /debug/pprof/ (--pprof-addr)")
 		g.Go(func() error { return servePprof(gctx, pprofLn) })

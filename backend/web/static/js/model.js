@@ -11,6 +11,7 @@ export function deviceView(d) {
   const f = d.fota || {};
   return {
     id: d.id,
+    labels: d.labels || {},
     online: !!d.online,
     firmware: d.firmware_version || "",
     reported, desired, drift: !!drift,
