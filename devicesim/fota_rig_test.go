@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -323,6 +324,26 @@ func (g *fotaRig) advanceUntil(what string, step time.Duration, cond func() bool
 		g.clk.Advance(step)
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// expireChunk lets exactly one request time out: it waits until chunk i
+// is the only chunk in flight and every other chunk is held (nothing else
+// can happen on its own), then moves the fake clock once, to chunk i's
+// deadline. The device asks for i again with a longer timeout that the
+// clock never reaches, so however slowly the resend lands under load it
+// is not timed out twice.
+func (g *fotaRig) expireChunk(i int) {
+	g.t.Helper()
+	var at time.Time
+	g.waitFor(fmt.Sprintf("chunk %d the only one missing", i), func() bool {
+		g.m.mu.Lock()
+		defer g.m.mu.Unlock()
+		f, ok := g.m.inflight[i]
+		at = f.deadline
+		return ok && len(g.m.inflight) == 1 && g.m.bits != nil &&
+			!g.m.bits.Has(i) && g.m.bits.Count() == g.m.bits.Len()-1
+	})
+	g.clk.Advance(at.Sub(g.clk.Now()))
 }
 
 // statuses returns every fota_status so far, each checked strictly.

@@ -54,6 +54,20 @@ func (r *run) publish(ctx context.Context, i int, topic string, start, deadline 
 	}
 	complete := true
 	for seq := 0; seq < cfg.Count; seq++ {
+		if ctx.Err() == nil && !c.IsConnected() {
+			// The connection is gone for good (no auto-reconnect): the rest
+			// of the schedule fails at once, as paho's Publish would with
+			// ErrNotConnected. Counting it by the schedule, not the clock,
+			// keeps the result independent of how long paho held the
+			// publish in flight when the connection died (its hand-off to
+			// the dead connection waits up to 30 s): lost messages stay
+			// owed to the subscribers, so the loss is reported.
+			n, all := remaining(seq, cfg.Count, offset, interval, cfg.Duration)
+			r.sent[i].Add(n)
+			r.pubErrs.Add(n)
+			complete = all
+			break
+		}
 		if interval > 0 {
 			next := start.Add(offset + time.Duration(seq)*interval)
 			if d := time.Until(next); d > 0 && !sleep(ctx, min(d, time.Until(deadline))) {
@@ -78,6 +92,21 @@ func (r *run) publish(ctx context.Context, i int, topic string, start, deadline 
 		settle(tok, deadline.Add(grace))
 	}
 	return complete
+}
+
+// remaining is how many of the messages seq..count-1 a publisher's
+// schedule issues within the send phase (slot offset+k*interval before
+// duration; every one when unpaced), and whether that is all of them.
+func remaining(seq, count int, offset, interval, duration time.Duration) (int64, bool) {
+	limit := count
+	if interval > 0 {
+		slots := 0 // k with offset+k*interval < duration
+		if duration > offset {
+			slots = int((duration - offset + interval - 1) / interval)
+		}
+		limit = min(count, slots)
+	}
+	return int64(max(limit-seq, 0)), limit == count
 }
 
 // sleep sleeps for d unless ctx ends first; it reports whether it slept.
