@@ -184,10 +184,10 @@ func (s *Server) dropSlow(cl *mqtt.Client, detail string) {
 	if s.isOperator(cl) {
 		kind = "operator"
 	}
+	cl.Stop(errSlowConsumer) // first: once it is reported, the client is gone
 	s.m.slowClients.WithLabelValues(kind).Inc()
 	s.reject(Rejection{Username: string(cl.Properties.Username), ClientID: cl.ID, Operator: kind == "operator",
 		Reason: ReasonSlowConsumer, Detail: detail})
-	cl.Stop(errSlowConsumer)
 }
 
 // redeliver delivers pk, which mochi could not queue for cl, by queueing it

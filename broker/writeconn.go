@@ -129,6 +129,13 @@ func (w *writeConn) closeRawLocked() {
 	}
 }
 
+// rawClosed reports whether the socket is closed.
+func (w *writeConn) rawClosed() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.rawDone
+}
+
 // drain writes the backlog until it is empty or the connection fails.
 func (w *writeConn) drain() {
 	w.mu.Lock()
