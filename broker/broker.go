@@ -13,8 +13,10 @@
 // is nearly full, and a message mochi still drops is queued again, in order,
 // instead of being lost. A subscriber that stops reading is cut off after
 // SlowClientTimeout (devices, 2 s by default) or OperatorSlowTimeout
-// (operators, 1 s), so a stalled viewer holds publishers at most that long
-// (see flow.go and docs/DECISIONS.md).
+// (operators, 1 s). Writes go through a per-connection backlog
+// (writeconn.go), so no publisher waits on a device's socket; a stalled
+// viewer holds publishers at most its timeout (see flow.go and
+// docs/DECISIONS.md).
 package broker
 
 import (
@@ -438,8 +440,8 @@ func (s *Server) Close() error {
 }
 
 // Publish publishes a message from the backend, bypassing the ACL. It may
-// block, at most about SlowClientTimeout, while a subscriber's queue
-// is full (backpressure).
+// block, at most about OperatorSlowTimeout, while an operator subscriber's
+// queue is full (backpressure); a device's socket never holds it.
 func (s *Server) Publish(ctx context.Context, topic string, payload []byte, qos byte) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("broker: publish %s: %w", topic, err)
