@@ -13,8 +13,10 @@
 // is nearly full, and a message mochi still drops is queued again, in order,
 // instead of being lost. A subscriber that stops reading is cut off after
 // SlowClientTimeout (devices, 2 s by default) or OperatorSlowTimeout
-// (operators, 1 s), so a stalled viewer holds publishers at most that long
-// (see flow.go and docs/DECISIONS.md).
+// (operators, 1 s). Writes go through a per-connection backlog
+// (writeconn.go), so no publisher waits on a device's socket; a stalled
+// viewer holds publishers at most its timeout (see flow.go and
+// docs/DECISIONS.md).
 package broker
 
 import (
@@ -100,9 +102,15 @@ type Config struct {
 	// coalesced before a write (the buffer exists only while packets are
 	// queued); default DefaultClientWriteBuffer.
 	ClientWriteBuffer int
-	// SlowClientTimeout is how long a publisher waits for a device
-	// subscriber whose queue makes no progress before that device is
-	// disconnected; default DefaultSlowClientTimeout.
+	// ClientWriteBacklog is the most bytes of written packets a
+	// connection holds while its socket is full (writeconn.go): a device
+	// beyond it is disconnected at once, an operator's writes wait; default
+	// DefaultClientWriteBacklog.
+	ClientWriteBacklog int
+	// SlowClientTimeout is how long a device's socket or outbound queue
+	// may make no progress before that device is disconnected; default
+	// DefaultSlowClientTimeout. No publisher waits on it: writes go through
+	// the connection's backlog.
 	SlowClientTimeout time.Duration
 	// OperatorSlowTimeout is the same for operator subscribers (events),
 	// shorter because their publisher is a backend worker: a viewer that
@@ -144,8 +152,12 @@ const (
 	// command rarely large) is read through it in several reads, and
 	// bufio reads a packet body larger than the buffer straight from the
 	// socket. mochi's default is 2 KiB.
-	DefaultClientReadBuffer    = 512
-	DefaultClientWriteBuffer   = 2 << 10         // mochi's default
+	DefaultClientReadBuffer  = 512
+	DefaultClientWriteBuffer = 2 << 10 // mochi's default
+	// DefaultClientWriteBacklog holds a full FOTA window (fota.MaxWindow
+	// chunks of 16 KiB) twice over beyond the kernel's socket buffer; the
+	// backlog is allocated only while the socket is full.
+	DefaultClientWriteBacklog  = 256 << 10
 	DefaultSlowClientTimeout   = 2 * time.Second // the publisher is a backend worker
 	DefaultOperatorSlowTimeout = time.Second
 )
@@ -206,6 +218,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.ClientWriteBuffer <= 0 {
 		cfg.ClientWriteBuffer = DefaultClientWriteBuffer
+	}
+	if cfg.ClientWriteBacklog <= 0 {
+		cfg.ClientWriteBacklog = DefaultClientWriteBacklog
 	}
 	if cfg.AddressThrottle == (Throttle{}) {
 		cfg.AddressThrottle = DefaultAddressThrottle
@@ -328,7 +343,7 @@ func (s *Server) openListeners() error {
 			s.tls = ln
 		}
 		if s.tls != nil {
-			s.tls = tls.NewListener(s.tls, tlsConf)
+			s.tls = tls.NewListener(&writeListener{Listener: s.tls, s: s}, tlsConf)
 		}
 	} else if s.tls != nil {
 		_ = s.tls.Close()
@@ -341,7 +356,7 @@ func (s *Server) openListeners() error {
 		return nil
 	}
 	if s.tcp != nil {
-		if err := add(listeners.NewNet("tcp", s.tcp)); err != nil {
+		if err := add(listeners.NewNet("tcp", &writeListener{Listener: s.tcp, s: s})); err != nil {
 			return err
 		}
 	}
@@ -355,7 +370,7 @@ func (s *Server) openListeners() error {
 		if err != nil {
 			return fmt.Errorf("broker: listen ws %s: %w", s.cfg.WSAddr, err)
 		}
-		s.ws = newWSListener(ln)
+		s.ws = newWSListener(&writeListener{Listener: ln, s: s})
 		if err := add(listeners.NewNet("ws", s.ws)); err != nil {
 			_ = s.ws.Close()
 			return err
@@ -425,8 +440,8 @@ func (s *Server) Close() error {
 }
 
 // Publish publishes a message from the backend, bypassing the ACL. It may
-// block, at most about SlowClientTimeout, while a subscriber's queue
-// is full (backpressure).
+// block, at most about OperatorSlowTimeout, while an operator subscriber's
+// queue is full (backpressure); a device's socket never holds it.
 func (s *Server) Publish(ctx context.Context, topic string, payload []byte, qos byte) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("broker: publish %s: %w", topic, err)

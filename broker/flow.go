@@ -169,15 +169,25 @@ func (s *Server) admit(cl *mqtt.Client, id *identity) {
 	s.m.backpressure.Inc()
 	timeout := s.slowTimeout(id)
 	if err := s.waitPending(cl, limit-1, timeout); errors.Is(err, errSlowConsumer) {
-		s.dropSlow(cl, timeout)
+		s.dropSlow(cl, "queue made no progress in "+timeout.String())
 	}
 }
 
-// dropSlow disconnects a subscriber that stopped reading.
-func (s *Server) dropSlow(cl *mqtt.Client, timeout time.Duration) {
-	s.reject(Rejection{Username: string(cl.Properties.Username), ClientID: cl.ID, Operator: s.isOperator(cl),
-		Reason: ReasonSlowConsumer, Detail: "queue made no progress in " + timeout.String()})
-	cl.Stop(errSlowConsumer)
+// dropSlow disconnects a subscriber that stopped reading, counting it once
+// (the queue's admission and the socket's writer may both find it slow).
+func (s *Server) dropSlow(cl *mqtt.Client, detail string) {
+	if wc := writeConnOf(cl.Net.Conn); wc != nil && !wc.reportSlow() {
+		cl.Stop(errSlowConsumer)
+		return
+	}
+	kind := "device"
+	if s.isOperator(cl) {
+		kind = "operator"
+	}
+	cl.Stop(errSlowConsumer) // first: once it is reported, the client is gone
+	s.m.slowClients.WithLabelValues(kind).Inc()
+	s.reject(Rejection{Username: string(cl.Properties.Username), ClientID: cl.ID, Operator: kind == "operator",
+		Reason: ReasonSlowConsumer, Detail: detail})
 }
 
 // redeliver delivers pk, which mochi could not queue for cl, by queueing it
@@ -221,7 +231,7 @@ func (s *Server) redeliver(cl *mqtt.Client, pk packets.Packet) {
 			// QoS>0 stays inflight: a persistent session gets it on reconnect.
 			s.m.dropped.Inc()
 			if errors.Is(err, errSlowConsumer) {
-				s.dropSlow(cl, timeout)
+				s.dropSlow(cl, "queue made no progress in "+timeout.String())
 			}
 			return
 		}

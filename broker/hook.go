@@ -69,6 +69,9 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		return code
 	}
 	s.setIdentity(cl.Net.Conn, id)
+	if wc := writeConnOf(cl.Net.Conn); wc != nil {
+		wc.setClient(s.slowTimeout(id), id.device, func(detail string) { s.dropSlow(cl, detail) })
+	}
 	return nil
 }
 

@@ -14,6 +14,7 @@ type metrics struct {
 	redeliveries prometheus.Counter     // messages mochi would have dropped, delivered by redeliver
 	backpressure prometheus.Counter     // deliveries that waited for a full queue
 	dropped      prometheus.Counter     // messages lost despite it (client gone or stuck)
+	slowClients  *prometheus.CounterVec // clients cut off for not reading, by kind
 }
 
 func newMetrics(reg prometheus.Registerer, info *system.Info) (*metrics, error) {
@@ -34,7 +35,13 @@ func newMetrics(reg prometheus.Registerer, info *system.Info) (*metrics, error) 
 			Name: "ecowatt_broker_messages_dropped_total",
 			Help: "Messages not delivered to a device subscriber because it disconnected or stopped reading.",
 		}),
+		slowClients: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ecowatt_slow_clients_disconnected_total",
+			Help: "Clients disconnected because they stopped reading (socket or queue made no progress for the slow timeout, or a device's outbound backlog overflowed), by kind (device, operator).",
+		}, []string{"kind"}),
 	}
+	m.slowClients.WithLabelValues("device")
+	m.slowClients.WithLabelValues("operator")
 	for _, r := range Reasons() {
 		m.rejections.WithLabelValues(r) // rates work from the first scrape
 	}
@@ -43,7 +50,7 @@ func newMetrics(reg prometheus.Registerer, info *system.Info) (*metrics, error) 
 	}
 	load := func(p *int64) func() float64 { return func() float64 { return float64(atomic.LoadInt64(p)) } }
 	cs := []prometheus.Collector{
-		m.rejections, m.redeliveries, m.backpressure, m.dropped,
+		m.rejections, m.redeliveries, m.backpressure, m.dropped, m.slowClients,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ecowatt_broker_clients_connected",
 			Help: "MQTT clients connected now.",

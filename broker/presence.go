@@ -159,7 +159,7 @@ func disconnectCause(cause, err error) string {
 		return CauseShutdown
 	case errors.As(cause, &ne) && ne.Timeout():
 		return CauseKeepalive
-	case errors.Is(cause, packets.ErrPacketTooLarge), errors.Is(cause, packets.ErrRejectPacket):
+	case errors.Is(cause, packets.ErrPacketTooLarge), errors.Is(cause, packets.ErrRejectPacket), errors.Is(cause, errSlowConsumer):
 		return CauseRefused
 	}
 	var code packets.Code
