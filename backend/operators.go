@@ -12,25 +12,37 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-// Operator roles.
+// Role is an operator's role (topics.Role: one definition for MQTT and HTTP).
+type Role = topics.Role
+
+// Operator roles (see topics.Role).
 const (
-	RoleAdmin  = "admin"  // may change config, send commands, run rollouts
-	RoleViewer = "viewer" // may watch events
+	RoleViewer   = topics.RoleViewer
+	RoleOperator = topics.RoleOperator
+	RoleAdmin    = topics.RoleAdmin
 )
+
+// validRole checks a role given by a caller.
+func validRole(role Role) error {
+	if !role.Valid() {
+		return Errorf(CodeInvalid, "role", "role must be %q, %q or %q", RoleViewer, RoleOperator, RoleAdmin)
+	}
+	return nil
+}
 
 // EnsureOperator creates operator name, or resets its password and role
 // (the ECOWATT_OPERATOR=name:password bootstrap runs it at every start).
 // Names follow the device ID rules and must not be a device's ID
 // (CodeConflict); passwords are stored as bcrypt hashes.
-func (s *Service) EnsureOperator(ctx context.Context, name, password, role string) error {
+func (s *Service) EnsureOperator(ctx context.Context, name, password string, role Role) error {
 	if err := topics.ValidateID(name); err != nil {
 		return &Error{Code: CodeInvalid, Field: "name", Message: "operator name must be 1-64 characters of A-Z a-z 0-9 _ -", Err: err}
 	}
 	if password == "" || len(password) > 72 {
 		return Errorf(CodeInvalid, "password", "password must be 1-72 bytes")
 	}
-	if role != RoleAdmin && role != RoleViewer {
-		return Errorf(CodeInvalid, "role", "role must be %q or %q", RoleAdmin, RoleViewer)
+	if err := validRole(role); err != nil {
+		return err
 	}
 	hash, err := bcrypt.GenerateFromPassword([]byte(password), s.cfg.BcryptCost)
 	if err != nil {
@@ -45,7 +57,8 @@ func (s *Service) EnsureOperator(ctx context.Context, name, password, role strin
 	var created *redis.BoolCmd
 	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		created = p.HSetNX(ctx, key, "created_at", now)
-		p.HSet(ctx, key, "name", name, "hash", hash, "role", role, "updated_at", now)
+		p.HSet(ctx, key, "name", name, "hash", hash, "role", string(role), "updated_at", now)
+		p.ZAdd(ctx, s.keys.Operators(), redis.Z{Member: name})
 		return nil
 	})
 	if err != nil {
@@ -55,13 +68,18 @@ func (s *Service) EnsureOperator(ctx context.Context, name, password, role strin
 	// an account that existed before stays (that device undoes itself).
 	if err := s.nameFree(ctx, s.keys.Device(name), "name", clash, name); err != nil {
 		if created.Val() {
-			if derr := s.rdb.Del(ctx, key).Err(); derr != nil {
+			_, derr := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+				p.Del(ctx, key)
+				p.ZRem(ctx, s.keys.Operators(), name)
+				return nil
+			})
+			if derr != nil {
 				return Unavailable("ensure operator "+name+": undo", derr)
 			}
 		}
 		return err
 	}
-	s.log.Info().Str("operator", name).Str("role", role).Msg("operator account set")
+	s.log.Info().Str("operator", name).Str("role", string(role)).Msg("operator account set")
 	return nil
 }
 
@@ -71,7 +89,7 @@ func (s *Service) EnsureOperator(ctx context.Context, name, password, role strin
 // throttles the rest); this tells a name that exists from one that does
 // not, which operator names, like device IDs, are not meant to hide. A
 // wrong password is CodeUnauthorized.
-func (s *Service) AuthenticateOperator(ctx context.Context, name, password string) (string, error) {
+func (s *Service) AuthenticateOperator(ctx context.Context, name, password string) (Role, error) {
 	if topics.ValidateID(name) != nil {
 		return "", Errorf(CodeNotFound, "name", "no operator %q", name)
 	}
@@ -84,7 +102,8 @@ func (s *Service) AuthenticateOperator(ctx context.Context, name, password strin
 		return "", Errorf(CodeNotFound, "name", "no operator %q", name)
 	}
 	hash := []byte(hs)
-	role, _ := h[1].(string)
+	rs, _ := h[1].(string)
+	role := Role(rs)
 	if !s.verified.has(hash, password) {
 		s.m.passwordChecks.Inc()
 		err = bcrypt.CompareHashAndPassword(hash, []byte(password))
@@ -95,14 +114,14 @@ func (s *Service) AuthenticateOperator(ctx context.Context, name, password strin
 	if err != nil && !errors.Is(err, bcrypt.ErrMismatchedHashAndPassword) {
 		s.log.Error().Err(err).Str("operator", name).Msg("operator hash unreadable")
 	}
-	if err != nil || (role != RoleAdmin && role != RoleViewer) {
+	if err != nil || !role.Valid() {
 		return "", Errorf(CodeUnauthorized, "", "wrong operator name or password")
 	}
 	return role, nil
 }
 
 // OperatorRole returns the role of an existing operator.
-func (s *Service) OperatorRole(ctx context.Context, name string) (string, error) {
+func (s *Service) OperatorRole(ctx context.Context, name string) (Role, error) {
 	if topics.ValidateID(name) != nil {
 		return "", Errorf(CodeNotFound, "name", "no operator %q", name)
 	}
@@ -113,7 +132,7 @@ func (s *Service) OperatorRole(ctx context.Context, name string) (string, error)
 		}
 		return "", Unavailable("operator role", err)
 	}
-	return role, nil
+	return Role(role), nil
 }
 
 // verifiedPasswords remembers (stored hash, password) pairs bcrypt has

@@ -168,7 +168,11 @@ func TestOperators(t *testing.T) {
 			}
 		})
 	}
-	for _, tc := range []struct{ name, user, pass, role, field string }{
+	for _, tc := range []struct {
+		name, user, pass string
+		role             Role
+		field            string
+	}{
 		{"bad role", "bob", "pw", "root", "role"},
 		{"bad name", "b b", "pw", RoleViewer, "name"},
 		{"empty password", "bob", "", RoleViewer, "password"},

@@ -174,7 +174,7 @@ func (s *Service) processOps(ctx context.Context, t topics.Topic, j job) {
 		// The broker lets only admins publish on ops topics; the role is
 		// checked again here, once for every kind, because an external
 		// broker's ACL is not ours.
-		if err = s.checkAdmin(ctx, op, t.Kind); err == nil {
+		if err = s.checkOps(ctx, op, t.Kind); err == nil {
 			err = h(ctx, dev, op, j.msg.Payload)
 		}
 	}
@@ -199,8 +199,8 @@ const MaxNonceJump = 1 << 32
 // high-water mark.
 var ErrNonceJump = errors.New("nonce jumps too far ahead")
 
-// checkAdmin allows only a known admin operator to send ops messages.
-func (s *Service) checkAdmin(ctx context.Context, operator, kind string) error {
+// checkOps allows only a known operator or admin to send ops messages.
+func (s *Service) checkOps(ctx context.Context, operator, kind string) error {
 	if operator == "" {
 		return Errorf(CodeForbidden, "", "anonymous operator messages are not accepted")
 	}
@@ -208,8 +208,8 @@ func (s *Service) checkAdmin(ctx context.Context, operator, kind string) error {
 	if err != nil && ErrorCode(err) != CodeNotFound {
 		return err
 	}
-	if role != RoleAdmin {
-		return Errorf(CodeForbidden, "", "operator %q may not send %s messages", operator, kind)
+	if !role.AtLeast(RoleOperator) {
+		return Errorf(CodeForbidden, "", "operator %q (role %q) may not send %s messages; the role %q or %q may", operator, role, kind, RoleOperator, RoleAdmin)
 	}
 	return nil
 }

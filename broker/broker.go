@@ -34,6 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
+	"github.com/ecowatt/ecowatt/topics"
 	"github.com/ecowatt/ecowatt/topics/envelope"
 )
 
@@ -55,13 +56,14 @@ var ErrUnknownOperator = errors.New("unknown operator")
 // ErrClosed is returned by Start, Publish and Subscribe after Close.
 var ErrClosed = errors.New("broker closed")
 
-// Role is an operator's role.
-type Role string
+// Role is an operator's role, defined once in topics for every surface.
+type Role = topics.Role
 
-// Operator roles.
+// Operator roles (see topics.Role).
 const (
-	RoleAdmin  Role = "admin"  // may publish ops commands/config and read events
-	RoleViewer Role = "viewer" // may only read events
+	RoleAdmin    = topics.RoleAdmin    // as operator, and everything over HTTP
+	RoleOperator = topics.RoleOperator // may publish ops commands/config and read events
+	RoleViewer   = topics.RoleViewer   // may only read events
 )
 
 // OperatorAuth checks an operator's name and password.

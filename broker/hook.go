@@ -202,7 +202,7 @@ func authenticate(ctx context.Context, devices DeviceAuth, operators OperatorAut
 		// unknown name belongs to nobody.
 		return nil, &Rejection{Reason: reason, Operator: reason == ReasonBadPassword, throttleName: reason == ReasonBadPassword, Detail: "operator: " + err.Error()}, packets.ErrBadUsernameOrPassword
 	}
-	if role != RoleAdmin && role != RoleViewer {
+	if !role.Valid() {
 		return nil, &Rejection{Reason: ReasonAuthError, Operator: true, Detail: fmt.Sprintf("operator role %q", role)}, packets.ErrBadUsernameOrPassword
 	}
 	// An operator must not take over the broker's, the backend's, another

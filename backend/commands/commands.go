@@ -123,7 +123,7 @@ type Fleet interface {
 	Emit(ctx context.Context, dev, kind string, data any) error
 	Handle(kind string, h backend.UplinkHandler)
 	HandleOps(kind string, h backend.OpsHandler)
-	OperatorRole(ctx context.Context, name string) (string, error)
+	OperatorRole(ctx context.Context, name string) (backend.Role, error)
 }
 
 var _ Fleet = (*backend.Service)(nil)

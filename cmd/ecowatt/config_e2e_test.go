@@ -342,7 +342,7 @@ func serverRedis(t *testing.T, s *testServer) (redis.UniversalClient, string) {
 }
 
 // addOperator creates an operator account in the server's Redis.
-func addOperator(t *testing.T, s *testServer, name, password, role string) {
+func addOperator(t *testing.T, s *testServer, name, password string, role backend.Role) {
 	t.Helper()
 	rdb, prefix := serverRedis(t, s)
 	master := make([]byte, keyvault.KeySize)

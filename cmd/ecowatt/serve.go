@@ -287,10 +287,13 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	return err
 }
 
-type operatorSpec struct{ name, password, role string }
+type operatorSpec struct {
+	name, password string
+	role           topics.Role
+}
 
-// parseOperators reads "alice:secret,bob:pw:viewer". A trailing ":admin" or
-// ":viewer" is the role; anything else after the first colon is the
+// parseOperators reads "alice:secret,bob:pw:viewer". A trailing ":admin",
+// ":operator" or ":viewer" is the role (default admin); anything else after the first colon is the
 // password (which may hold colons but not commas).
 func parseOperators(s string) ([]operatorSpec, error) {
 	if s == "" {
@@ -299,14 +302,14 @@ func parseOperators(s string) ([]operatorSpec, error) {
 	var out []operatorSpec
 	for _, item := range strings.Split(s, ",") {
 		name, rest, ok := strings.Cut(item, ":")
-		op := operatorSpec{name: name, password: rest, role: string(broker.RoleAdmin)}
-		for _, r := range []broker.Role{broker.RoleAdmin, broker.RoleViewer} {
+		op := operatorSpec{name: name, password: rest, role: topics.RoleAdmin}
+		for _, r := range topics.Roles {
 			if p, found := strings.CutSuffix(rest, ":"+string(r)); found {
-				op.password, op.role = p, string(r)
+				op.password, op.role = p, r
 			}
 		}
 		if !ok || op.name == "" || op.password == "" {
-			return nil, usageError{"--operator / ECOWATT_OPERATOR: want NAME:PASSWORD[:admin|viewer], comma-separated"}
+			return nil, usageError{"--operator / ECOWATT_OPERATOR: want NAME:PASSWORD[:admin|operator|viewer], comma-separated"}
 		}
 		out = append(out, op)
 	}
@@ -332,7 +335,7 @@ func (a operatorAuth) AuthenticateOperator(ctx context.Context, name, password s
 	if errors.Is(err, backend.ErrNotFound) {
 		return "", fmt.Errorf("%w: %s", broker.ErrUnknownOperator, name)
 	}
-	return broker.Role(role), err
+	return role, err
 }
 
 // brokerBus is the embedded broker seen as the backend's Bus.
