@@ -171,11 +171,11 @@ func (s *Service) processOps(ctx context.Context, t topics.Topic, j job) {
 	case h == nil:
 		err = Errorf(CodeInvalid, "", "operator %s messages are not supported yet", t.Kind)
 	default:
-		// The broker lets only admins publish on ops topics; the role is
-		// checked again here, once for every kind, because an external
-		// broker's ACL is not ours.
+		// The broker lets only operators and admins publish on ops
+		// topics; the role is checked again here, once for every kind,
+		// because an external broker's ACL is not ours.
 		if err = s.checkOps(ctx, op, t.Kind); err == nil {
-			err = h(ctx, dev, op, j.msg.Payload)
+			err = h(WithOperator(ctx, op), dev, op, j.msg.Payload)
 		}
 	}
 	if err == nil {
