@@ -509,3 +509,36 @@ func TestLogin(t *testing.T) {
 		t.Fatalf("whoami = %d %s", r.status, r.body)
 	}
 }
+
+// TestOpenAPIRoles: each operation's x-role (and x-role-self) in
+// docs/openapi.yaml is its routeAccess entry; public ones have none and
+// `security: []`.
+func TestOpenAPIRoles(t *testing.T) {
+	doc := loadOpenAPI(t)
+	ops := map[string]map[string]any{} // normalised route -> operation
+	for path, item := range doc.Paths {
+		for _, m := range openAPIMethods {
+			if op, ok := item[m].(map[string]any); ok {
+				ops[normaliseRoute(strings.ToUpper(m)+" "+path)] = op
+			}
+		}
+	}
+	for p, acc := range routeAccess {
+		_, path, hasMethod := strings.Cut(p, " ")
+		if !hasMethod || !strings.HasPrefix(path, "/api/") {
+			continue
+		}
+		op, ok := ops[normaliseRoute(p)]
+		if !ok {
+			continue // TestOpenAPIMatchesRoutes reports it
+		}
+		role, _ := op["x-role"].(string)
+		self, _ := op["x-role-self"].(bool)
+		if role != string(acc.min) || self != acc.self {
+			t.Errorf("%s: openapi x-role %q x-role-self %v, routeAccess %q %v", p, role, self, acc.min, acc.self)
+		}
+		if sec, ok := op["security"].([]any); acc.min == public && (!ok || len(sec) != 0) {
+			t.Errorf("%s: public route without `security: []`", p)
+		}
+	}
+}
