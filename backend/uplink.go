@@ -182,7 +182,7 @@ func (s *Service) processOps(ctx context.Context, t topics.Topic, j job) {
 		return
 	}
 	s.log.Info().Err(err).Str("device", dev).Str("operator", op).Str("kind", t.Kind).Msg("operator message rejected")
-	if eerr := s.Emit(ctx, dev, t.Kind, rejection(op, err, j.msg.Payload)); eerr != nil {
+	if eerr := s.Emit(WithOperator(ctx, op), dev, t.Kind, rejection(op, err, j.msg.Payload)); eerr != nil {
 		s.log.Error().Err(eerr).Str("device", dev).Msg("emit operator rejection")
 	}
 }
