@@ -32,6 +32,7 @@ type Token struct {
 	Label     string     `json:"label,omitempty"`
 	CreatedAt time.Time  `json:"created_at"`
 	LastUsed  *time.Time `json:"last_used,omitempty"` // to the minute (see tokenTouchEvery)
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 }
 
 // Limits of operator accounts.
@@ -190,19 +191,30 @@ func (s *Service) DeleteOperator(ctx context.Context, name string) error {
 	return nil
 }
 
-// createTokenScript stores a token's digest.
-// KEYS: op hash, token map, token hash. ARGV: id, digest, now, max, name, label.
+// createTokenScript stores a token's digest, first dropping the map
+// entries of tokens that expired (sessions).
+// KEYS: op hash, token map, token hash. ARGV: id, digest, now, max, name,
+// label, ttl ms (0: none), token key prefix.
 var createTokenScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return 'missing' end
+local m = redis.call('HGETALL', KEYS[2])
+for i = 1, #m, 2 do
+  if redis.call('EXISTS', ARGV[8] .. m[i+1]) == 0 then redis.call('HDEL', KEYS[2], m[i]) end
+end
 if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then return 'full' end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[3], 'operator', ARGV[5], 'id', ARGV[1], 'created_at', ARGV[3], 'label', ARGV[6])
+if tonumber(ARGV[7]) > 0 then
+  redis.call('HSET', KEYS[3], 'expires_at', tonumber(ARGV[3]) + tonumber(ARGV[7]))
+  redis.call('PEXPIRE', KEYS[3], ARGV[7])
+end
 return 'ok'
 `)
 
 // CreateToken makes an API token for operator name and returns it with
 // its secret, the only time the secret is seen: only its digest is stored.
-func (s *Service) CreateToken(ctx context.Context, name, label string) (Token, string, error) {
+// A ttl > 0 makes it expire (dashboard sessions); 0 never.
+func (s *Service) CreateToken(ctx context.Context, name, label string, ttl time.Duration) (Token, string, error) {
 	if topics.ValidateID(name) != nil {
 		return Token{}, "", Errorf(CodeNotFound, "name", "no operator %q", name)
 	}
@@ -219,7 +231,7 @@ func (s *Service) CreateToken(ctx context.Context, name, label string) (Token, s
 	now := s.now().UTC()
 	res, err := createTokenScript.Run(ctx, s.rdb,
 		[]string{s.keys.Operator(name), s.keys.OperatorTokens(name), s.keys.Token(digest)},
-		id, digest, now.UnixMilli(), MaxTokens, name, label).Text()
+		id, digest, now.UnixMilli(), MaxTokens, name, label, ttl.Milliseconds(), s.keys.Token("")).Text()
 	if err != nil {
 		return Token{}, "", Unavailable("create token", err)
 	}
@@ -230,7 +242,12 @@ func (s *Service) CreateToken(ctx context.Context, name, label string) (Token, s
 		return Token{}, "", Errorf(CodeConflict, "", "operator %q has %d tokens; revoke one first", name, MaxTokens)
 	}
 	s.log.Info().Str("operator", name).Str("token", id).Str("by", OperatorFrom(ctx)).Msg("api token created")
-	return Token{ID: id, Operator: name, Label: label, CreatedAt: now.Truncate(time.Millisecond)}, secret, nil
+	t := Token{ID: id, Operator: name, Label: label, CreatedAt: now.Truncate(time.Millisecond)}
+	if ttl > 0 {
+		exp := t.CreatedAt.Add(ttl)
+		t.ExpiresAt = &exp
+	}
+	return t, secret, nil
 }
 
 // Tokens lists operator name's tokens, without their secrets.
@@ -247,7 +264,7 @@ func (s *Service) Tokens(ctx context.Context, name string) ([]Token, error) {
 	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for id, digest := range m {
 			ids = append(ids, id)
-			cmds = append(cmds, p.HMGet(ctx, s.keys.Token(digest), "created_at", "last_used", "label"))
+			cmds = append(cmds, p.HMGet(ctx, s.keys.Token(digest), "created_at", "last_used", "label", "expires_at"))
 		}
 		return nil
 	})
@@ -257,10 +274,11 @@ func (s *Service) Tokens(ctx context.Context, name string) ([]Token, error) {
 	out := make([]Token, 0, len(ids))
 	for i, id := range ids {
 		v := cmds[i].Val()
-		t := Token{ID: id, Operator: name, Label: str(v[2]), LastUsed: msTime(str(v[1]))}
-		if c := msTime(str(v[0])); c != nil {
-			t.CreatedAt = *c
+		c := msTime(str(v[0]))
+		if c == nil {
+			continue // expired
 		}
+		t := Token{ID: id, Operator: name, Label: str(v[2]), LastUsed: msTime(str(v[1])), ExpiresAt: msTime(str(v[3])), CreatedAt: *c}
 		out = append(out, t)
 	}
 	sortTokens(out)
@@ -290,6 +308,24 @@ func (s *Service) RevokeToken(ctx context.Context, name, id string) error {
 		return Errorf(CodeNotFound, "id", "operator %q has no token %q", name, id)
 	}
 	s.log.Info().Str("operator", name).Str("token", id).Str("by", OperatorFrom(ctx)).Msg("api token revoked")
+	return nil
+}
+
+// revokeSecretScript deletes the token a secret names (signing out).
+// KEYS: token hash. ARGV: token map key prefix.
+var revokeSecretScript = redis.NewScript(`
+local t = redis.call('HMGET', KEYS[1], 'operator', 'id')
+if not t[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HDEL', ARGV[1] .. t[1], t[2])
+return 1
+`)
+
+// RevokeSecret revokes the token whose secret is given, if it exists.
+func (s *Service) RevokeSecret(ctx context.Context, token string) error {
+	if err := revokeSecretScript.Run(ctx, s.rdb, []string{s.keys.Token(TokenDigest(token))}, s.keys.OperatorTokens("")).Err(); err != nil {
+		return Unavailable("revoke token", err)
+	}
 	return nil
 }
 

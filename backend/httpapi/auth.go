@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/ecowatt/ecowatt/backend"
 	"github.com/ecowatt/ecowatt/topics"
@@ -20,7 +21,8 @@ type Operators interface {
 	CreateOperator(ctx context.Context, name, password string, role backend.Role) (backend.Operator, error)
 	Operators(ctx context.Context) ([]backend.Operator, error)
 	DeleteOperator(ctx context.Context, name string) error
-	CreateToken(ctx context.Context, name, label string) (backend.Token, string, error)
+	CreateToken(ctx context.Context, name, label string, ttl time.Duration) (backend.Token, string, error)
+	RevokeSecret(ctx context.Context, token string) error
 	Tokens(ctx context.Context, name string) ([]backend.Token, error)
 	RevokeToken(ctx context.Context, name, id string) error
 }
@@ -31,6 +33,17 @@ var _ Operators = (*backend.Service)(nil)
 // (--admin-token) acts as in the audit trail, unless the request names
 // someone in OperatorHeader.
 const BootstrapName = "admin"
+
+// Dashboard sessions: the dashboard signs in with a name and password
+// and gets an expiring API token in an HttpOnly, SameSite=Strict cookie
+// (Secure over TLS). A state change authenticated by the cookie must also
+// carry CSRFHeader: a cross-site form cannot set a custom header, and
+// SameSite=Strict already keeps the cookie off cross-site requests.
+const (
+	SessionCookie = "ecowatt_session"
+	CSRFHeader    = "X-Ecowatt-Csrf"
+	SessionTTL    = 12 * time.Hour
+)
 
 // access is who may call a route.
 type access struct {
@@ -92,6 +105,18 @@ func newAuthenticator(log zerolog.Logger, bootstrapToken string, ops Operators) 
 // CodeUnauthorized error.
 func (a authenticator) authenticate(r *http.Request) (identity, error) {
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if r.Header.Get("Authorization") == "" {
+		if c, err := r.Cookie(SessionCookie); err == nil && c.Value != "" {
+			switch r.Method {
+			case http.MethodGet, http.MethodHead:
+			default:
+				if r.Header.Get(CSRFHeader) == "" {
+					return identity{}, backend.Errorf(backend.CodeForbidden, CSRFHeader, "a change made with the session cookie needs the %s header", CSRFHeader)
+				}
+			}
+			tok, ok = c.Value, true
+		}
+	}
 	if !ok || tok == "" {
 		return identity{}, backend.Errorf(backend.CodeUnauthorized, "", "missing bearer token")
 	}

@@ -83,7 +83,7 @@ func handleTokenCreate(log zerolog.Logger, o Operators) http.Handler {
 		if err := decodeOptional(w, r, &req); err != nil {
 			return nil, err
 		}
-		t, secret, err := o.CreateToken(r.Context(), r.PathValue("name"), req.Label)
+		t, secret, err := o.CreateToken(r.Context(), r.PathValue("name"), req.Label, 0)
 		if err != nil {
 			return nil, err
 		}
@@ -112,6 +112,67 @@ func handleTokenRevoke(log zerolog.Logger, o Operators) http.Handler {
 	})
 }
 
+// checkPassword is the shared part of login and session: one 401 for an
+// unknown name and a wrong password.
+func checkPassword(log zerolog.Logger, o Operators, r *http.Request, name, password string) (backend.Role, error) {
+	role, err := o.AuthenticateOperator(r.Context(), name, password)
+	if err != nil {
+		if c := backend.ErrorCode(err); c == backend.CodeNotFound || c == backend.CodeUnauthorized {
+			log.Warn().Str("operator", name).Str("remote", r.RemoteAddr).Msg("api login refused")
+			return "", backend.Errorf(backend.CodeUnauthorized, "", "wrong operator name or password")
+		}
+		return "", err
+	}
+	return role, nil
+}
+
+// handleSessionCreate signs the dashboard in: the session is an API token
+// that expires after SessionTTL, in an HttpOnly cookie JavaScript cannot
+// read.
+func handleSessionCreate(log zerolog.Logger, o Operators) http.Handler {
+	type request struct {
+		Name     string `json:"name"`
+		Password string `json:"password"`
+	}
+	return operatorsHandler(log, o, http.StatusCreated, func(w http.ResponseWriter, r *http.Request) (any, error) {
+		var req request
+		if err := decode(w, r, &req); err != nil {
+			return nil, err
+		}
+		role, err := checkPassword(log, o, r, req.Name, req.Password)
+		if err != nil {
+			return nil, err
+		}
+		_, secret, err := o.CreateToken(backend.WithOperator(r.Context(), req.Name), req.Name, "dashboard session", SessionTTL)
+		if err != nil {
+			return nil, err
+		}
+		http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: secret, Path: "/", MaxAge: int(SessionTTL.Seconds()),
+			HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil})
+		w.Header().Set("Cache-Control", "no-store")
+		return whoami{Operator: req.Name, Role: string(role)}, nil
+	})
+}
+
+// handleSessionDelete signs out: the session's token is revoked and the
+// cookie cleared.
+func handleSessionDelete(log zerolog.Logger, o Operators) http.Handler {
+	type response struct {
+		SignedOut string `json:"signed_out"`
+	}
+	return operatorsHandler(log, o, http.StatusOK, func(w http.ResponseWriter, r *http.Request) (any, error) {
+		id, _ := identityFrom(r.Context())
+		if c, err := r.Cookie(SessionCookie); err == nil && c.Value != "" {
+			if err := o.RevokeSecret(r.Context(), c.Value); err != nil {
+				return nil, err
+			}
+		}
+		http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: "", Path: "/", MaxAge: -1,
+			HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil})
+		return response{SignedOut: id.name}, nil
+	})
+}
+
 // handleLogin checks a name and password and hands out a new API token
 // for that operator (ecowatt login). Unknown names and wrong passwords get
 // the same 401.
@@ -126,19 +187,15 @@ func handleLogin(log zerolog.Logger, o Operators) http.Handler {
 		if err := decode(w, r, &req); err != nil {
 			return nil, err
 		}
-		role, err := o.AuthenticateOperator(r.Context(), req.Name, req.Password)
+		role, err := checkPassword(log, o, r, req.Name, req.Password)
 		if err != nil {
-			if c := backend.ErrorCode(err); c == backend.CodeNotFound || c == backend.CodeUnauthorized {
-				log.Warn().Str("operator", req.Name).Str("remote", r.RemoteAddr).Msg("api login refused")
-				return nil, backend.Errorf(backend.CodeUnauthorized, "", "wrong operator name or password")
-			}
 			return nil, err
 		}
 		if req.Label == "" {
 			req.Label = "login"
 		}
 		ctx := backend.WithOperator(r.Context(), req.Name)
-		t, secret, err := o.CreateToken(ctx, req.Name, req.Label)
+		t, secret, err := o.CreateToken(ctx, req.Name, req.Label, 0)
 		if err != nil {
 			return nil, err
 		}

@@ -29,6 +29,7 @@ import (
 // bootstrap admin token, a revoked token and a provisioned device.
 type roleFixture struct {
 	srv    *httptest.Server
+	h      http.Handler
 	svc    *backend.Service
 	rdb    redis.UniversalClient
 	prefix string
@@ -80,13 +81,13 @@ func newRoleFixture(t *testing.T) *roleFixture {
 		if _, err := svc.CreateOperator(ctx, name, "pw-"+name, role); err != nil {
 			t.Fatal(err)
 		}
-		_, secret, err := svc.CreateToken(ctx, name, "test")
+		_, secret, err := svc.CreateToken(ctx, name, "test", 0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		f.tokens[name] = "Bearer " + secret
 	}
-	tk, secret, err := svc.CreateToken(ctx, callerViewer, "leaked")
+	tk, secret, err := svc.CreateToken(ctx, callerViewer, "leaked", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,8 +98,9 @@ func newRoleFixture(t *testing.T) *roleFixture {
 	if _, err := svc.Provision(ctx, "dev-1"); err != nil {
 		t.Fatal(err)
 	}
-	f.srv = httptest.NewServer(NewServer(Deps{Fleet: svc, AdminToken: token, Gatherer: reg, Configs: cfgs,
-		Logger: zerolog.New(zerolog.NewTestWriter(t))}))
+	f.h = NewServer(Deps{Fleet: svc, AdminToken: token, Gatherer: reg, Configs: cfgs,
+		Logger: zerolog.New(zerolog.NewTestWriter(t))})
+	f.srv = httptest.NewServer(f.h)
 	t.Cleanup(f.srv.Close)
 	return f
 }
@@ -177,7 +179,7 @@ func TestRoleTable(t *testing.T) {
 			t.Errorf("routeAccess lists %q, which routes.go does not register", p)
 		}
 	}
-	wantPublic := []string{"GET /healthz", "GET /readyz", "GET /metrics", "GET /{$}", "GET /static/", "POST /api/v1/login"}
+	wantPublic := []string{"GET /healthz", "GET /readyz", "GET /metrics", "GET /{$}", "GET /static/", "POST /api/v1/login", "POST /api/v1/session"}
 	var gotPublic []string
 	for _, p := range slices.Sorted(maps.Keys(routeAccess)) {
 		acc := routeAccess[p]
@@ -191,7 +193,7 @@ func TestRoleTable(t *testing.T) {
 			if acc.min != admin {
 				t.Errorf("%s: operator accounts need admin, table says %q", p, acc.min)
 			}
-		case method == "GET" || p == "/api/":
+		case method == "GET" || p == "/api/" || p == "DELETE /api/v1/session":
 			if acc.min != viewer {
 				t.Errorf("%s: a read should be open to viewers, table says %q", p, acc.min)
 			}
@@ -315,7 +317,7 @@ func TestViewerChangesNothing(t *testing.T) {
 	n := 0
 	for _, p := range registeredAPI(t) {
 		method, path, ok := routeSample(p)
-		if !ok || method == "GET" || routeAccess[p].min == public {
+		if !ok || method == "GET" || routeAccess[p].min == public || p == "DELETE /api/v1/session" {
 			continue
 		}
 		n++
@@ -540,5 +542,76 @@ func TestOpenAPIRoles(t *testing.T) {
 		if sec, ok := op["security"].([]any); acc.min == public && (!ok || len(sec) != 0) {
 			t.Errorf("%s: public route without `security: []`", p)
 		}
+	}
+}
+
+// TestDashboardSession: the dashboard's cookie is HttpOnly, SameSite=Strict
+// and Secure over TLS; a change made with it needs the CSRF header; signing
+// out revokes it.
+func TestDashboardSession(t *testing.T) {
+	f := newRoleFixture(t)
+	signIn := func(name, pw string) (*http.Cookie, result) {
+		r := f.do(t, callerNone, "POST", "/api/v1/session", fmt.Sprintf(`{"name":%q,"password":%q}`, name, pw))
+		for _, c := range (&http.Response{Header: r.header}).Cookies() {
+			if c.Name == SessionCookie {
+				return c, r
+			}
+		}
+		return nil, r
+	}
+	if c, r := signIn(callerOperator, "wrong"); r.status != http.StatusUnauthorized || c != nil {
+		t.Fatalf("wrong password = %d, cookie %v", r.status, c)
+	}
+	c, r := signIn(callerOperator, "pw-"+callerOperator)
+	if r.status != http.StatusCreated || c == nil || !strings.Contains(r.body, `"role":"operator"`) {
+		t.Fatalf("sign in = %d %s", r.status, r.body)
+	}
+	if !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Secure || c.Path != "/" || c.MaxAge <= 0 {
+		t.Errorf("cookie over plain HTTP %+v", c)
+	}
+	if strings.Contains(r.body, c.Value) {
+		t.Error("the session token is in the body, where JavaScript reads it")
+	}
+	withCookie := func(method, path, body string, csrf bool) result {
+		req, _ := http.NewRequest(method, f.srv.URL+path, strings.NewReader(body))
+		req.AddCookie(c)
+		if csrf {
+			req.Header.Set(CSRFHeader, "1")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return result{resp.StatusCode, resp.Header, string(b)}
+	}
+	if r := withCookie("GET", "/api/v1/whoami", "", false); r.status != http.StatusOK || !strings.Contains(r.body, callerOperator) {
+		t.Fatalf("whoami by cookie = %d %s", r.status, r.body)
+	}
+	before := f.snapshot(t)
+	if r := withCookie("PUT", "/api/v1/devices/dev-1/config", `{"sampling_interval":3}`, false); r.status != http.StatusForbidden || !strings.Contains(r.body, CSRFHeader) {
+		t.Fatalf("change without the CSRF header = %d %s", r.status, r.body)
+	}
+	if !maps.Equal(before, f.snapshot(t)) {
+		t.Error("refused change altered Redis")
+	}
+	if r := withCookie("PUT", "/api/v1/devices/dev-1/config", `{"sampling_interval":3}`, true); r.status != http.StatusOK {
+		t.Fatalf("change with the CSRF header = %d %s", r.status, r.body)
+	}
+	if r := withCookie("DELETE", "/api/v1/session", "", true); r.status != http.StatusOK || !strings.Contains(r.header.Get("Set-Cookie"), "Max-Age=0") {
+		t.Fatalf("sign out = %d %s %v", r.status, r.body, r.header)
+	}
+	if r := withCookie("GET", "/api/v1/whoami", "", false); r.status != http.StatusUnauthorized {
+		t.Fatalf("after sign out = %d", r.status)
+	}
+
+	// Over TLS the cookie is Secure.
+	req := httptest.NewRequest("POST", "https://ecowatt.example/api/v1/session", strings.NewReader(`{"name":"vera","password":"pw-vera"}`))
+	rec := httptest.NewRecorder()
+	f.h.ServeHTTP(rec, req)
+	cs := rec.Result().Cookies()
+	if rec.Code != http.StatusCreated || len(cs) != 1 || !cs[0].Secure {
+		t.Fatalf("TLS sign in = %d, cookies %+v", rec.Code, cs)
 	}
 }

@@ -24,12 +24,15 @@ const (
 // firmware and manages operator accounts. self: an operator may manage
 // its own tokens whatever its role.
 var routeAccess = map[string]access{
-	"GET /healthz":       {min: public},
-	"GET /readyz":        {min: public},
-	"GET /metrics":       {min: public},
-	"GET /{$}":           {min: public},
-	"GET /static/":       {min: public},
-	"POST /api/v1/login": {min: public},
+	"GET /healthz":         {min: public},
+	"GET /readyz":          {min: public},
+	"GET /metrics":         {min: public},
+	"GET /{$}":             {min: public},
+	"GET /static/":         {min: public},
+	"POST /api/v1/login":   {min: public},
+	"POST /api/v1/session": {min: public},
+	// Signing out changes only the caller's own session.
+	"DELETE /api/v1/session": {min: viewer},
 	// The mount of the whole API (and its JSON 404): any valid token.
 	"/api/":              {min: viewer},
 	"GET /api/v1/whoami": {min: viewer},
@@ -84,6 +87,7 @@ func addRoutes(m *http.ServeMux, d Deps) {
 	// route then checks its role (routeAccess).
 	api := authMux{http.NewServeMux(), auth}
 	api.Handle("GET /api/v1/whoami", handleWhoami())
+	api.Handle("DELETE /api/v1/session", handleSessionDelete(log, d.Operators))
 	api.Handle("GET /api/v1/devices", handleDevicesList(log, d.Fleet))
 	api.Handle("POST /api/v1/devices", handleDevicesCreate(log, d.Fleet))
 	api.Handle("GET /api/v1/devices/{id}", handleDeviceGet(log, d.Fleet, d.Telemetry))
@@ -122,6 +126,7 @@ func addRoutes(m *http.ServeMux, d Deps) {
 	mux.Handle("GET /api/v1/events", handleEventStream(log, d.Events, d.KeepAlive))
 	// Signing in with a name and password hands out a token.
 	mux.Handle("POST /api/v1/login", handleLogin(log, d.Operators))
+	mux.Handle("POST /api/v1/session", handleSessionCreate(log, d.Operators))
 
 	// The dashboard page is public; it signs in itself.
 	mux.Handle("GET /{$}", web.Handler())
