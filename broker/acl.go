@@ -50,7 +50,7 @@ type identity struct {
 // or operator, publishes only to concrete, valid EcoWatt topics:
 //
 //   - a device to ecowatt/v1/dev/{its id}/up/{kind};
-//   - an admin to ecowatt/v1/ops/{id}/{config|command};
+//   - an operator or admin to ecowatt/v1/ops/{id}/{config|command};
 //   - a viewer to nothing.
 func allowPublish(id *identity, topic string) bool {
 	t, err := topics.Parse(topic)
@@ -60,7 +60,7 @@ func allowPublish(id *identity, topic string) bool {
 	if id.device {
 		return t.Class == topics.ClassDevice && t.Dir == topics.Up && t.Device == id.name
 	}
-	return id.role == topics.RoleAdmin && t.Class == topics.ClassOps
+	return id.role.AtLeast(topics.RoleOperator) && t.Class == topics.ClassOps
 }
 
 // allowRead reports whether id may subscribe to filter, or receive a message
