@@ -98,10 +98,11 @@ type Service struct {
 	stopped chan struct{} // closed when Run returns; enqueue stops blocking
 	tracked atomic.Bool   // the broker reports connections: presence follows generations (presence.go)
 
-	mu      sync.RWMutex // guards uplink, ops and running
-	uplink  map[string][]UplinkHandler
-	ops     map[string]OpsHandler
-	running bool
+	mu        sync.RWMutex // guards uplink, ops, lifecycle and running
+	uplink    map[string][]UplinkHandler
+	ops       map[string]OpsHandler
+	lifecycle []LifecycleHandler
+	running   bool
 }
 
 // job is one message waiting for a worker. Oversized payloads are not

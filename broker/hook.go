@@ -183,6 +183,9 @@ func authenticate(ctx context.Context, devices DeviceAuth, operators OperatorAut
 			return nil, &Rejection{Reason: ReasonBadClientID,
 				Detail: fmt.Sprintf("device client id %q must equal its id", clientID)}, packets.ErrClientIdentifierNotValid
 		}
+		if rej := admit(ctx, devices, name); rej != nil {
+			return nil, rej, packets.ErrNotAuthorized
+		}
 		return &identity{device: true, name: name}, nil, packets.CodeSuccess
 	case !errors.Is(err, ErrUnknownDevice):
 		return nil, &Rejection{Reason: ReasonAuthError, Detail: err.Error()}, packets.ErrServerUnavailable

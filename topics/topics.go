@@ -53,6 +53,9 @@ const (
 	EventCommand  = "command"
 	EventFOTA     = "fota"
 	EventSecurity = "security"
+	// EventLifecycle records a device being disabled, enabled or
+	// decommissioned (backend.Service.Disable and the others).
+	EventLifecycle = "lifecycle"
 )
 
 // OperatorLevel is the fourth level of operator event topics,
@@ -87,7 +90,7 @@ var opsKinds = map[string]bool{KindConfig: true, KindCommand: true}
 
 var eventKinds = map[string]bool{
 	EventPresence: true, EventConfig: true, EventCommand: true,
-	EventFOTA: true, EventSecurity: true,
+	EventFOTA: true, EventSecurity: true, EventLifecycle: true,
 }
 
 // ValidateID reports whether id matches [A-Za-z0-9_-]{1,64}.

@@ -124,6 +124,7 @@ type Fleet interface {
 	Handle(kind string, h backend.UplinkHandler)
 	HandleOps(kind string, h backend.OpsHandler)
 	OperatorRole(ctx context.Context, name string) (string, error)
+	HandleLifecycle(h backend.LifecycleHandler)
 }
 
 var _ Fleet = (*backend.Service)(nil)
@@ -286,6 +287,7 @@ func (s *Service) Attach() {
 	s.fleet.Handle(topics.KindCommandResult, s.HandleResult)
 	s.fleet.Handle(topics.KindBirth, s.HandleBirth)
 	s.fleet.HandleOps(topics.KindCommand, s.HandleOps)
+	s.fleet.HandleLifecycle(s.handleLifecycle)
 }
 
 // Run drives delivery and the sweep until ctx is done: one goroutine sends

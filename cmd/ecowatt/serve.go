@@ -325,6 +325,21 @@ func (a deviceAuth) DeviceKeys(ctx context.Context, id string) (*envelope.Keys, 
 	return k, err
 }
 
+// AdmitDevice refuses a disabled or decommissioned device (read from
+// Redis at every connect, so a change on another replica counts at once).
+func (a deviceAuth) AdmitDevice(ctx context.Context, id string) error {
+	err := (*a.svc).DeviceAccess(ctx, id)
+	switch {
+	case errors.Is(err, backend.ErrDisabled):
+		return fmt.Errorf("%w: %s", broker.ErrDeviceDisabled, id)
+	case errors.Is(err, backend.ErrDecommissioned):
+		return fmt.Errorf("%w: %s", broker.ErrDeviceDecommissioned, id)
+	}
+	return err
+}
+
+var _ broker.DeviceGate = deviceAuth{}
+
 type operatorAuth struct{ svc **backend.Service }
 
 func (a operatorAuth) AuthenticateOperator(ctx context.Context, name, password string) (broker.Role, error) {
@@ -335,8 +350,11 @@ func (a operatorAuth) AuthenticateOperator(ctx context.Context, name, password s
 	return broker.Role(role), err
 }
 
-// brokerBus is the embedded broker seen as the backend's Bus.
+// brokerBus is the embedded broker seen as the backend's Bus; it can
+// close a device's session (backend.SessionCloser).
 type brokerBus struct{ *broker.Server }
+
+var _ backend.SessionCloser = brokerBus{}
 
 func (b brokerBus) Subscribe(filter string, h func(backend.Message)) error {
 	return b.Server.Subscribe(filter, func(m broker.Message) { h(backend.Message(m)) })
