@@ -44,6 +44,14 @@ func addRoutes(mux *http.ServeMux, d Deps) {
 	api.Handle("POST /api/v1/rollouts/{rid}/pause", handleRolloutAction(log, d.FOTA, "pause"))
 	api.Handle("POST /api/v1/rollouts/{rid}/resume", handleRolloutAction(log, d.FOTA, "resume"))
 	api.Handle("POST /api/v1/rollouts/{rid}/abort", handleRolloutAction(log, d.FOTA, "abort"))
+
+	// Device lifecycle (lifecycle.go): disable, enable, decommission and
+	// purge. Role: admin (they decide who may connect, or destroy a key).
+	lc := lifecycleOf(d)
+	api.Handle("POST /api/v1/devices/{id}/disable", handleDeviceDisable(log, lc))
+	api.Handle("POST /api/v1/devices/{id}/enable", handleDeviceEnable(log, lc))
+	api.Handle("DELETE /api/v1/devices/{id}", handleDeviceRemove(log, lc))
+
 	api.Handle("/api/", handleNotFound(log, api))
 	mux.Handle("/api/", requireAdmin(log, d.AdminToken, api))
 	// The live event stream also takes ?token= (EventSource sends no headers).

@@ -47,6 +47,9 @@ type Deps struct {
 	// FOTA serves firmware, device update and rollout routes; nil answers
 	// them with 503.
 	FOTA FOTA
+	// Lifecycle serves disable, enable and DELETE of devices; nil means
+	// Fleet when it has them (as *backend.Service does), else 503.
+	Lifecycle Lifecycle
 	// KeepAlive is the interval of event-stream keep-alive comments;
 	// default DefaultKeepAlive.
 	KeepAlive time.Duration
