@@ -25,10 +25,11 @@ type LabelChange struct {
 // KEYS: dev hash, audit stream. ARGV: old labels JSON ("" = none), new
 // labels JSON ("" = none), audit maxlen, at (unix ms), event data, by
 // (the event's operator, as Emit writes it; "" = none).
-// Returns false for no device, 0 when the labels moved meanwhile, else the
-// audit entry ID.
+// Returns false for no device, -1 for a decommissioned one, 0 when the
+// labels moved meanwhile, else the audit entry ID.
 var labelsScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('HGET', KEYS[1], 'state') == 'decommissioned' then return -1 end
 local cur = redis.call('HGET', KEYS[1], 'labels') or ''
 if cur ~= ARGV[1] then return 0 end
 if ARGV[2] == '' then redis.call('HDEL', KEYS[1], 'labels') else redis.call('HSET', KEYS[1], 'labels', ARGV[2]) end
@@ -42,8 +43,9 @@ return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'kind', 'labels'
 // value deletes the key) on behalf of operator by, and records the change
 // as a labels audit event. Bad keys or values, or more than
 // selector.MaxLabels labels after the patch, are CodeInvalid naming the
-// label; an unknown device is CodeNotFound. Either way nothing changes. A
-// patch that changes nothing records nothing.
+// label; an unknown device is CodeNotFound, a decommissioned one
+// CodeConflict. Either way nothing changes. A patch that changes nothing
+// records nothing.
 func (s *Service) PatchLabels(ctx context.Context, id string, patch map[string]*string, by string) (LabelChange, error) {
 	if topics.ValidateID(id) != nil {
 		return LabelChange{}, Errorf(CodeNotFound, "id", "no device %q", id)
@@ -80,6 +82,10 @@ func (s *Service) PatchLabels(ctx context.Context, id string, patch map[string]*
 		}
 		if err != nil {
 			return LabelChange{}, Unavailable("labels "+id, err)
+		}
+		if n, ok := res.(int64); ok && n == -1 {
+			return LabelChange{}, &Error{Code: CodeConflict, Field: "id", Err: ErrDecommissioned,
+				Message: "device " + id + " is decommissioned"}
 		}
 		evID, ok := res.(string)
 		if !ok {

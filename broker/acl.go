@@ -24,6 +24,8 @@ const (
 	ReasonSubscriptions   = "too_many_subscriptions" // a subscription beyond the account's limit
 	ReasonFilterTooLong   = "filter_too_long"        // a subscription filter above the account's limit
 	ReasonSessionTakeover = "session_takeover"       // a second authenticated connection replaced a live one
+	ReasonDisabled        = "disabled"               // a device with a valid token that an operator disabled
+	ReasonDecommissioned  = "decommissioned"         // a device with a valid token that was decommissioned (a replica's key cache still held its key)
 )
 
 // Reasons returns every Reason* value, for metrics and the docs test.
@@ -32,7 +34,7 @@ func Reasons() []string {
 		ReasonUnknownDevice, ReasonBadPassword, ReasonExpiredPassword, ReasonBadClientID,
 		ReasonAuthError, ReasonACLPublish, ReasonACLSubscribe, ReasonACLWill, ReasonACLRetain,
 		ReasonPacketTooLarge, ReasonSlowConsumer, ReasonThrottled, ReasonSubscriptions,
-		ReasonFilterTooLong, ReasonSessionTakeover,
+		ReasonFilterTooLong, ReasonSessionTakeover, ReasonDisabled, ReasonDecommissioned,
 	}
 }
 

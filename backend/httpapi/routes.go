@@ -19,10 +19,10 @@ const (
 // routeAccess is who may call each route: the one table of roles. Every
 // pattern registered in addRoutes must have an entry (authMux panics
 // otherwise, and TestRoleMatrix checks each against every role).
-// viewer reads everything; operator also changes config, sends commands
-// and starts updates and rollouts; admin also provisions, uploads
-// firmware and manages operator accounts. self: an operator may manage
-// its own tokens whatever its role.
+// viewer reads everything; operator also changes config and labels, sends
+// commands and starts updates and rollouts; admin also provisions, uploads
+// firmware, manages operator accounts and the device lifecycle. self: an
+// operator may manage its own tokens whatever its role.
 var routeAccess = map[string]access{
 	"GET /healthz":         {min: public},
 	"GET /readyz":          {min: public},
@@ -65,6 +65,11 @@ var routeAccess = map[string]access{
 	"POST /api/v1/rollouts/{rid}/pause":       {min: operator},
 	"POST /api/v1/rollouts/{rid}/resume":      {min: operator},
 	"POST /api/v1/rollouts/{rid}/abort":       {min: operator},
+
+	// Lifecycle decides who may connect, or destroys a key: admin.
+	"POST /api/v1/devices/{id}/disable": {min: admin},
+	"POST /api/v1/devices/{id}/enable":  {min: admin},
+	"DELETE /api/v1/devices/{id}":       {min: admin},
 
 	"GET /api/v1/operators":                        {min: admin},
 	"POST /api/v1/operators":                       {min: admin},
@@ -123,6 +128,14 @@ func addRoutes(m *http.ServeMux, d Deps) {
 	api.Handle("GET /api/v1/operators/{name}/tokens", handleTokenList(log, d.Operators))
 	api.Handle("POST /api/v1/operators/{name}/tokens", handleTokenCreate(log, d.Operators))
 	api.Handle("DELETE /api/v1/operators/{name}/tokens/{tid}", handleTokenRevoke(log, d.Operators))
+
+	// Device lifecycle (lifecycle.go): disable, enable, decommission and
+	// purge.
+	lc := lifecycleOf(d)
+	api.Handle("POST /api/v1/devices/{id}/disable", handleDeviceDisable(log, lc))
+	api.Handle("POST /api/v1/devices/{id}/enable", handleDeviceEnable(log, lc))
+	api.Handle("DELETE /api/v1/devices/{id}", handleDeviceRemove(log, lc))
+
 	api.Handle("/api/", handleNotFound(log, api.ServeMux))
 	mux.Handle("/api/", api)
 	// The live event stream also takes ?token= (EventSource sends no

@@ -58,6 +58,9 @@ type Deps struct {
 	// Queries serves the paged device list and the fleet summary; nil
 	// means Fleet when it has them (as *backend.Service does).
 	Queries FleetQueries
+	// Lifecycle serves disable, enable and DELETE of devices; nil means
+	// Fleet when it has them (as *backend.Service does), else 503.
+	Lifecycle Lifecycle
 	// KeepAlive is the interval of event-stream keep-alive comments;
 	// default DefaultKeepAlive.
 	KeepAlive time.Duration

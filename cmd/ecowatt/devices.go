@@ -114,13 +114,13 @@ func deviceList(ctx context.Context, e env, args []string) error {
 // printDevices draws the table of devices; -o json prints the documents whole.
 func printDevices(w io.Writer, ds ...backend.Device) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tONLINE\tFIRMWARE\tCONFIG\tBOOTS\tLAST SEEN")
+	fmt.Fprintln(tw, "ID\tSTATE\tONLINE\tFIRMWARE\tCONFIG\tBOOTS\tLAST SEEN")
 	for _, d := range ds {
 		seen := "never"
 		if d.LastSeen != nil && !d.LastSeen.IsZero() {
 			seen = time.Since(*d.LastSeen).Round(time.Second).String() + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%v\t%s\tv%d\t%d\t%s\n", d.ID, d.Online, d.FirmwareVersion, d.ConfigVersion, d.BootCount, seen)
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\tv%d\t%d\t%s\n", d.ID, d.State, d.Online, d.FirmwareVersion, d.ConfigVersion, d.BootCount, seen)
 	}
 	return tw.Flush()
 }

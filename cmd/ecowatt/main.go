@@ -49,11 +49,14 @@ type command struct {
 func commandTree() []command {
 	return []command{
 		{name: "serve", summary: "run broker, backend and HTTP API in one process", run: runServe},
-		{name: "device", summary: "provision and inspect devices", sub: []command{
+		{name: "device", summary: "provision, inspect, disable and remove devices", sub: []command{
 			{name: "add", summary: "provision one device, or --count N of them, and print their keys", run: deviceAdd},
 			{name: "list", summary: "every device with its presence, firmware and config version", run: deviceList},
 			{name: "show", summary: "one device", run: deviceShow},
 			{name: "events", summary: "a device's audit timeline, oldest first", run: deviceEvents},
+			{name: "disable", summary: "refuse a device's connections and close its session (--reason)", run: deviceDisable},
+			{name: "enable", summary: "let a disabled device connect again", run: deviceEnable},
+			{name: "remove", summary: "decommission a device: destroy its key, keep its history (--purge: delete everything)", run: deviceRemove},
 		}},
 		{name: "telemetry", summary: "show a device's telemetry as a table", run: runTelemetry},
 		{name: "events", summary: "follow the live event stream (config, commands, FOTA, security, presence)", run: runEvents},
