@@ -19,7 +19,8 @@ import (
 // the broker needs to let anyone in, so it is built first and needs no
 // broker: cmd/ecowatt builds Accounts, hands them to the broker, and then
 // builds the Service on that broker with the same Accounts
-// (Config.Accounts). Methods: DeviceKeys (registry.go), EnsureOperator,
+// (Config.Accounts). Methods: DeviceKeys (registry.go), DeviceAccess
+// (lifecycle.go), EnsureOperator,
 // AuthenticateOperator and OperatorRole (operators.go). A Service embeds
 // its Accounts, so they are its methods too.
 type Accounts struct {

@@ -134,9 +134,10 @@ type Service struct {
 
 	run RunGuard
 
-	mu     sync.RWMutex // guards uplink and ops
-	uplink map[string][]UplinkHandler
-	ops    map[string]OpsHandler
+	mu        sync.RWMutex // guards uplink, ops and lifecycle
+	uplink    map[string][]UplinkHandler
+	ops       map[string]OpsHandler
+	lifecycle []LifecycleHandler
 }
 
 // job is one message waiting for a worker. Oversized payloads are not

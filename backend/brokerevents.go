@@ -14,6 +14,7 @@ var brokerReasons = []string{
 	"unknown_device", "bad_password", "expired_password", "bad_client_id", "auth_error",
 	"acl_publish", "acl_subscribe", "acl_will", "acl_retain", "packet_too_large",
 	"slow_consumer", "throttled", "too_many_subscriptions", "filter_too_long", "session_takeover",
+	"disabled", "decommissioned",
 }
 
 // SecurityReasons returns every reason label of

@@ -16,25 +16,47 @@ import (
 // ecowatt/v1/events/operators/{name}/security) and streamed to
 // SubscribeEvents. Exactly one of Device and Operator is set.
 type Event struct {
-	ID       string          `json:"id,omitempty"` // audit stream entry; empty when the device is unknown
-	Device   string          `json:"device,omitempty"`
-	Operator string          `json:"operator,omitempty"`
-	Kind     string          `json:"kind"` // topics.Event*
-	At       time.Time       `json:"at"`
-	Data     json.RawMessage `json:"data,omitempty"`
+	ID       string    `json:"id,omitempty"` // audit stream entry; empty when the device is unknown
+	Device   string    `json:"device,omitempty"`
+	Operator string    `json:"operator,omitempty"`
+	Kind     string    `json:"kind"` // topics.Event*
+	At       time.Time `json:"at"`
+	// By is the operator whose request caused the event (WithOperator);
+	// empty for what devices and the backend do on their own.
+	By   string          `json:"by,omitempty"`
+	Data json.RawMessage `json:"data,omitempty"`
+}
+
+type operatorKey struct{}
+
+// WithOperator returns ctx carrying the name of the operator on whose
+// behalf it runs: the HTTP API sets it for every authenticated request, so
+// that Emit records who caused each event.
+func WithOperator(ctx context.Context, name string) context.Context {
+	return context.WithValue(ctx, operatorKey{}, name)
+}
+
+// OperatorFrom returns the operator WithOperator put in ctx, or "".
+func OperatorFrom(ctx context.Context) string {
+	name, _ := ctx.Value(operatorKey{}).(string)
+	return name
 }
 
 // auditScript appends to a device's audit stream only when the device
 // exists, so events about unknown devices create no keys.
-// KEYS: dev hash, audit stream. ARGV: maxlen, kind, at (unix ms), data.
+// KEYS: dev hash, audit stream. ARGV: maxlen, kind, at (unix ms), data, by.
 var auditScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'kind', ARGV[2], 'at', ARGV[3], 'data', ARGV[4])
+if ARGV[5] == '' then
+  return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'kind', ARGV[2], 'at', ARGV[3], 'data', ARGV[4])
+end
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'kind', ARGV[2], 'at', ARGV[3], 'data', ARGV[4], 'by', ARGV[5])
 `)
 
 // Emit records an audit event for dev: it appends it to the device's audit
 // stream (capped; only when the device exists), publishes it as JSON at
 // QoS 1 on topics.Event(dev, kind), and fans it out to SubscribeEvents.
+// The operator in ctx (WithOperator), if any, becomes the event's By.
 func (s *Service) Emit(ctx context.Context, dev, kind string, data any) error {
 	topic := topics.Event(dev, kind)
 	if _, err := topics.Parse(topic); err != nil {
@@ -44,9 +66,9 @@ func (s *Service) Emit(ctx context.Context, dev, kind string, data any) error {
 	if err != nil {
 		return fmt.Errorf("emit %s %s: %w", dev, kind, err)
 	}
-	ev := Event{Device: dev, Kind: kind, At: s.now().UTC(), Data: raw}
+	ev := Event{Device: dev, Kind: kind, At: s.now().UTC(), Data: raw, By: OperatorFrom(ctx)}
 	id, err := auditScript.Run(ctx, s.rdb, []string{s.keys.Device(dev), s.keys.Audit(dev)},
-		s.cfg.AuditMaxLen, kind, ev.At.UnixMilli(), raw).Text()
+		s.cfg.AuditMaxLen, kind, ev.At.UnixMilli(), raw, ev.By).Text()
 	if err != nil && err != redis.Nil {
 		return fmt.Errorf("emit %s %s: audit: %w", dev, kind, err)
 	}
@@ -82,6 +104,7 @@ func (s *Service) Events(ctx context.Context, dev string, count int64) ([]Event,
 	for _, m := range msgs {
 		ev := Event{ID: m.ID, Device: dev}
 		ev.Kind, _ = m.Values["kind"].(string)
+		ev.By, _ = m.Values["by"].(string)
 		if at, ok := m.Values["at"].(string); ok {
 			if t := msTime(at); t != nil {
 				ev.At = *t

@@ -23,23 +23,29 @@ type LabelChange struct {
 // caller read (check-and-set), and appends the audit event in the same
 // step, so a change is never without its record.
 // KEYS: dev hash, audit stream. ARGV: old labels JSON ("" = none), new
-// labels JSON ("" = none), audit maxlen, at (unix ms), event data.
-// Returns false for no device, 0 when the labels moved meanwhile, else the
-// audit entry ID.
+// labels JSON ("" = none), audit maxlen, at (unix ms), event data, by
+// (the event's operator, as Emit writes it; "" = none).
+// Returns false for no device, -1 for a decommissioned one, 0 when the
+// labels moved meanwhile, else the audit entry ID.
 var labelsScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('HGET', KEYS[1], 'state') == 'decommissioned' then return -1 end
 local cur = redis.call('HGET', KEYS[1], 'labels') or ''
 if cur ~= ARGV[1] then return 0 end
 if ARGV[2] == '' then redis.call('HDEL', KEYS[1], 'labels') else redis.call('HSET', KEYS[1], 'labels', ARGV[2]) end
-return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'kind', 'labels', 'at', ARGV[4], 'data', ARGV[5])
+if ARGV[6] == '' then
+  return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'kind', 'labels', 'at', ARGV[4], 'data', ARGV[5])
+end
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'kind', 'labels', 'at', ARGV[4], 'data', ARGV[5], 'by', ARGV[6])
 `)
 
 // PatchLabels applies a JSON merge patch to device id's labels (a nil
 // value deletes the key) on behalf of operator by, and records the change
 // as a labels audit event. Bad keys or values, or more than
 // selector.MaxLabels labels after the patch, are CodeInvalid naming the
-// label; an unknown device is CodeNotFound. Either way nothing changes. A
-// patch that changes nothing records nothing.
+// label; an unknown device is CodeNotFound, a decommissioned one
+// CodeConflict. Either way nothing changes. A patch that changes nothing
+// records nothing.
 func (s *Service) PatchLabels(ctx context.Context, id string, patch map[string]*string, by string) (LabelChange, error) {
 	if topics.ValidateID(id) != nil {
 		return LabelChange{}, Errorf(CodeNotFound, "id", "no device %q", id)
@@ -70,12 +76,16 @@ func (s *Service) PatchLabels(ctx context.Context, id string, patch map[string]*
 			return LabelChange{}, fmt.Errorf("labels %s: %w", id, err)
 		}
 		res, err := labelsScript.Run(ctx, s.rdb, []string{s.keys.Device(id), s.keys.Audit(id)},
-			raw, nextJSON, s.cfg.AuditMaxLen, now.UnixMilli(), data).Result()
+			raw, nextJSON, s.cfg.AuditMaxLen, now.UnixMilli(), data, by).Result()
 		if errors.Is(err, redis.Nil) {
 			return LabelChange{}, Errorf(CodeNotFound, "id", "no device %q", id)
 		}
 		if err != nil {
 			return LabelChange{}, Unavailable("labels "+id, err)
+		}
+		if n, ok := res.(int64); ok && n == -1 {
+			return LabelChange{}, &Error{Code: CodeConflict, Field: "id", Err: ErrDecommissioned,
+				Message: "device " + id + " is decommissioned"}
 		}
 		evID, ok := res.(string)
 		if !ok {
@@ -86,7 +96,7 @@ func (s *Service) PatchLabels(ctx context.Context, id string, patch map[string]*
 			s.log.Error().Err(err).Str("device", id).Msg("label index update failed")
 		}
 		s.log.Info().Str("device", id).Str("by", by).Interface("labels", next).Msg("labels changed")
-		if err := s.publishEvent(ctx, Event{ID: evID, Device: id, Kind: topics.EventLabels, At: now, Data: data}); err != nil {
+		if err := s.publishEvent(ctx, Event{ID: evID, Device: id, Kind: topics.EventLabels, At: now, By: by, Data: data}); err != nil {
 			s.log.Error().Err(err).Str("device", id).Msg("publish labels event")
 		}
 		return LabelChange{ID: id, Labels: next, Changed: true}, nil

@@ -12,6 +12,14 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
+// validRole checks a role given by a caller.
+func validRole(role topics.Role) error {
+	if !role.Valid() {
+		return Errorf(CodeInvalid, "role", "role must be %q, %q or %q", topics.RoleViewer, topics.RoleOperator, topics.RoleAdmin)
+	}
+	return nil
+}
+
 // EnsureOperator creates operator name, or resets its password and role
 // (the ECOWATT_OPERATOR=name:password bootstrap runs it at every start).
 // Names follow the device ID rules and must not be a device's ID
@@ -23,8 +31,8 @@ func (a *Accounts) EnsureOperator(ctx context.Context, name, password string, ro
 	if password == "" || len(password) > 72 {
 		return Errorf(CodeInvalid, "password", "password must be 1-72 bytes")
 	}
-	if !role.Valid() {
-		return Errorf(CodeInvalid, "role", "role must be %q or %q", topics.RoleAdmin, topics.RoleViewer)
+	if err := validRole(role); err != nil {
+		return err
 	}
 	hash, err := bcrypt.GenerateFromPassword([]byte(password), a.bcryptCost)
 	if err != nil {
@@ -40,6 +48,7 @@ func (a *Accounts) EnsureOperator(ctx context.Context, name, password string, ro
 	_, err = a.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		created = p.HSetNX(ctx, key, "created_at", now)
 		p.HSet(ctx, key, "name", name, "hash", hash, "role", string(role), "updated_at", now)
+		p.ZAdd(ctx, a.keys.Operators(), redis.Z{Member: name})
 		return nil
 	})
 	if err != nil {
@@ -49,7 +58,12 @@ func (a *Accounts) EnsureOperator(ctx context.Context, name, password string, ro
 	// an account that existed before stays (that device undoes itself).
 	if err := a.nameFree(ctx, a.keys.Device(name), "name", clash, name); err != nil {
 		if created.Val() {
-			if derr := a.rdb.Del(ctx, key).Err(); derr != nil {
+			_, derr := a.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+				p.Del(ctx, key)
+				p.ZRem(ctx, a.keys.Operators(), name)
+				return nil
+			})
+			if derr != nil {
 				return Unavailable("ensure operator "+name+": undo", derr)
 			}
 		}

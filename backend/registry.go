@@ -32,6 +32,13 @@ type Device struct {
 	Slot          string     `json:"slot,omitempty"`
 	BirthAt       *time.Time `json:"birth_at,omitempty"`
 	CreatedAt     time.Time  `json:"created_at"`
+	// State is the lifecycle state (StateActive, StateDisabled,
+	// StateDecommissioned); StateReason, StateBy and StateAt say why, who
+	// and when it last changed (empty for a device never changed).
+	State       string     `json:"state"`
+	StateReason string     `json:"state_reason,omitempty"`
+	StateBy     string     `json:"state_by,omitempty"`
+	StateAt     *time.Time `json:"state_at,omitempty"`
 	// FOTA is the firmware-update progress (backend/fota); nil when the
 	// device never had an update.
 	FOTA *DeviceFOTA `json:"fota,omitempty"`
@@ -57,10 +64,12 @@ const (
 // device last acknowledged; backend/config sets it on an ack.
 const FieldConfigVersion = fConfigVersion
 
-// provisionScript creates a device atomically, refusing an existing one.
+// provisionScript creates a device atomically, refusing an existing one
+// (0) and a decommissioned one that is not purged yet (-1).
 // KEYS: dev hash, psk, rxhigh, rxbits. ARGV: id, created_at ms, sealed psk,
 // labels JSON ("" for none).
 var provisionScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'state') == 'decommissioned' then return -1 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'created_at', ARGV[2], 'online', '0')
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'labels', ARGV[4]) end
@@ -106,8 +115,11 @@ func (s *Service) ProvisionLabeled(ctx context.Context, id string, labels map[st
 	if err != nil {
 		return nil, Unavailable("provision "+id, err)
 	}
-	if created == 0 {
+	switch created {
+	case 0:
 		return nil, Errorf(CodeConflict, "id", "device %s already exists", id)
+	case -1:
+		return nil, Errorf(CodeConflict, "id", "device %s is decommissioned; purge it (DELETE /api/v1/devices/%s?purge=true) before provisioning the ID again", id, id)
 	}
 	// An operator of that name may have been created since the check above
 	// (another slot, so not in the script): look again now that the device
@@ -195,6 +207,13 @@ func (s *Service) parseDevice(id string, h map[string]string) Device {
 		BirthAt:         msTime(h[fBirthAt]),
 		FOTA:            ParseDeviceFOTA(h),
 		Labels:          decodeLabels(h[fLabels]),
+		State:           h[fState],
+		StateReason:     h[fStateReason],
+		StateBy:         h[fStateBy],
+		StateAt:         msTime(h[fStateAt]),
+	}
+	if d.State == "" {
+		d.State = StateActive
 	}
 	if c := msTime(h[fCreatedAt]); c != nil {
 		d.CreatedAt = *c

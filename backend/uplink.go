@@ -199,18 +199,18 @@ func (s *Service) processOps(ctx context.Context, t topics.Topic, j job) {
 	case h == nil:
 		err = Errorf(CodeInvalid, "", "operator %s messages are not supported yet", t.Kind)
 	default:
-		// The broker lets only admins publish on ops topics; the role is
-		// checked again here, once for every kind, because an external
-		// broker's ACL is not ours.
-		if err = s.checkAdmin(ctx, op, t.Kind); err == nil {
-			err = h(ctx, dev, op, j.msg.Payload)
+		// The broker lets only operators and admins publish on ops
+		// topics; the role is checked again here, once for every kind,
+		// because an external broker's ACL is not ours.
+		if err = s.checkOps(ctx, op, t.Kind); err == nil {
+			err = h(WithOperator(ctx, op), dev, op, j.msg.Payload)
 		}
 	}
 	if err == nil {
 		return
 	}
 	s.log.Info().Err(err).Str("device", dev).Str("operator", op).Str("kind", t.Kind).Msg("operator message rejected")
-	if eerr := s.Emit(ctx, dev, t.Kind, rejection(op, err, j.msg.Payload)); eerr != nil {
+	if eerr := s.Emit(WithOperator(ctx, op), dev, t.Kind, rejection(op, err, j.msg.Payload)); eerr != nil {
 		s.log.Error().Err(eerr).Str("device", dev).Msg("emit operator rejection")
 	}
 }
@@ -227,8 +227,8 @@ const MaxNonceJump = 1 << 32
 // high-water mark.
 var ErrNonceJump = errors.New("nonce jumps too far ahead")
 
-// checkAdmin allows only a known admin operator to send ops messages.
-func (s *Service) checkAdmin(ctx context.Context, operator, kind string) error {
+// checkOps allows only a known operator or admin to send ops messages.
+func (s *Service) checkOps(ctx context.Context, operator, kind string) error {
 	if operator == "" {
 		return Errorf(CodeForbidden, "", "anonymous operator messages are not accepted")
 	}
@@ -236,8 +236,8 @@ func (s *Service) checkAdmin(ctx context.Context, operator, kind string) error {
 	if err != nil && ErrorCode(err) != CodeNotFound {
 		return err
 	}
-	if role != topics.RoleAdmin {
-		return Errorf(CodeForbidden, "", "operator %q may not send %s messages", operator, kind)
+	if !role.AtLeast(topics.RoleOperator) {
+		return Errorf(CodeForbidden, "", "operator %q (role %q) may not send %s messages; the role %q or %q may", operator, role, kind, topics.RoleOperator, topics.RoleAdmin)
 	}
 	return nil
 }

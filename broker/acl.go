@@ -24,6 +24,8 @@ const (
 	ReasonSubscriptions   = "too_many_subscriptions" // a subscription beyond the account's limit
 	ReasonFilterTooLong   = "filter_too_long"        // a subscription filter above the account's limit
 	ReasonSessionTakeover = "session_takeover"       // a second authenticated connection replaced a live one
+	ReasonDisabled        = "disabled"               // a device with a valid token that an operator disabled
+	ReasonDecommissioned  = "decommissioned"         // a device with a valid token that was decommissioned (a replica's key cache still held its key)
 )
 
 // Reasons returns every Reason* value, for metrics and the docs test.
@@ -32,7 +34,7 @@ func Reasons() []string {
 		ReasonUnknownDevice, ReasonBadPassword, ReasonExpiredPassword, ReasonBadClientID,
 		ReasonAuthError, ReasonACLPublish, ReasonACLSubscribe, ReasonACLWill, ReasonACLRetain,
 		ReasonPacketTooLarge, ReasonSlowConsumer, ReasonThrottled, ReasonSubscriptions,
-		ReasonFilterTooLong, ReasonSessionTakeover,
+		ReasonFilterTooLong, ReasonSessionTakeover, ReasonDisabled, ReasonDecommissioned,
 	}
 }
 
@@ -50,7 +52,7 @@ type identity struct {
 // or operator, publishes only to concrete, valid EcoWatt topics:
 //
 //   - a device to ecowatt/v1/dev/{its id}/up/{kind};
-//   - an admin to ecowatt/v1/ops/{id}/{config|command};
+//   - an operator or admin to ecowatt/v1/ops/{id}/{config|command};
 //   - a viewer to nothing.
 func allowPublish(id *identity, topic string) bool {
 	t, err := topics.Parse(topic)
@@ -60,7 +62,7 @@ func allowPublish(id *identity, topic string) bool {
 	if id.device {
 		return t.Class == topics.ClassDevice && t.Dir == topics.Up && t.Device == id.name
 	}
-	return id.role == topics.RoleAdmin && t.Class == topics.ClassOps
+	return id.role.AtLeast(topics.RoleOperator) && t.Class == topics.ClassOps
 }
 
 // allowRead reports whether id may subscribe to filter, or receive a message

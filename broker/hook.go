@@ -65,6 +65,12 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if rej != nil {
 		rej.Username, rej.ClientID = string(pk.Connect.Username), cl.ID
 		s.reject(*rej)
+		if code == packets.ErrNotAuthorized && cl.Properties.ProtocolVersion < 5 {
+			// mochi maps only ErrBadUsernameOrPassword to 3.1.1's "not
+			// authorized" (0x05); 0x87 unmapped is no 3.1.1 code, and
+			// paho 3.1.1 took it for success.
+			code = packets.ErrBadUsernameOrPassword
+		}
 		_ = s.mochi.SendConnack(cl, code, false, nil)
 		return code
 	}
@@ -185,6 +191,9 @@ func authenticate(ctx context.Context, devices DeviceAuth, operators OperatorAut
 		if clientID != name {
 			return nil, &Rejection{Reason: ReasonBadClientID,
 				Detail: fmt.Sprintf("device client id %q must equal its id", clientID)}, packets.ErrClientIdentifierNotValid
+		}
+		if rej := admit(ctx, devices, name); rej != nil {
+			return nil, rej, packets.ErrNotAuthorized // 3.1.1: see OnConnect
 		}
 		return &identity{device: true, name: name}, nil, packets.CodeSuccess
 	case !errors.Is(err, ErrUnknownDevice):

@@ -54,6 +54,9 @@ const (
 	EventFOTA     = "fota"
 	EventSecurity = "security"
 	EventLabels   = "labels" // a device's labels changed (provisioning or PATCH)
+	// EventLifecycle records a device being disabled, enabled or
+	// decommissioned (backend.Service.Disable and the others).
+	EventLifecycle = "lifecycle"
 )
 
 // OperatorLevel is the fourth level of operator event topics,
@@ -88,7 +91,7 @@ var opsKinds = map[string]bool{KindConfig: true, KindCommand: true}
 
 var eventKinds = map[string]bool{
 	EventPresence: true, EventConfig: true, EventCommand: true,
-	EventFOTA: true, EventSecurity: true, EventLabels: true,
+	EventFOTA: true, EventSecurity: true, EventLabels: true, EventLifecycle: true,
 }
 
 // ValidateID reports whether id matches [A-Za-z0-9_-]{1,64}.

@@ -102,6 +102,9 @@ func (s *Service) Submit(ctx context.Context, dev, operator string, c topics.Ops
 	case 0:
 		s.m.total.WithLabelValues("rejected").Inc()
 		return Command{}, false, backend.Errorf(backend.CodeNotFound, "id", "no device %q", dev)
+	case 3:
+		s.m.total.WithLabelValues("rejected").Inc()
+		return Command{}, false, backend.Errorf(backend.CodeConflict, "id", "device %s is decommissioned", dev)
 	case 2:
 		cmd, err := s.load(ctx, dev, val)
 		if backend.ErrorCode(err) == backend.CodeNotFound {

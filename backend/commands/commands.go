@@ -123,6 +123,7 @@ type Fleet interface {
 	Emit(ctx context.Context, dev, kind string, data any) error
 	Handle(kind string, h backend.UplinkHandler)
 	HandleOps(kind string, h backend.OpsHandler)
+	HandleLifecycle(h backend.LifecycleHandler)
 }
 
 var _ Fleet = (*backend.Service)(nil)
@@ -278,6 +279,7 @@ func (s *Service) Attach() {
 	s.fleet.Handle(topics.KindCommandResult, s.HandleResult)
 	s.fleet.Handle(topics.KindBirth, s.HandleBirth)
 	s.fleet.HandleOps(topics.KindCommand, s.HandleOps)
+	s.fleet.HandleLifecycle(s.handleLifecycle)
 }
 
 // Run drives delivery and the sweep until ctx is done: one goroutine sends

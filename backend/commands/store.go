@@ -102,9 +102,11 @@ func (s *Service) activeDevices() string           { return s.keys.Global("cmdac
 // KEYS: dev hash, cmd hash, active zset, history zset, seq, request key.
 // ARGV: cid, has request id ("1"/"0"), max history, request key ttl ms,
 // field, value, ...
-// Returns {0,""} unknown device, {2,cid} existing request, {1,seq} queued.
+// Returns {0,""} unknown device, {2,cid} existing request, {1,seq} queued,
+// {3,""} decommissioned device.
 var enqueueScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, ''} end
+if redis.call('HGET', KEYS[1], 'state') == 'decommissioned' then return {3, ''} end
 if ARGV[2] == '1' then
   local prev = redis.call('GET', KEYS[6])
   if prev then return {2, prev} end

@@ -55,6 +55,7 @@ type Fleet interface {
 	Emit(ctx context.Context, dev, kind string, data any) error
 	Handle(kind string, h backend.UplinkHandler)
 	HandleOps(kind string, h backend.OpsHandler)
+	HandleLifecycle(h backend.LifecycleHandler)
 }
 
 var _ Fleet = (*backend.Service)(nil)
@@ -191,6 +192,7 @@ func (s *Service) Attach() {
 	s.b.Handle(topics.KindConfigAck, s.handleAck)
 	s.b.Handle(topics.KindBirth, s.handleBirth)
 	s.b.HandleOps(topics.KindConfig, s.handleOps)
+	s.b.HandleLifecycle(s.handleLifecycle)
 }
 
 // Fields of the cfg hash.

@@ -50,6 +50,9 @@ func (s *Service) Set(ctx context.Context, dev string, patch []byte, who Who) (R
 		if err != nil {
 			return err
 		}
+		if err := s.changeable(ctx, tx, dev); err != nil {
+			return err
+		}
 		next, err := topics.ApplyPatch(r.desired, u)
 		if err != nil {
 			return backend.Invalid(err)

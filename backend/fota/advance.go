@@ -156,6 +156,8 @@ func (s *Service) reconcile(ctx context.Context, r *rolloutState) error {
 			continue
 		case str(3) == ResultSucceeded:
 			upd[id] = DevSucceeded
+		case str(3) == ResultCancelled:
+			upd[id], why[id] = DevCancelled, str(4)
 		default:
 			upd[id] = DevFailed
 			why[id] = str(3)
@@ -273,6 +275,10 @@ func (s *Service) startPending(ctx context.Context, r *rolloutState) error {
 					upd[id], why[id] = DevSkipped, "already running this version or a newer one"
 				case errors.Is(err, backend.ErrNotFound):
 					upd[id], why[id] = DevSkipped, "device removed"
+				case errors.Is(err, backend.ErrDisabled):
+					upd[id], why[id] = DevSkipped, backend.StateDisabled
+				case errors.Is(err, backend.ErrDecommissioned):
+					upd[id], why[id] = DevSkipped, backend.StateDecommissioned
 				case errors.Is(err, backend.ErrConflict):
 					upd[id], why[id] = DevSkipped, "another update in progress"
 				default:

@@ -60,6 +60,9 @@ func (s *Service) StartUpdate(ctx context.Context, dev, version, rollout string)
 	if err != nil {
 		return backend.DeviceFOTA{}, err
 	}
+	if err := startable(d); err != nil {
+		return backend.DeviceFOTA{}, err
+	}
 	f, err := s.load(ctx, version)
 	if err != nil {
 		return backend.DeviceFOTA{}, err

@@ -81,6 +81,7 @@ type Fleet interface {
 	SendBinary(ctx context.Context, dev, kind string, payloads ...[]byte) error
 	Emit(ctx context.Context, dev, kind string, data any) error
 	Handle(kind string, h backend.UplinkHandler)
+	HandleLifecycle(h backend.LifecycleHandler)
 }
 
 var _ Fleet = (*backend.Service)(nil)
@@ -229,6 +230,7 @@ func (s *Service) Attach() {
 	s.fleet.Handle(topics.KindFOTARequest, s.HandleRequest)
 	s.fleet.Handle(topics.KindFOTAStatus, s.HandleStatus)
 	s.fleet.Handle(topics.KindBirth, s.HandleBirth)
+	s.fleet.HandleLifecycle(s.handleLifecycle)
 }
 
 // Run holds or waits for the lease (lease.Run) and, while holding it,
@@ -317,6 +319,9 @@ const (
 	ResultTimedOut   = "timed_out"
 	ResultCompleted  = "completed"
 	ResultAborted    = "aborted"
+	// ResultCancelled ends a device's update when the device is
+	// decommissioned (not counted in ecowatt_fota_updates_total).
+	ResultCancelled = "cancelled"
 )
 
 // metrics are the service's Prometheus collectors.

@@ -44,7 +44,7 @@ func handleCommandSubmit(log zerolog.Logger, c Commands) http.Handler {
 			writeError(w, log, err)
 			return
 		}
-		cmd, created, err := c.Submit(r.Context(), r.PathValue("id"), "api", oc)
+		cmd, created, err := c.Submit(r.Context(), r.PathValue("id"), backend.OperatorFrom(r.Context()), oc)
 		if err != nil {
 			writeError(w, log, err)
 			return

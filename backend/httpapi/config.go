@@ -7,7 +7,6 @@ import (
 
 	"github.com/ecowatt/ecowatt/backend"
 	"github.com/ecowatt/ecowatt/backend/config"
-	"github.com/ecowatt/ecowatt/topics"
 	"github.com/rs/zerolog"
 )
 
@@ -21,9 +20,10 @@ type Configs interface {
 
 var _ Configs = (*config.Service)(nil)
 
-// OperatorHeader names who made a change through the API (for the
-// history); the admin token is the authentication, the header only
-// attributes. Without it the change is attributed to "api".
+// OperatorHeader names who made a change with the bootstrap admin token
+// (which names no one); without it the change is attributed to
+// BootstrapName. Operators' own tokens name them, and the header is then
+// ignored.
 const OperatorHeader = "X-Ecowatt-Operator"
 
 // configOff answers when the server runs without a config service.
@@ -47,13 +47,7 @@ func handleConfigGet(log zerolog.Logger, c Configs) http.Handler {
 // device.
 func handleConfigSet(log zerolog.Logger, c Configs) http.Handler {
 	return configHandler(log, c, func(w http.ResponseWriter, r *http.Request) (any, error) {
-		who := config.Who{By: "api", Via: config.ViaHTTP}
-		if op := r.Header.Get(OperatorHeader); op != "" {
-			if topics.ValidateID(op) != nil {
-				return nil, backend.Errorf(backend.CodeInvalid, OperatorHeader, "%s must be 1-64 characters of A-Z a-z 0-9 _ -", OperatorHeader)
-			}
-			who.By = op
-		}
+		who := config.Who{By: backend.OperatorFrom(r.Context()), Via: config.ViaHTTP}
 		body, err := readBody(w, r)
 		if err != nil {
 			return nil, err

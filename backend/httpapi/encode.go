@@ -2,8 +2,6 @@ package httpapi
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"io"
@@ -170,20 +168,4 @@ func jsonKind(k string) string {
 		return "boolean"
 	}
 	return k
-}
-
-// requireAdmin lets through requests bearing the admin token. Tokens are
-// compared in constant time (over their SHA-256, so length leaks nothing).
-func requireAdmin(log zerolog.Logger, token string, next http.Handler) http.Handler {
-	want := sha256.Sum256([]byte(token))
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		sum := sha256.Sum256([]byte(got))
-		if !ok || token == "" || subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
-			log.Debug().Str("path", r.URL.Path).Str("remote", r.RemoteAddr).Msg("api request without a valid admin token")
-			writeError(w, log, backend.Errorf(backend.CodeUnauthorized, "", "missing or wrong bearer token"))
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
 }

@@ -40,12 +40,20 @@ const (
 // eventKinds are the kinds ?kind= accepts.
 var eventKinds = []string{topics.EventPresence, topics.EventConfig, topics.EventCommand, topics.EventFOTA, topics.EventSecurity, topics.EventLabels}
 
+// eventStreamPath is the live event stream, the one route that takes
+// ?token=.
+const eventStreamPath = "/api/v1/events"
+
 // tokenFromQuery lets clients that cannot set headers (EventSource, curl
-// in a pinch) pass the admin token as ?token=. The token is moved into the
-// Authorization header and removed from the URL before anything logs it.
-// It is used on the event stream only.
-func tokenFromQuery(next http.Handler) http.Handler {
+// in a pinch) pass their token as ?token= on path only. The token is moved
+// into the Authorization header and removed from the URL before anything
+// logs it.
+func tokenFromQuery(path string, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != path {
+			next.ServeHTTP(w, r)
+			return
+		}
 		q := r.URL.Query()
 		if tok := q.Get("token"); tok != "" || q.Has("token") {
 			r = r.Clone(r.Context())

@@ -89,10 +89,7 @@ func handleDevicesCreate(log zerolog.Logger, f Fleet, l Labels) http.Handler {
 		case l == nil:
 			err = errNoLabels
 		default:
-			var by string
-			if by, err = operatorName(r); err == nil {
-				psk, err = l.ProvisionLabeled(r.Context(), req.ID, labels, by)
-			}
+			psk, err = l.ProvisionLabeled(r.Context(), req.ID, labels, backend.OperatorFrom(r.Context()))
 		}
 		if err != nil {
 			writeError(w, log, err)

@@ -7,7 +7,6 @@ import (
 	"net/http"
 
 	"github.com/ecowatt/ecowatt/backend"
-	"github.com/ecowatt/ecowatt/topics"
 	"github.com/rs/zerolog"
 )
 
@@ -21,29 +20,12 @@ var _ Labels = (*backend.Service)(nil)
 
 var errNoLabels = backend.Errorf(backend.CodeUnavailable, "", "labels are not enabled on this server")
 
-// operatorName is who the request says made the change (OperatorHeader),
-// "api" when it says nothing.
-func operatorName(r *http.Request) (string, error) {
-	op := r.Header.Get(OperatorHeader)
-	if op == "" {
-		return "api", nil
-	}
-	if topics.ValidateID(op) != nil {
-		return "", backend.Errorf(backend.CodeInvalid, OperatorHeader, "%s must be 1-64 characters of A-Z a-z 0-9 _ -", OperatorHeader)
-	}
-	return op, nil
-}
-
 // handleLabelsPatch applies a JSON merge patch (RFC 7386) to a device's
 // labels: {"site":"galle","model":null}. 200 with the labels after the
 // patch and whether they changed; 400 naming the label (labels.KEY) and
 // the reason, with nothing changed; 404 for an unknown device.
 func handleLabelsPatch(log zerolog.Logger, l Labels) http.Handler {
 	return serviceHandler(log, l == nil, errNoLabels, http.StatusOK, func(w http.ResponseWriter, r *http.Request) (any, error) {
-		by, err := operatorName(r)
-		if err != nil {
-			return nil, err
-		}
 		body, err := readBody(w, r)
 		if err != nil {
 			return nil, err
@@ -67,6 +49,6 @@ func handleLabelsPatch(log zerolog.Logger, l Labels) http.Handler {
 			}
 			patch[k] = &s
 		}
-		return l.PatchLabels(r.Context(), r.PathValue("id"), patch, by)
+		return l.PatchLabels(r.Context(), r.PathValue("id"), patch, backend.OperatorFrom(r.Context()))
 	})
 }

@@ -27,9 +27,13 @@ var _ Fleet = (*backend.Service)(nil)
 // Deps are the server's dependencies.
 type Deps struct {
 	Fleet Fleet
-	// AdminToken guards /api/. An empty token refuses every API request.
+	// AdminToken is the bootstrap admin token: it acts as the admin
+	// BootstrapName. Empty: only operators' tokens are accepted.
 	AdminToken string
-	Gatherer   prometheus.Gatherer // for /metrics; default prometheus.DefaultGatherer
+	// Operators resolves operators' API tokens and serves the operator
+	// routes; nil means Fleet when it has them (as *backend.Service has).
+	Operators Operators
+	Gatherer  prometheus.Gatherer // for /metrics; default prometheus.DefaultGatherer
 	// Ready reports whether the broker is listening; nil means ready.
 	Ready  func() error
 	Logger zerolog.Logger
@@ -54,6 +58,9 @@ type Deps struct {
 	// Queries serves the paged device list and the fleet summary; nil
 	// means Fleet when it has them (as *backend.Service does).
 	Queries FleetQueries
+	// Lifecycle serves disable, enable and DELETE of devices; nil means
+	// Fleet when it has them (as *backend.Service does), else 503.
+	Lifecycle Lifecycle
 	// KeepAlive is the interval of event-stream keep-alive comments;
 	// default DefaultKeepAlive.
 	KeepAlive time.Duration
@@ -76,6 +83,9 @@ func NewServer(d Deps) http.Handler {
 	if d.Queries == nil {
 		d.Queries, _ = d.Fleet.(FleetQueries)
 	}
+	if d.Operators == nil {
+		d.Operators, _ = d.Fleet.(Operators)
+	}
 	if d.KeepAlive <= 0 {
 		d.KeepAlive = DefaultKeepAlive
 	}
@@ -84,5 +94,5 @@ func NewServer(d Deps) http.Handler {
 	}
 	mux := http.NewServeMux()
 	addRoutes(mux, d)
-	return mux
+	return tokenFromQuery(eventStreamPath, mux)
 }

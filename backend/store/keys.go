@@ -28,8 +28,14 @@ import (
 //	ecowatt:{idx}:lk:K       set     IDs of the devices with a label K
 //	ecowatt:{idx}:keys       set     names of every label index key above (for the repair pass)
 //	ecowatt:{idx}:cursorkey  string  random HMAC key that signs page cursors (shared by replicas)
-//	ecowatt:op:NAME          hash    operator account (bcrypt hash, role, created_at)
+//	ecowatt:{ops}:op:NAME    hash    operator account (bcrypt hash, role, created_at)
+//	ecowatt:{ops}:operators  zset    every operator name, score 0
+//	ecowatt:{ops}:optok:NAME hash    the operator's API tokens: token id -> SHA-256 (hex)
+//	ecowatt:{ops}:tok:SHA    hash    one API token: operator, id, created_at, last_used
 //	ecowatt:replica:ID       string  replica heartbeat (TTL): ID is alive and reconciles its devices' presence
+//
+// Operator keys share the {ops} hash tag so that deleting an operator can
+// check "not the last admin" and drop its tokens in one script.
 type Keys struct {
 	prefix string
 }
@@ -116,5 +122,20 @@ func (k Keys) IndexKeys() string { return k.prefix + IndexTag + ":keys" }
 // CursorKey holds the key that signs page cursors.
 func (k Keys) CursorKey() string { return k.prefix + IndexTag + ":cursorkey" }
 
+// OpsTag is the hash tag of every operator key.
+const OpsTag = "{ops}"
+
+// Ops names an operator key; all of them share one slot.
+func (k Keys) Ops(name string) string { return k.prefix + OpsTag + ":" + name }
+
 // Operator is an operator account hash.
-func (k Keys) Operator(name string) string { return k.Global("op:" + name) }
+func (k Keys) Operator(name string) string { return k.Ops("op:" + name) }
+
+// Operators is the index of operator names.
+func (k Keys) Operators() string { return k.Ops("operators") }
+
+// OperatorTokens maps an operator's token IDs to their SHA-256.
+func (k Keys) OperatorTokens(name string) string { return k.Ops("optok:" + name) }
+
+// Token is one API token, named by the hex SHA-256 of its secret.
+func (k Keys) Token(sha string) string { return k.Ops("tok:" + sha) }

@@ -162,7 +162,7 @@ const (
 func newCall(e env, name, synopsis string, withOutput bool) *call {
 	k := newOffline(e, name, synopsis)
 	k.server = k.fs.String(flagServer, "http://127.0.0.1:8080", "base URL of the ecowatt HTTP API")
-	k.token = k.fs.String(flagToken, "", "admin bearer token")
+	k.token = k.fs.String(flagToken, "", "bearer token: the bootstrap admin token or an operator's (default: the one `ecowatt login` stored)")
 	if withOutput {
 		k.fs.Var(&k.out, "o", "output format: table or json")
 	}
@@ -191,7 +191,11 @@ func (k *call) parse(args []string, min, max int) ([]string, error) {
 		return nil, k.usage("")
 	}
 	if k.server != nil {
-		k.c = newClient(*k.server, *k.token)
+		tok := *k.token
+		if tok == "" {
+			tok = storedToken(k.e)
+		}
+		k.c = newClient(*k.server, tok)
 	}
 	return pos, nil
 }

@@ -102,13 +102,13 @@ func writeKeys(path string, keys map[string]string) error {
 // printDevices draws the table of devices; -o json prints the documents whole.
 func printDevices(w io.Writer, ds ...backend.Device) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tONLINE\tFIRMWARE\tCONFIG\tBOOTS\tLAST SEEN\tLABELS")
+	fmt.Fprintln(tw, "ID\tSTATE\tONLINE\tFIRMWARE\tCONFIG\tBOOTS\tLAST SEEN\tLABELS")
 	for _, d := range ds {
 		seen := "never"
 		if d.LastSeen != nil && !d.LastSeen.IsZero() {
 			seen = time.Since(*d.LastSeen).Round(time.Second).String() + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%v\t%s\tv%d\t%d\t%s\t%s\n", d.ID, d.Online, d.FirmwareVersion, d.ConfigVersion, d.BootCount, seen, formatLabels(d.Labels))
+		fmt.Fprintf(tw, "%s\t%s\t%v\t%s\tv%d\t%d\t%s\t%s\n", d.ID, d.State, d.Online, d.FirmwareVersion, d.ConfigVersion, d.BootCount, seen, formatLabels(d.Labels))
 	}
 	return tw.Flush()
 }

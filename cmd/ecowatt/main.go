@@ -49,12 +49,15 @@ type command struct {
 func commandTree() []command {
 	return []command{
 		{name: "serve", summary: "run broker, backend and HTTP API in one process", run: runServe},
-		{name: "device", summary: "provision and inspect devices", sub: []command{
+		{name: "device", summary: "provision, inspect, label, disable and remove devices", sub: []command{
 			{name: "add", summary: "provision one device, or --count N of them (with --label), and print their keys", run: deviceAdd},
 			{name: "label", summary: "set (KEY=VALUE) or delete (KEY-) a device's labels", run: deviceLabel},
 			{name: "list", summary: "the devices a --selector matches, page by page, with presence, firmware, config version and labels", run: deviceList},
 			{name: "show", summary: "one device", run: deviceShow},
 			{name: "events", summary: "a device's audit timeline, oldest first", run: deviceEvents},
+			{name: "disable", summary: "refuse a device's connections and close its session (--reason)", run: deviceDisable},
+			{name: "enable", summary: "let a disabled device connect again", run: deviceEnable},
+			{name: "remove", summary: "decommission a device: destroy its key, keep its history (--purge: delete everything)", run: deviceRemove},
 		}},
 		{name: "fleet", summary: "fleet-wide views", sub: []command{
 			{name: "summary", summary: "device counts by online, firmware, config and FOTA state (of a --selector)", run: fleetSummary},
@@ -87,6 +90,18 @@ func commandTree() []command {
 			{name: "resume", summary: "resume a paused rollout", run: fotaAction("resume")},
 			{name: "abort", summary: "abort a rollout", run: fotaAction("abort")},
 		}},
+		{name: "operator", summary: "operator accounts (HTTP and MQTT) and their API tokens", sub: []command{
+			{name: "add", summary: "create an operator with a role: viewer, operator or admin", run: operatorAdd},
+			{name: "list", summary: "every operator with its role", run: operatorList},
+			{name: "remove", summary: "delete an operator and revoke its tokens (never the last admin)", run: operatorRemove},
+			{name: "token", summary: "an operator's API tokens", sub: []command{
+				{name: "create", summary: "create a token, shown once", run: tokenCreate},
+				{name: "list", summary: "an operator's tokens (ids, created, last used)", run: tokenList},
+				{name: "revoke", summary: "revoke a token", run: tokenRevoke},
+			}},
+		}},
+		{name: "login", summary: "sign in as an operator and store its token for the other commands", run: runLogin},
+		{name: "whoami", summary: "the operator and role the server sees", run: runWhoami},
 		{name: "certs", summary: "development TLS material", sub: []command{
 			{name: "gen", summary: "generate a dev CA and a server certificate", run: runCertsGen},
 		}},
@@ -152,7 +167,9 @@ func usage(w io.Writer, path []string, cs []command) {
 Every flag of serve has an environment equivalent: --http-addr is
 ECOWATT_HTTP_ADDR. Client commands reach the server at --server
 (ECOWATT_SERVER, default http://127.0.0.1:8080) with --admin-token
-(ECOWATT_ADMIN_TOKEN); their other flags are given on the command line only.
+(ECOWATT_ADMIN_TOKEN), or else the token "ecowatt login" stored in the
+user's config dir (ecowatt/token); their other flags are given on the
+command line only.
 Most print a table, or the server's JSON with -o json.
 
 Exit status:
@@ -160,7 +177,7 @@ Exit status:
   %d  the server or the command failed (a rejected value, a command that did not succeed)
   %d  usage: an unknown command or flag, a missing argument, a bad value
   %d  not found: the server knows no such device, command, firmware or rollout
-  %d  unauthorized or forbidden: a missing or wrong --admin-token
+  %d  unauthorized or forbidden: a missing, wrong or revoked token, or a role too low
 `, exitOK, exitFailed, exitUsage, exitNotFound, exitDenied)
 }
 

@@ -20,7 +20,11 @@ import (
 )
 
 func printEvent(w io.Writer, ev backend.Event) {
-	fmt.Fprintf(w, "%s  %-14s %-9s %s\n", ev.At.Local().Format("15:04:05.000"), ev.Device, ev.Kind, ev.Data)
+	by := ""
+	if ev.By != "" {
+		by = "by " + ev.By + "  "
+	}
+	fmt.Fprintf(w, "%s  %-14s %-9s %s%s\n", ev.At.Local().Format("15:04:05.000"), ev.Device, ev.Kind, by, ev.Data)
 }
 
 // runEvents follows the live event stream (Server-Sent Events).

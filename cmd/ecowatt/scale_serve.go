@@ -219,18 +219,21 @@ func (m *messaging) handler(api http.Handler) http.Handler {
 }
 
 // brokerAccounts are the backend's accounts as the broker asks for them
-// (broker.DeviceAuth, broker.OperatorAuth, authhttp.Roles): the same
+// (broker.DeviceAuth, broker.DeviceGate, broker.OperatorAuth,
+// authhttp.Roles): the same
 // methods, with "not found" as the broker's sentinel errors (the backend
 // does not import the broker).
 type brokerAccounts struct{ *backend.Accounts }
 
 var (
-	_ broker.DeviceAuth   = brokerAccounts{}
-	_ broker.OperatorAuth = brokerAccounts{}
-	_ authhttp.Roles      = brokerAccounts{}
-	_ broker.Presence     = (*backend.Service)(nil)
-	_ backend.Bus         = (*broker.Server)(nil)
-	_ backend.Bus         = (*mqttbus.Bus)(nil)
+	_ broker.DeviceAuth     = brokerAccounts{}
+	_ broker.DeviceGate     = brokerAccounts{}
+	_ broker.OperatorAuth   = brokerAccounts{}
+	_ authhttp.Roles        = brokerAccounts{}
+	_ broker.Presence       = (*backend.Service)(nil)
+	_ backend.Bus           = (*broker.Server)(nil)
+	_ backend.SessionCloser = (*broker.Server)(nil) // disable and decommission close the device's session
+	_ backend.Bus           = (*mqttbus.Bus)(nil)
 )
 
 func (a brokerAccounts) DeviceKeys(ctx context.Context, id string) (*envelope.Keys, error) {
@@ -239,6 +242,19 @@ func (a brokerAccounts) DeviceKeys(ctx context.Context, id string) (*envelope.Ke
 		return nil, fmt.Errorf("%w: %s", broker.ErrUnknownDevice, id)
 	}
 	return k, err
+}
+
+// AdmitDevice refuses a disabled or decommissioned device (read from
+// Redis at every connect, so a change on another replica counts at once).
+func (a brokerAccounts) AdmitDevice(ctx context.Context, id string) error {
+	err := a.Accounts.DeviceAccess(ctx, id)
+	switch {
+	case errors.Is(err, backend.ErrDisabled):
+		return fmt.Errorf("%w: %s", broker.ErrDeviceDisabled, id)
+	case errors.Is(err, backend.ErrDecommissioned):
+		return fmt.Errorf("%w: %s", broker.ErrDeviceDecommissioned, id)
+	}
+	return err
 }
 
 func (a brokerAccounts) AuthenticateOperator(ctx context.Context, name, password string) (topics.Role, error) {

@@ -318,9 +318,10 @@ type operatorSpec struct {
 	role           topics.Role
 }
 
-// parseOperators reads "alice:secret,bob:pw:viewer". A trailing ":admin" or
-// ":viewer" is the role; anything else after the first colon is the
-// password (which may hold colons but not commas).
+// parseOperators reads "alice:secret,bob:pw:viewer". A trailing ":admin",
+// ":operator" or ":viewer" is the role (default admin); anything else
+// after the first colon is the password (which may hold colons but not
+// commas).
 func parseOperators(s string) ([]operatorSpec, error) {
 	if s == "" {
 		return nil, nil
@@ -329,13 +330,13 @@ func parseOperators(s string) ([]operatorSpec, error) {
 	for _, item := range strings.Split(s, ",") {
 		name, rest, ok := strings.Cut(item, ":")
 		op := operatorSpec{name: name, password: rest, role: topics.RoleAdmin}
-		for _, r := range []topics.Role{topics.RoleAdmin, topics.RoleViewer} {
+		for _, r := range topics.Roles {
 			if p, found := strings.CutSuffix(rest, ":"+string(r)); found {
 				op.password, op.role = p, r
 			}
 		}
 		if !ok || op.name == "" || op.password == "" {
-			return nil, usageError{"--operator / ECOWATT_OPERATOR: want NAME:PASSWORD[:admin|viewer], comma-separated"}
+			return nil, usageError{"--operator / ECOWATT_OPERATOR: want NAME:PASSWORD[:admin|operator|viewer], comma-separated"}
 		}
 		out = append(out, op)
 	}
