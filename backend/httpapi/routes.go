@@ -46,6 +46,13 @@ func addRoutes(mux *http.ServeMux, d Deps) {
 	api.Handle("POST /api/v1/rollouts/{rid}/pause", handleRolloutAction(log, d.FOTA, "pause"))
 	api.Handle("POST /api/v1/rollouts/{rid}/resume", handleRolloutAction(log, d.FOTA, "resume"))
 	api.Handle("POST /api/v1/rollouts/{rid}/abort", handleRolloutAction(log, d.FOTA, "abort"))
+	api.Handle("GET /api/v1/jobs", handleJobList(log, d.Jobs))
+	api.Handle("POST /api/v1/jobs", handleJobCreate(log, d.Jobs))
+	api.Handle("GET /api/v1/jobs/{jid}", handleJobGet(log, d.Jobs))
+	api.Handle("GET /api/v1/jobs/{jid}/devices", handleJobDevices(log, d.Jobs))
+	api.Handle("POST /api/v1/jobs/{jid}/pause", handleJobAction(log, d.Jobs, "pause"))
+	api.Handle("POST /api/v1/jobs/{jid}/resume", handleJobAction(log, d.Jobs, "resume"))
+	api.Handle("POST /api/v1/jobs/{jid}/cancel", handleJobAction(log, d.Jobs, "cancel"))
 	api.Handle("/api/", handleNotFound(log, api))
 	mux.Handle("/api/", requireAdmin(log, d.AdminToken, api))
 	// The live event stream also takes ?token= (EventSource sends no headers).

@@ -54,6 +54,8 @@ type Deps struct {
 	// Queries serves the paged device list and the fleet summary; nil
 	// means Fleet when it has them (as *backend.Service does).
 	Queries FleetQueries
+	// Jobs serves the fleet job routes; nil answers them with 503.
+	Jobs Jobs
 	// KeepAlive is the interval of event-stream keep-alive comments;
 	// default DefaultKeepAlive.
 	KeepAlive time.Duration
