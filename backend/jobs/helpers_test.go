@@ -48,10 +48,10 @@ type rawDevice struct {
 	keys     envelope.Keys
 	nonce    uint64
 	cfg      topics.Config
-	failCmd  bool // answer commands with a failure (inverter fault)
-	silent   bool // receive but never answer
-	configs  []int64            // config versions received
-	commands map[string]int     // command ID -> times executed
+	failCmd  bool           // answer commands with a failure (inverter fault)
+	silent   bool           // receive but never answer
+	configs  []int64        // config versions received
+	commands map[string]int // command ID -> times executed
 }
 
 func newHarness(t *testing.T) *harness {

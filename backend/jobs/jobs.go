@@ -151,9 +151,9 @@ type Config struct {
 	Now      func() time.Time // the job clock (pacing, expiry); default time.Now
 	Random   io.Reader        // job IDs; default crypto/rand.Reader
 	// Tick is how often the lease holder advances the jobs.
-	Tick     time.Duration
-	Replica  string        // default lease.ReplicaID()
-	LeaseTTL time.Duration // default DefaultLeaseTTL
+	Tick       time.Duration
+	Replica    string        // default lease.ReplicaID()
+	LeaseTTL   time.Duration // default DefaultLeaseTTL
 	Registerer prometheus.Registerer
 }
 

@@ -61,7 +61,9 @@ func (s *Service) jk(jid string) jobKeys {
 	return jobKeys{p + "job", p + "devs", p + "why", p + "at", p + "ref", p + "queue", p + "flight"}
 }
 
-func (k jobKeys) all() []string { return []string{k.job, k.devs, k.why, k.at, k.ref, k.queue, k.flight} }
+func (k jobKeys) all() []string {
+	return []string{k.job, k.devs, k.why, k.at, k.ref, k.queue, k.flight}
+}
 
 func (s *Service) indexKey() string  { return s.keys.Global("jobs") }
 func (s *Service) activeKey() string { return s.keys.Global("jobs:active") }
