@@ -1,0 +1,92 @@
+package main
+
+import (
+	"encoding/json"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/ecowatt/ecowatt/backend/jobs"
+	"github.com/ecowatt/ecowatt/topics"
+)
+
+// TestJobCLI: a config job created with the CLI over a selector reaches
+// every simulated device, `job status --watch` follows it to completed,
+// a viewer operator sees its progress on ecowatt/v1/events/jobs/{jid},
+// and a bad job or pausing the completed job is refused.
+func TestJobCLI(t *testing.T) {
+	s := startServer(t, "--job-tick", "100ms", "--operator", "watcher:watcher-pw:viewer")
+	keys := s.provision(t, "jobe", 4)
+	var sims simDevices
+	startFleet(t, s, keys, "", sims.setup)
+	waitOnline(t, s, 4)
+
+	var mu sync.Mutex
+	var events []jobs.Event
+	watch := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + s.MQTT).
+		SetClientID("watcher").SetUsername("watcher").SetPassword("watcher-pw").
+		SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
+	if tok := watch.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect watcher: %v", tok.Error())
+	}
+	defer watch.Disconnect(100)
+	tok := watch.Subscribe(topics.Root+"/events/jobs/+", 1, func(_ paho.Client, m paho.Message) {
+		var ev jobs.Event
+		if err := json.Unmarshal(m.Payload(), &ev); err != nil || m.Topic() != jobs.Topic(ev.Job) {
+			t.Errorf("job event on %s: %s (%v)", m.Topic(), m.Payload(), err)
+		}
+		mu.Lock()
+		events = append(events, ev)
+		mu.Unlock()
+	})
+	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+
+	out, err := s.cli(t, "job", "create", "--selector", "id~jobe-", "--config", "sampling_interval=2", "--config", "upload_interval=4",
+		"--max-per-minute", "600")
+	if err != nil {
+		t.Fatalf("job create: %v\n%s", err, out)
+	}
+	jid := regexp.MustCompile(`job (\w+) \(config\) created for 4 devices`).FindStringSubmatch(out)
+	if jid == nil {
+		t.Fatalf("job create said %q", out)
+	}
+	out, err = s.cli(t, "job", "status", jid[1], "--watch", "--timeout", "60s")
+	if err != nil || !strings.Contains(out, "COMPLETED") || !strings.Contains(out, "succeeded 4") {
+		t.Fatalf("job status --watch: %v\n%s", err, out)
+	}
+	for id := range keys {
+		v, cfg := sims.get(t, id).f.Config.Current()
+		if cfg.SamplingInterval != 2 || cfg.UploadInterval != 4 || v < 1 {
+			t.Errorf("%s runs v%d %+v after the job", id, v, cfg)
+		}
+	}
+	if out, err := s.cli(t, "job", "list"); err != nil || !strings.Contains(out, jid[1]) {
+		t.Fatalf("job list: %v\n%s", err, out)
+	}
+	if out, err := s.cli(t, "job", "pause", jid[1]); err == nil || !strings.Contains(out+err.Error(), "completed") {
+		t.Fatalf("pause of a completed job: %v\n%s", err, out)
+	}
+	var e struct {
+		Error struct{ Code, Field, Message string } `json:"error"`
+	}
+	if code := s.api(t, "POST", "/api/v1/jobs", map[string]any{"selector": "id~jobe-", "max_per_minute": 10,
+		"config": map[string]any{"sampling_interval": 2}, "command": map[string]any{"action": "reboot"}}, &e); code != 400 || e.Error.Field != "action" {
+		t.Fatalf("two actions: %d %+v", code, e)
+	}
+	eventually(t, 5*time.Second, "a completed event", func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, ev := range events {
+			if ev.Job == jid[1] && ev.State == jobs.StateCompleted && ev.Counts[jobs.DevSucceeded] == 4 {
+				return true, ""
+			}
+		}
+		return false, "events " + strings.Repeat("|", len(events))
+	})
+}
