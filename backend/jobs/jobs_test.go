@@ -10,23 +10,24 @@ import (
 	"github.com/ecowatt/ecowatt/backend"
 )
 
-// A config job over a label selector issues at most max_per_minute parts
-// a minute (visible in the issue timestamps on the fake clock), and ends
-// completed with every device running the desired config.
+// A config job on 200 devices selected by label issues at most
+// max_per_minute parts a minute (visible in the issue timestamps on the
+// fake clock), and ends completed with every device running the desired
+// config, publishing its progress.
 func TestConfigJobPacedCompletes(t *testing.T) {
 	h := newHarness(t)
-	const n = 40
+	const n = 200
 	for i := range n {
 		h.device(fmt.Sprintf("inv-%03d", i), map[string]string{"site": "colombo"})
 	}
 	h.device("other-1", map[string]string{"site": "galle"})
 	s := h.engine()
-	j := h.create(s, `{"selector":"site=colombo","config":{"sampling_interval":3},"max_per_minute":20,"batch_size":5}`)
+	j := h.create(s, `{"selector":"site=colombo","config":{"sampling_interval":3},"max_per_minute":100,"batch_size":10}`)
 	if j.Total != n || j.State != StateScheduled {
 		t.Fatalf("created %s with %d devices, want scheduled with %d", j.State, j.Total, n)
 	}
 	start := h.clk.Now()
-	j = h.until(s, j.ID, time.Second, 60*time.Second, "completed", func(j Job) bool { return j.State == StateCompleted })
+	j = h.until(s, j.ID, 2*time.Second, 90*time.Second, "completed", func(j Job) bool { return j.State == StateCompleted })
 	if j.Counts[DevSucceeded] != n {
 		t.Fatalf("counts %v, want %d succeeded", j.Counts, n)
 	}
@@ -43,14 +44,17 @@ func TestConfigJobPacedCompletes(t *testing.T) {
 		}
 	}
 	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
-	// 20 a minute in batches of 5: batch k is issued no earlier than k*15 s.
+	// 100 a minute in batches of 10: batch k is issued no earlier than k*6 s.
 	for i, t0 := range at {
-		if min := start.Add(time.Duration(i/5) * 15 * time.Second); t0.Before(min) {
+		if min := start.Add(time.Duration(i/10) * 6 * time.Second); t0.Before(min) {
 			t.Errorf("part %d issued at +%s, before the pacing bound +%s", i, t0.Sub(start), min.Sub(start))
 		}
 	}
-	if last := at[n-1].Sub(start); last < 105*time.Second {
-		t.Errorf("last part issued at +%s; 40 at 20/min cannot finish before +105s", last)
+	if last := at[n-1].Sub(start); last < 114*time.Second || last > 130*time.Second {
+		t.Errorf("last part issued at +%s; 200 at 100/min in batches of 10 is due at +114s", last)
+	}
+	if ev := h.bus.Sent(Topic(j.ID)); len(ev) < 20 || !strings.Contains(string(ev[len(ev)-1].Payload), `"state":"completed"`) {
+		t.Errorf("%d progress events on %s; want one per batch and a final completed", len(ev), Topic(j.ID))
 	}
 	if d := h.devs["other-1"]; len(d.configs) != 0 {
 		t.Errorf("a device outside the selector got config %v", d.configs)
@@ -258,6 +262,55 @@ func TestOnlineField(t *testing.T) {
 		d, err := h.b.Device(h.ctx, "p1")
 		if err != nil || d.Online != on {
 			t.Fatalf("set %q=%v, backend says online=%v (%v)", deviceOnline, on, d.Online, err)
+		}
+	}
+}
+
+// A canary that fails aborts the job before any other device is touched,
+// whatever min_executed says.
+func TestCanaryFailureAborts(t *testing.T) {
+	h := newHarness(t)
+	for i := range 10 {
+		d := h.device(fmt.Sprintf("k%02d", i), map[string]string{"ring": "1"})
+		d.failCmd = i < 2 // the first two, in ID order, are the canary
+	}
+	s := h.engine()
+	j := h.create(s, `{"selector":"ring=1","command":{"action":"reboot"},"max_per_minute":6000,"batch_size":8,"canary":2,
+		"abort":{"max_failure_percent":20,"min_executed":50}}`)
+	j = h.until(s, j.ID, time.Second, 20*time.Second, "aborted", func(j Job) bool { return JobFinal(j.State) && j.Counts[DevQueued] == 0 })
+	if j.State != StateAborted || j.Counts[DevFailed] != 2 || j.Counts[DevNotRun] != 8 {
+		t.Fatalf("job %s %v (%s), want aborted after the canary", j.State, j.Counts, j.Reason)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i := 2; i < 10; i++ {
+		if d := h.devs[fmt.Sprintf("k%02d", i)]; len(d.commands) != 0 {
+			t.Errorf("%s outside the canary executed %v", d.id, d.commands)
+		}
+	}
+}
+
+// A crash between issuing config parts and recording them: the restarted
+// engine adopts the versions already created; no device gets a second one.
+func TestRestartConfigAdopts(t *testing.T) {
+	h := newHarness(t)
+	for i := range 6 {
+		h.device(fmt.Sprintf("q%02d", i), map[string]string{"g": "q"})
+	}
+	a := h.engine()
+	j := h.create(a, `{"selector":"g=q","config":{"sampling_interval":3},"max_per_minute":6000,"batch_size":3}`)
+	testCrashAfterIssue.Store(true)
+	a.Tick(h.ctx)
+	testCrashAfterIssue.Store(false)
+	b := h.engine()
+	j = h.until(b, j.ID, time.Second, 20*time.Second, "completed", func(j Job) bool { return j.State == StateCompleted })
+	if j.Counts[DevSucceeded] != 6 {
+		t.Fatalf("counts %v", j.Counts)
+	}
+	for _, r := range h.rows(b, j.ID, "") {
+		st, _ := h.cfgs.Get(h.ctx, r.Device)
+		if st.Desired.Version != 1 || r.Ref != "1" {
+			t.Errorf("%s: desired version %d, part ref %s; want exactly one version", r.Device, st.Desired.Version, r.Ref)
 		}
 	}
 }

@@ -90,3 +90,33 @@ func TestJobCLI(t *testing.T) {
 		return false, "events " + strings.Repeat("|", len(events))
 	})
 }
+
+// TestJobCLIUsageErrors: a job command missing its target or action, or
+// with a malformed --config, fails before it calls the server.
+func TestJobCLIUsageErrors(t *testing.T) {
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no target", []string{"job", "create", "--config", "sampling_interval=2", "--max-per-minute", "10"}, "exactly one of --selector and --devices"},
+		{"two targets", []string{"job", "create", "--selector", "a=b", "--devices", "d1", "--config", "sampling_interval=2", "--max-per-minute", "10"}, "exactly one of --selector and --devices"},
+		{"no action", []string{"job", "create", "--selector", "a=b", "--max-per-minute", "10"}, "exactly one action"},
+		{"two actions", []string{"job", "create", "--selector", "a=b", "--config", "sampling_interval=2", "--command", "reboot", "--max-per-minute", "10"}, "exactly one action"},
+		{"config without =", []string{"job", "create", "--selector", "a=b", "--config", "sampling_interval", "--max-per-minute", "10"}, "want key=value"},
+		{"value not an integer", []string{"job", "create", "--selector", "a=b", "--command", "write_register", "--value", "x", "--max-per-minute", "10"}, "not an integer"},
+		{"status without JID", []string{"job", "status"}, "usage: ecowatt job status JID"},
+		{"pause without JID", []string{"job", "pause"}, "usage: ecowatt job pause JID"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			out, _, code, err := cliRun(nowhere, tc.args...)
+			if code != exitUsage || err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("exit %d, err %v; want exit 2 with %q", code, err, tc.want)
+			}
+			if out != "" {
+				t.Errorf("stdout %q, want nothing", out)
+			}
+		})
+	}
+}
