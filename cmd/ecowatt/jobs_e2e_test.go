@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"regexp"
 	"strings"
 	"sync"
@@ -118,5 +119,40 @@ func TestJobCLIUsageErrors(t *testing.T) {
 				t.Errorf("stdout %q, want nothing", out)
 			}
 		})
+	}
+}
+
+// TestJobSurvivesRestart: the backend restarts in the middle of a paced
+// config job; the job carries on from Redis and completes, and every
+// device was sent exactly one new config version (the device's own
+// version counter says so).
+func TestJobSurvivesRestart(t *testing.T) {
+	// A fixed MQTT port, so that the devices find the restarted broker.
+	s := startServer(t, "--job-tick", "100ms", "--config-sweep", "1s", "--mqtt-addr", freeAddr(t))
+	keys := s.provision(t, "jrs", 12)
+	var sims simDevices
+	startFleet(t, s, keys, "", sims.setup)
+	waitOnline(t, s, 12)
+	jid := startJob(t, s, "--selector", "id~jrs-", "--config", "sampling_interval=2", "--config", "upload_interval=4",
+		"--max-per-minute", "120", "--batch-size", "2")
+	eventually(t, 20*time.Second, "some parts done", func() (bool, string) {
+		j := getJob(t, s, jid)
+		return j.Counts[jobs.DevSucceeded] >= 2, fmt.Sprint(j.Counts)
+	})
+	s.restart(t)
+	if j := getJob(t, s, jid); j.Counts[jobs.DevQueued] == 0 {
+		t.Fatalf("the job had finished before the restart: %v", j.Counts)
+	}
+	eventually(t, 60*time.Second, "job completed", func() (bool, string) {
+		j := getJob(t, s, jid)
+		return j.State == jobs.StateCompleted, fmt.Sprintf("%s %v", j.State, j.Counts)
+	})
+	if j := getJob(t, s, jid); j.Counts[jobs.DevSucceeded] != 12 {
+		t.Fatalf("job %v", j.Counts)
+	}
+	for id := range keys {
+		if v, cfg := sims.get(t, id).f.Config.Current(); v != 1 || cfg.SamplingInterval != 2 {
+			t.Errorf("%s runs config v%d %+v; want the job's version 1, once", id, v, cfg)
+		}
 	}
 }
