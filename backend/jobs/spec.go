@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"strings"
 	"time"
 
@@ -201,15 +200,4 @@ func (s *Service) checkState(ctx context.Context, sp *Spec) error {
 		}
 	}
 	return nil
-}
-
-// describe is the action as the job document shows it.
-func (sp *Spec) describe() string {
-	switch sp.Kind() {
-	case KindConfig:
-		return "config " + string(sp.Config)
-	case KindCommand:
-		return "command " + string(sp.Command)
-	}
-	return fmt.Sprintf("firmware %s", sp.Firmware.Version)
 }
