@@ -263,6 +263,10 @@ func (s *Service) issueBatch(ctx context.Context, j *Job, now time.Time) error {
 			if !online[i] {
 				continue // its part waits until it is back
 			}
+			// An operator may pause or cancel the job during the batch.
+			if st, err := s.rdb.HGet(ctx, s.jk(j.ID).job, fState).Result(); err != nil || st != StateRunning {
+				return err
+			}
 			ok, err := s.issueOne(ctx, j, dev)
 			if err != nil {
 				return err

@@ -80,6 +80,18 @@ func TestJobCLI(t *testing.T) {
 		"config": map[string]any{"sampling_interval": 2}, "command": map[string]any{"action": "reboot"}}, &e); code != 400 || e.Error.Field != "action" {
 		t.Fatalf("two actions: %d %+v", code, e)
 	}
+	for path, want := range map[string]int{
+		"/api/v1/jobs/01J9Z8X7W6V5T4S3R2Q1P0N9M8":             404,
+		"/api/v1/jobs/nope":                                   404,
+		"/api/v1/jobs?limit=0":                                400,
+		"/api/v1/jobs/" + jid[1] + "/devices?state=bogus":     400,
+		"/api/v1/jobs/" + jid[1] + "/devices?cursor=abc.def":  400,
+		"/api/v1/jobs/" + jid[1] + "/devices?state=succeeded": 200,
+	} {
+		if code := s.api(t, "GET", path, nil, nil); code != want {
+			t.Errorf("GET %s: %d, want %d", path, code, want)
+		}
+	}
 	eventually(t, 5*time.Second, "a completed event", func() (bool, string) {
 		mu.Lock()
 		defer mu.Unlock()
