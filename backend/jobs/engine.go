@@ -59,7 +59,10 @@ func (s *Service) advance(ctx context.Context, jid string) error {
 		}
 	}
 	if !now.Before(*j.Spec.ExpiresAt) {
-		return s.finish(ctx, jid, StateExpired, "the job expired")
+		if j.Counts[DevQueued] == 0 && j.Counts[DevInProgress] == 0 {
+			return s.finish(ctx, jid, StateCompleted, "") // an include_future job at its end
+		}
+		return s.finish(ctx, jid, StateExpired, "the job expired with devices not done")
 	}
 	if j, err = s.load(ctx, jid); err != nil {
 		return err

@@ -162,10 +162,28 @@ func TestIncludeFuture(t *testing.T) {
 	if st, _ := h.cfgs.Get(h.ctx, "f2"); st.Reported == nil || st.Reported.UploadInterval != 120 {
 		t.Fatalf("f2 config %+v", st)
 	}
+	// A device that joins offline and never comes back: at expiry the
+	// job is expired, the device not_run with the reason.
+	h.device("f3", map[string]string{"site": "x"})
+	h.setOnline("f3", false)
+	h.until(s, j.ID, time.Second, 5*time.Second, "f3 joined", func(j Job) bool { return j.Counts[DevQueued] == 1 })
 	h.clk.Add(11 * time.Minute)
-	j = h.until(s, j.ID, time.Second, 5*time.Second, "ended", func(j Job) bool { return JobFinal(j.State) })
-	if j.State != StateExpired {
-		t.Fatalf("state %s", j.State)
+	j = h.until(s, j.ID, time.Second, 5*time.Second, "ended", func(j Job) bool { return JobFinal(j.State) && j.Counts[DevQueued] == 0 })
+	rows := h.rows(s, j.ID, DevNotRun)
+	if j.State != StateExpired || len(rows) != 1 || rows[0].Device != "f3" || !strings.Contains(rows[0].Reason, "expired") {
+		t.Fatalf("state %s, not_run %+v", j.State, rows)
+	}
+	if st, _ := h.cfgs.Get(h.ctx, "f3"); st.Desired.Version != 0 {
+		t.Fatalf("f3 got config version %d while offline", st.Desired.Version)
+	}
+
+	// With every device done, an include_future job completes at its expiry.
+	exp = h.clk.Now().Add(time.Minute).Format(time.RFC3339)
+	j2 := h.create(s, `{"selector":"id in (f1,f2)","config":{"upload_interval":60},"max_per_minute":60,"include_future":true,"expires_at":"`+exp+`"}`)
+	h.until(s, j2.ID, time.Second, 10*time.Second, "both done", func(j Job) bool { return j.Counts[DevSucceeded] == 2 })
+	h.clk.Add(2 * time.Minute)
+	if j2 = h.until(s, j2.ID, time.Second, 5*time.Second, "ended", func(j Job) bool { return JobFinal(j.State) }); j2.State != StateCompleted {
+		t.Fatalf("include_future job with nothing left ended %s", j2.State)
 	}
 }
 
