@@ -20,7 +20,7 @@ const (
 // pattern registered in addRoutes must have an entry (authMux panics
 // otherwise, and TestRoleMatrix checks each against every role).
 // viewer reads everything; operator also changes config and labels, sends
-// commands and starts updates and rollouts; admin also provisions, uploads
+// commands and starts updates, rollouts and jobs; admin also provisions, uploads
 // firmware, manages operator accounts and the device lifecycle. self: an
 // operator may manage its own tokens whatever its role.
 var routeAccess = map[string]access{
@@ -65,6 +65,13 @@ var routeAccess = map[string]access{
 	"POST /api/v1/rollouts/{rid}/pause":       {min: operator},
 	"POST /api/v1/rollouts/{rid}/resume":      {min: operator},
 	"POST /api/v1/rollouts/{rid}/abort":       {min: operator},
+	"GET /api/v1/jobs":                        {min: viewer},
+	"POST /api/v1/jobs":                       {min: operator},
+	"GET /api/v1/jobs/{jid}":                  {min: viewer},
+	"GET /api/v1/jobs/{jid}/devices":          {min: viewer},
+	"POST /api/v1/jobs/{jid}/pause":           {min: operator},
+	"POST /api/v1/jobs/{jid}/resume":          {min: operator},
+	"POST /api/v1/jobs/{jid}/cancel":          {min: operator},
 
 	// Lifecycle decides who may connect, or destroys a key: admin.
 	"POST /api/v1/devices/{id}/disable": {min: admin},
@@ -122,6 +129,13 @@ func addRoutes(m *http.ServeMux, d Deps) {
 	api.Handle("POST /api/v1/rollouts/{rid}/pause", handleRolloutAction(log, d.FOTA, "pause"))
 	api.Handle("POST /api/v1/rollouts/{rid}/resume", handleRolloutAction(log, d.FOTA, "resume"))
 	api.Handle("POST /api/v1/rollouts/{rid}/abort", handleRolloutAction(log, d.FOTA, "abort"))
+	api.Handle("GET /api/v1/jobs", handleJobList(log, d.Jobs))
+	api.Handle("POST /api/v1/jobs", handleJobCreate(log, d.Jobs))
+	api.Handle("GET /api/v1/jobs/{jid}", handleJobGet(log, d.Jobs))
+	api.Handle("GET /api/v1/jobs/{jid}/devices", handleJobDevices(log, d.Jobs))
+	api.Handle("POST /api/v1/jobs/{jid}/pause", handleJobAction(log, d.Jobs, "pause"))
+	api.Handle("POST /api/v1/jobs/{jid}/resume", handleJobAction(log, d.Jobs, "resume"))
+	api.Handle("POST /api/v1/jobs/{jid}/cancel", handleJobAction(log, d.Jobs, "cancel"))
 	api.Handle("GET /api/v1/operators", handleOperatorList(log, d.Operators))
 	api.Handle("POST /api/v1/operators", handleOperatorCreate(log, d.Operators))
 	api.Handle("DELETE /api/v1/operators/{name}", handleOperatorDelete(log, d.Operators))

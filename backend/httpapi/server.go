@@ -61,6 +61,8 @@ type Deps struct {
 	// Lifecycle serves disable, enable and DELETE of devices; nil means
 	// Fleet when it has them (as *backend.Service does), else 503.
 	Lifecycle Lifecycle
+	// Jobs serves the fleet job routes; nil answers them with 503.
+	Jobs Jobs
 	// KeepAlive is the interval of event-stream keep-alive comments;
 	// default DefaultKeepAlive.
 	KeepAlive time.Duration

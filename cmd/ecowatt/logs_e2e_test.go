@@ -108,7 +108,7 @@ func TestJSONLogsHaveUniqueKeys(t *testing.T) {
 		t.Fatalf("GET without a token: %d, want 401", resp.StatusCode)
 	}
 
-	want := []string{"backend", "broker", "commands", "config", "demo", "fota", "httpapi", "mochi", "telemetry"}
+	want := []string{"backend", "broker", "commands", "config", "demo", "fota", "httpapi", "jobs", "mochi", "telemetry"}
 	missing := func() []string {
 		seen, err := logComponents(s.logs.String())
 		if err != nil {

@@ -90,6 +90,15 @@ func commandTree() []command {
 			{name: "resume", summary: "resume a paused rollout", run: fotaAction("resume")},
 			{name: "abort", summary: "abort a rollout", run: fotaAction("abort")},
 		}},
+		{name: "job", summary: "one config change, command or firmware update across many devices, paced", sub: []command{
+			{name: "create", summary: "start a job over a selector or a device list", run: jobCreate},
+			{name: "list", summary: "the newest jobs with their progress", run: jobList},
+			{name: "status", summary: "one job's progress (--watch until it ends)", run: jobStatus},
+			{name: "devices", summary: "a job's devices with their states and reasons (--state failed)", run: jobDevices},
+			{name: "pause", summary: "stop issuing new parts", run: jobAction("pause")},
+			{name: "resume", summary: "resume a paused job", run: jobAction("resume")},
+			{name: "cancel", summary: "end a job; devices not reached get nothing", run: jobAction("cancel")},
+		}},
 		{name: "operator", summary: "operator accounts (HTTP and MQTT) and their API tokens", sub: []command{
 			{name: "add", summary: "create an operator with a role: viewer, operator or admin", run: operatorAdd},
 			{name: "list", summary: "every operator with its role", run: operatorList},

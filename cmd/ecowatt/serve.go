@@ -37,6 +37,7 @@ type serveConfig struct {
 	readyFile                             string
 	cmd                                   commandConfig
 	fota                                  fotaConfig
+	jobs                                  jobConfig
 	scale                                 scaleConfig
 	runtime                               runtimeConfig
 	presence                              presenceConfig
@@ -74,6 +75,7 @@ func runServe(ctx context.Context, e env, args []string) error {
 	fs.IntVar(&c.demo, "demo", 0, "provision N demo devices and run them in-process (a live dashboard at once)")
 	c.cmd.register(fs)
 	c.fota.register(fs)
+	c.jobs.register(fs)
 	c.scale.register(fs)
 	c.runtime.register(fs)
 	c.presence.register(fs)
@@ -230,6 +232,10 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	if err != nil {
 		return err
 	}
+	jobSvc, err := newJobs(c.jobs, rdb, keys, replica, svc, brk.bus(), cfgSvc, cmds, fw, log, reg)
+	if err != nil {
+		return err
+	}
 	ops, err := parseOperators(c.operator)
 	if err != nil {
 		return err
@@ -255,6 +261,7 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		Configs:    cfgSvc,
 		Telemetry:  tm,
 		FOTA:       fw,
+		Jobs:       jobSvc,
 		Ready:      brk.ready,
 	}))
 	// Requests run under reqCtx, cancelled when shutdown starts, so that
@@ -274,6 +281,7 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	// replica that dies between the two leaves an index wrong until this
 	// pass (docs/DECISIONS.md).
 	g.Go(func() error { return svc.RunIndexRepair(gctx, replica, c.indexRepair) })
+	g.Go(func() error { return jobSvc.Run(gctx) })
 	if pprofLn != nil {
 		log.Warn().Str("addr", pprofLn.Addr().String()).Msg("profiling on /debug/pprof/ (--pprof-addr)")
 		g.Go(func() error { return servePprof(gctx, pprofLn) })
