@@ -277,22 +277,34 @@ func rejection(operator string, err error, body []byte) map[string]any {
 var replayScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[3]) == 0 then return {0, '0'} end
 local n = tonumber(ARGV[1])
-local hs = redis.call('GET', KEYS[1]) or '0'
+local w = redis.call('MGET', KEYS[1], KEYS[2])
+local hs = w[1] or '0'
 local high = tonumber(hs)
 if n < 1 then return {-2, hs} end
 if n - high > tonumber(ARGV[3]) then return {-3, hs} end
+-- The ring is edited here, byte by byte, and written back whole: one
+-- call however many bits change (no bit library: miniredis has none).
+local r = w[2] or ''
+local b = {string.byte(r .. string.rep('\0', 8 - #r), 1, 8)}
+local function bit(k) local m = 2 ^ (7 - k % 8); return math.floor(b[math.floor(k / 8) + 1] / m) % 2, m end
+local function put(k, v)
+  local cur, m = bit(k)
+  local i = math.floor(k / 8) + 1
+  b[i] = b[i] + (v - cur) * m
+end
 if n > high then
   if n - high >= 64 then
-    redis.call('DEL', KEYS[2])
+    b = {0, 0, 0, 0, 0, 0, 0, 0}
   else
-    for i = high + 1, n - 1 do redis.call('SETBIT', KEYS[2], i % 64, 0) end
+    for i = high + 1, n - 1 do put(i % 64, 0) end
   end
-  redis.call('SETBIT', KEYS[2], n % 64, 1)
-  redis.call('SET', KEYS[1], ARGV[1])
+  put(n % 64, 1)
+  redis.call('MSET', KEYS[1], ARGV[1], KEYS[2], string.char(unpack(b)))
 else
   if high - n >= 64 then return {-2, hs} end
-  if redis.call('GETBIT', KEYS[2], n % 64) == 1 then return {-1, hs} end
-  redis.call('SETBIT', KEYS[2], n % 64, 1)
+  if bit(n % 64) == 1 then return {-1, hs} end
+  put(n % 64, 1)
+  redis.call('SET', KEYS[2], string.char(unpack(b)))
 end
 redis.call('HSET', KEYS[3], 'last_seen', ARGV[2])
 return {1, hs}
@@ -348,19 +360,20 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 `)
 
-// birthScript records a birth in an existing device hash. When ARGV[1] is
-// "1" (connections are reported, see presence.go) it refuses a birth
-// whose connection has ended. KEYS: dev hash. ARGV: tracked, field,
-// value, ... Returns 1 recorded, 0 unknown device, -1 connection ended.
+// birthScript records a birth in an existing device hash and appends its
+// presence event to the audit stream, in one round trip (the event is
+// published after, publishEvent). When ARGV[1] is "1" (connections are
+// reported, see presence.go) it refuses a birth whose connection has
+// ended. A device hash always has its id field (provisionScript).
+// KEYS: dev hash, audit stream. ARGV: tracked, audit maxlen, at (unix
+// ms), event data, field, value, ... Returns {1, event id} recorded,
+// {0} unknown device, {-1} connection ended.
 var birthScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if ARGV[1] == '1' then
-  local gen = tonumber(redis.call('HGET', KEYS[1], 'conn_gen') or '0')
-  local down = tonumber(redis.call('HGET', KEYS[1], 'conn_down') or '0')
-  if down >= gen then return -1 end
-end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-return 1
+local h = redis.call('HMGET', KEYS[1], 'id', 'conn_gen', 'conn_down')
+if not h[1] then return {0} end
+if ARGV[1] == '1' and tonumber(h[3] or '0') >= tonumber(h[2] or '0') then return {-1} end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+return {1, redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'presence', 'at', ARGV[3], 'data', ARGV[4])}
 `)
 
 // handleBirth records presence from an authenticated birth message.
@@ -372,34 +385,41 @@ func (s *Service) handleBirth(ctx context.Context, dev string, m envelope.Messag
 	if !b.Online {
 		return s.setOffline(ctx, dev, "birth")
 	}
-	now := s.now()
+	now := s.now().UTC()
 	ms := now.UnixMilli()
 	tracked := "0"
 	if s.tracked.Load() {
 		tracked = "1"
 	}
-	ok, err := birthScript.Run(ctx, s.rdb, []string{s.keys.Device(dev)}, tracked,
-		fOnline, "1", fLastSeen, ms, fBirthAt, ms,
-		fFirmwareVersion, b.FirmwareVersion, fConfigVersion, b.ConfigVersion,
-		fBootCount, b.BootCount, fUptime, b.UptimeSeconds, fSlot, b.Slot).Int()
+	data, err := json.Marshal(map[string]any{
+		"online": true, "firmware_version": b.FirmwareVersion, "config_version": b.ConfigVersion,
+		"boot_count": b.BootCount, "uptime_s": b.UptimeSeconds, "slot": b.Slot,
+	})
 	if err != nil {
 		return fmt.Errorf("birth %s: %w", dev, err)
 	}
-	if ok == -1 {
+	res, err := birthScript.Run(ctx, s.rdb, []string{s.keys.Device(dev), s.keys.Audit(dev)}, tracked,
+		s.cfg.AuditMaxLen, ms, data,
+		fOnline, "1", fLastSeen, ms, fBirthAt, ms,
+		fFirmwareVersion, b.FirmwareVersion, fConfigVersion, b.ConfigVersion,
+		fBootCount, b.BootCount, fUptime, b.UptimeSeconds, fSlot, b.Slot).Slice()
+	if err != nil {
+		return fmt.Errorf("birth %s: %w", dev, err)
+	}
+	code, _ := res[0].(int64)
+	if code == -1 {
 		s.log.Info().Str("device", dev).Msg("birth from a connection that has ended: presence unchanged")
 		return nil
 	}
-	if ok == 0 {
+	if code != 1 || len(res) < 2 {
 		return nil
 	}
+	id, _ := res[1].(string)
 	if err := s.rdb.ZAdd(ctx, s.keys.Online(), redis.Z{Score: float64(ms), Member: dev}).Err(); err != nil {
 		return fmt.Errorf("birth %s: online index: %w", dev, err)
 	}
 	s.log.Info().Str("device", dev).Str("firmware", b.FirmwareVersion).Int64("boot_count", b.BootCount).Msg("device online")
-	return s.Emit(ctx, dev, topics.EventPresence, map[string]any{
-		"online": true, "firmware_version": b.FirmwareVersion, "config_version": b.ConfigVersion,
-		"boot_count": b.BootCount, "uptime_s": b.UptimeSeconds, "slot": b.Slot,
-	})
+	return s.publishEvent(ctx, Event{ID: id, Device: dev, Kind: topics.EventPresence, At: now, Data: data})
 }
 
 // handleWill marks dev offline on its unsigned will, unless the broker
