@@ -134,9 +134,10 @@ type Service struct {
 
 	run RunGuard
 
-	mu     sync.RWMutex // guards uplink and ops
-	uplink map[string][]UplinkHandler
-	ops    map[string]OpsHandler
+	mu      sync.RWMutex // guards uplink, checked and ops
+	uplink  map[string][]UplinkHandler
+	checked map[string]bool // kinds whose first handler checks the nonce (HandleChecked)
+	ops     map[string]OpsHandler
 }
 
 // job is one message waiting for a worker. Oversized payloads are not

@@ -60,6 +60,22 @@ func (s *Service) Handle(kind string, h UplinkHandler) {
 	s.uplink[kind] = append(s.uplink[kind], h)
 }
 
+// HandleChecked adds h as the first handler of uplink kind, and leaves
+// the replay check of kind's messages to it: h runs ReplayLua inside its
+// own script, so that the check and the write are one round trip, and
+// returns the error of NonceRefused (or AcceptNonce) when the nonce is
+// refused. Such an error is the message's security event and stops it;
+// the other handlers of kind do not run.
+func (s *Service) HandleChecked(kind string, h UplinkHandler) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.checked == nil {
+		s.checked = map[string]bool{}
+	}
+	s.checked[kind] = true
+	s.uplink[kind] = append([]UplinkHandler{h}, s.uplink[kind]...)
+}
+
 // HandleOps sets the handler of operator kind (topics.KindConfig or
 // topics.KindCommand).
 func (s *Service) HandleOps(kind string, h OpsHandler) {
@@ -110,25 +126,41 @@ func (s *Service) processUplink(ctx context.Context, t topics.Topic, j *job) (re
 		s.SecurityEvent(ctx, dev, reason, err.Error()+" on "+topic)
 		return false
 	}
-	switch err := s.acceptNonce(ctx, dev, m.Nonce); {
-	case errors.Is(err, envelope.ErrReplay):
-		s.SecurityEvent(ctx, dev, ReasonReplay, err.Error()+" on "+topic)
-		return false
-	case errors.Is(err, envelope.ErrStale):
-		s.SecurityEvent(ctx, dev, ReasonStale, err.Error()+" on "+topic)
-		return false
-	case errors.Is(err, ErrNonceJump):
-		s.SecurityEvent(ctx, dev, ReasonNonceJump, err.Error()+" on "+topic)
-		return false
-	case errors.Is(err, ErrNotFound):
-		s.SecurityEvent(ctx, dev, ReasonUnknownDevice, "device removed; message on "+topic)
-		return false
-	case err != nil:
-		return s.storeFailed(j, err, "replay check failed")
+	s.mu.RLock()
+	checked := s.checked[t.Kind]
+	s.mu.RUnlock()
+	if !checked {
+		if err := s.acceptNonce(ctx, dev, m.Nonce); err != nil {
+			if s.nonceRefusal(ctx, dev, topic, err) {
+				return false
+			}
+			return s.storeFailed(j, err, "replay check failed")
+		}
+		s.m.uplink.WithLabelValues(t.Kind).Inc()
 	}
-	s.m.uplink.WithLabelValues(t.Kind).Inc()
 	j.opened, j.env, j.next = true, m, 0
 	return s.dispatch(ctx, dev, t.Kind, j)
+}
+
+// nonceRefusal records err, when it refuses an uplink's nonce, as the
+// message's security event, and reports whether it did.
+func (s *Service) nonceRefusal(ctx context.Context, dev, topic string, err error) bool {
+	var reason string
+	switch {
+	case errors.Is(err, envelope.ErrReplay):
+		reason = ReasonReplay
+	case errors.Is(err, envelope.ErrStale):
+		reason = ReasonStale
+	case errors.Is(err, ErrNonceJump):
+		reason = ReasonNonceJump
+	case errors.Is(err, ErrNotFound):
+		s.SecurityEvent(ctx, dev, ReasonUnknownDevice, "device removed; message on "+topic)
+		return true
+	default:
+		return false
+	}
+	s.SecurityEvent(ctx, dev, reason, err.Error()+" on "+topic)
+	return true
 }
 
 // storeFailed decides the fate of j after a store error: a retry when
@@ -172,8 +204,20 @@ func (s *Service) dispatch(ctx context.Context, dev, kind string, j *job) (retry
 			s.log.Error().Err(errors.Join(failed...)).Str("device", dev).Str("kind", kind).Msg("uplink handler failed")
 		}
 	}()
+	s.mu.RLock()
+	checked := s.checked[kind]
+	s.mu.RUnlock()
 	for ; j.next < len(hs); j.next++ {
-		switch err := hs[j.next](ctx, dev, j.env); {
+		err := hs[j.next](ctx, dev, j.env)
+		if checked && j.next == 0 {
+			if err != nil && s.nonceRefusal(ctx, dev, j.msg.Topic, err) {
+				return false
+			}
+			if err == nil || !transient(err) {
+				s.m.uplink.WithLabelValues(kind).Inc()
+			}
+		}
+		switch {
 		case err == nil:
 		case ErrorCode(err) == CodeInvalid:
 			invalid = append(invalid, err)
@@ -274,14 +318,21 @@ func rejection(operator string, err error, body []byte) map[string]any {
 // Returns 1 accepted, 0 unknown device, -1 replay, -2 stale, -3 jump
 // above the bound (nothing written); and the high water mark before the
 // call.
-var replayScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[3]) == 0 then return {0, '0'} end
+var replayScript = redis.NewScript("local function REFUSE(c, h) return {c, h} end\n" + ReplayLua + "return {1, hs}\n")
+
+// ReplayLua is replayScript's check as a Lua chunk, for the script of a
+// HandleChecked handler: it reads KEYS[1..3] and ARGV[1..3] (NonceKeys,
+// NonceArgs), runs "return REFUSE(code, high)" on refusal (the embedding
+// script defines REFUSE before it; codes as replayScript's) and on
+// acceptance falls through with last_seen written.
+const ReplayLua = `
+if redis.call('EXISTS', KEYS[3]) == 0 then return REFUSE(0, '0') end
 local n = tonumber(ARGV[1])
 local w = redis.call('MGET', KEYS[1], KEYS[2])
 local hs = w[1] or '0'
 local high = tonumber(hs)
-if n < 1 then return {-2, hs} end
-if n - high > tonumber(ARGV[3]) then return {-3, hs} end
+if n < 1 then return REFUSE(-2, hs) end
+if n - high > tonumber(ARGV[3]) then return REFUSE(-3, hs) end
 -- The ring is edited here, byte by byte, and written back whole: one
 -- call however many bits change (no bit library: miniredis has none).
 local r = w[2] or ''
@@ -301,32 +352,32 @@ if n > high then
   put(n % 64, 1)
   redis.call('MSET', KEYS[1], ARGV[1], KEYS[2], string.char(unpack(b)))
 else
-  if high - n >= 64 then return {-2, hs} end
-  if bit(n % 64) == 1 then return {-1, hs} end
+  if high - n >= 64 then return REFUSE(-2, hs) end
+  if bit(n % 64) == 1 then return REFUSE(-1, hs) end
   put(n % 64, 1)
   redis.call('SET', KEYS[2], string.char(unpack(b)))
 end
 redis.call('HSET', KEYS[3], 'last_seen', ARGV[2])
-return {1, hs}
-`)
+`
 
-// acceptNonce records nonce n for dev's uplink atomically, with the same
-// result as envelope.Window.Accept, and updates last_seen.
-func (s *Service) acceptNonce(ctx context.Context, dev string, n uint64) error {
+// NonceKeys are ReplayLua's KEYS for dev, in dev's Cluster slot.
+func (s *Service) NonceKeys(dev string) []string {
+	return []string{s.keys.RxHigh(dev), s.keys.RxBits(dev), s.keys.Device(dev)}
+}
+
+// NonceArgs are ReplayLua's ARGV for uplink nonce n. A nonce above 2^53-1
+// is refused here, as stale.
+func (s *Service) NonceArgs(n uint64) ([]any, error) {
 	if n > envelope.MaxNonce {
-		return fmt.Errorf("%w: nonce %d above 2^53-1", envelope.ErrStale, n)
+		return nil, fmt.Errorf("%w: nonce %d above 2^53-1", envelope.ErrStale, n)
 	}
-	res, err := replayScript.Run(ctx, s.rdb,
-		[]string{s.keys.RxHigh(dev), s.keys.RxBits(dev), s.keys.Device(dev)},
-		strconv.FormatUint(n, 10), s.now().UnixMilli(), MaxNonceJump).Slice()
-	if err != nil {
-		return fmt.Errorf("replay check %s: %w", dev, err)
-	}
-	code, _ := res[0].(int64)
-	high, _ := res[1].(string)
+	return []any{strconv.FormatUint(n, 10), s.now().UnixMilli(), MaxNonceJump}, nil
+}
+
+// NonceRefused is the error of a nonce n of dev that ReplayLua refused
+// with code, the high-water mark being high.
+func NonceRefused(dev string, n uint64, code int64, high string) error {
 	switch code {
-	case 1:
-		return nil
 	case 0:
 		return Errorf(CodeNotFound, "id", "no device %q", dev)
 	case -1:
@@ -336,6 +387,31 @@ func (s *Service) acceptNonce(ctx context.Context, dev string, n uint64) error {
 	default:
 		return fmt.Errorf("%w: %d <= %s-%d", envelope.ErrStale, n, high, envelope.WindowSize)
 	}
+}
+
+// AcceptNonce is the replay check on its own, for a HandleChecked handler
+// that refuses a message before its script runs.
+func (s *Service) AcceptNonce(ctx context.Context, dev string, n uint64) error {
+	return s.acceptNonce(ctx, dev, n)
+}
+
+// acceptNonce records nonce n for dev's uplink atomically, with the same
+// result as envelope.Window.Accept, and updates last_seen.
+func (s *Service) acceptNonce(ctx context.Context, dev string, n uint64) error {
+	args, err := s.NonceArgs(n)
+	if err != nil {
+		return err
+	}
+	res, err := replayScript.Run(ctx, s.rdb, s.NonceKeys(dev), args...).Slice()
+	if err != nil {
+		return fmt.Errorf("replay check %s: %w", dev, err)
+	}
+	code, _ := res[0].(int64)
+	high, _ := res[1].(string)
+	if code == 1 {
+		return nil
+	}
+	return NonceRefused(dev, n, code, high)
 }
 
 // isWill reports whether payload is a device's plain will: exactly
