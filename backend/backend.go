@@ -134,8 +134,9 @@ type Service struct {
 
 	run RunGuard
 
-	mu        sync.RWMutex // guards uplink, ops and lifecycle
+	mu        sync.RWMutex // guards uplink, checked, ops and lifecycle
 	uplink    map[string][]UplinkHandler
+	checked   map[string]bool // kinds whose first handler checks the nonce (HandleChecked)
 	ops       map[string]OpsHandler
 	lifecycle []LifecycleHandler
 }

@@ -32,10 +32,13 @@ import (
 // records the replica that holds it (reconcile.go).
 // KEYS: dev hash. ARGV: replica. Returns the generation, 0 for an unknown
 // device.
+// A device hash always has its id field (provisionScript); two calls.
 var connectScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'replica', ARGV[1])
-return redis.call('HINCRBY', KEYS[1], 'conn_gen', 1)
+local h = redis.call('HMGET', KEYS[1], 'id', 'conn_gen')
+if not h[1] then return 0 end
+local gen = tonumber(h[2] or '0') + 1
+redis.call('HSET', KEYS[1], 'replica', ARGV[1], 'conn_gen', gen)
+return gen
 `)
 
 // DeviceConnected records that the broker accepted a new connection of

@@ -60,6 +60,22 @@ func (s *Service) Handle(kind string, h UplinkHandler) {
 	s.uplink[kind] = append(s.uplink[kind], h)
 }
 
+// HandleChecked adds h as the first handler of uplink kind, and leaves
+// the replay check of kind's messages to it: h runs ReplayLua inside its
+// own script, so that the check and the write are one round trip, and
+// returns the error of NonceRefused (or AcceptNonce) when the nonce is
+// refused. Such an error is the message's security event and stops it;
+// the other handlers of kind do not run.
+func (s *Service) HandleChecked(kind string, h UplinkHandler) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.checked == nil {
+		s.checked = map[string]bool{}
+	}
+	s.checked[kind] = true
+	s.uplink[kind] = append([]UplinkHandler{h}, s.uplink[kind]...)
+}
+
 // HandleOps sets the handler of operator kind (topics.KindConfig or
 // topics.KindCommand).
 func (s *Service) HandleOps(kind string, h OpsHandler) {
@@ -110,25 +126,41 @@ func (s *Service) processUplink(ctx context.Context, t topics.Topic, j *job) (re
 		s.SecurityEvent(ctx, dev, reason, err.Error()+" on "+topic)
 		return false
 	}
-	switch err := s.acceptNonce(ctx, dev, m.Nonce); {
-	case errors.Is(err, envelope.ErrReplay):
-		s.SecurityEvent(ctx, dev, ReasonReplay, err.Error()+" on "+topic)
-		return false
-	case errors.Is(err, envelope.ErrStale):
-		s.SecurityEvent(ctx, dev, ReasonStale, err.Error()+" on "+topic)
-		return false
-	case errors.Is(err, ErrNonceJump):
-		s.SecurityEvent(ctx, dev, ReasonNonceJump, err.Error()+" on "+topic)
-		return false
-	case errors.Is(err, ErrNotFound):
-		s.SecurityEvent(ctx, dev, ReasonUnknownDevice, "device removed; message on "+topic)
-		return false
-	case err != nil:
-		return s.storeFailed(j, err, "replay check failed")
+	s.mu.RLock()
+	checked := s.checked[t.Kind]
+	s.mu.RUnlock()
+	if !checked {
+		if err := s.acceptNonce(ctx, dev, m.Nonce); err != nil {
+			if s.nonceRefusal(ctx, dev, topic, err) {
+				return false
+			}
+			return s.storeFailed(j, err, "replay check failed")
+		}
+		s.m.uplink.WithLabelValues(t.Kind).Inc()
 	}
-	s.m.uplink.WithLabelValues(t.Kind).Inc()
 	j.opened, j.env, j.next = true, m, 0
 	return s.dispatch(ctx, dev, t.Kind, j)
+}
+
+// nonceRefusal records err, when it refuses an uplink's nonce, as the
+// message's security event, and reports whether it did.
+func (s *Service) nonceRefusal(ctx context.Context, dev, topic string, err error) bool {
+	var reason string
+	switch {
+	case errors.Is(err, envelope.ErrReplay):
+		reason = ReasonReplay
+	case errors.Is(err, envelope.ErrStale):
+		reason = ReasonStale
+	case errors.Is(err, ErrNonceJump):
+		reason = ReasonNonceJump
+	case errors.Is(err, ErrNotFound):
+		s.SecurityEvent(ctx, dev, ReasonUnknownDevice, "device removed; message on "+topic)
+		return true
+	default:
+		return false
+	}
+	s.SecurityEvent(ctx, dev, reason, err.Error()+" on "+topic)
+	return true
 }
 
 // storeFailed decides the fate of j after a store error: a retry when
@@ -172,8 +204,20 @@ func (s *Service) dispatch(ctx context.Context, dev, kind string, j *job) (retry
 			s.log.Error().Err(errors.Join(failed...)).Str("device", dev).Str("kind", kind).Msg("uplink handler failed")
 		}
 	}()
+	s.mu.RLock()
+	checked := s.checked[kind]
+	s.mu.RUnlock()
 	for ; j.next < len(hs); j.next++ {
-		switch err := hs[j.next](ctx, dev, j.env); {
+		err := hs[j.next](ctx, dev, j.env)
+		if checked && j.next == 0 {
+			if err != nil && s.nonceRefusal(ctx, dev, j.msg.Topic, err) {
+				return false
+			}
+			if err == nil || !transient(err) {
+				s.m.uplink.WithLabelValues(kind).Inc()
+			}
+		}
+		switch {
 		case err == nil:
 		case ErrorCode(err) == CodeInvalid:
 			invalid = append(invalid, err)
@@ -274,47 +318,66 @@ func rejection(operator string, err error, body []byte) map[string]any {
 // Returns 1 accepted, 0 unknown device, -1 replay, -2 stale, -3 jump
 // above the bound (nothing written); and the high water mark before the
 // call.
-var replayScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[3]) == 0 then return {0, '0'} end
+var replayScript = redis.NewScript("local function REFUSE(c, h) return {c, h} end\n" + ReplayLua + "return {1, hs}\n")
+
+// ReplayLua is replayScript's check as a Lua chunk, for the script of a
+// HandleChecked handler: it reads KEYS[1..3] and ARGV[1..3] (NonceKeys,
+// NonceArgs), runs "return REFUSE(code, high)" on refusal (the embedding
+// script defines REFUSE before it; codes as replayScript's) and on
+// acceptance falls through with last_seen written.
+const ReplayLua = `
+if redis.call('EXISTS', KEYS[3]) == 0 then return REFUSE(0, '0') end
 local n = tonumber(ARGV[1])
-local hs = redis.call('GET', KEYS[1]) or '0'
+local w = redis.call('MGET', KEYS[1], KEYS[2])
+local hs = w[1] or '0'
 local high = tonumber(hs)
-if n < 1 then return {-2, hs} end
-if n - high > tonumber(ARGV[3]) then return {-3, hs} end
+if n < 1 then return REFUSE(-2, hs) end
+if n - high > tonumber(ARGV[3]) then return REFUSE(-3, hs) end
+-- The ring is edited here, byte by byte, and written back whole: one
+-- call however many bits change (no bit library: miniredis has none).
+local r = w[2] or ''
+local b = {string.byte(r .. string.rep('\0', 8 - #r), 1, 8)}
+local function bit(k) local m = 2 ^ (7 - k % 8); return math.floor(b[math.floor(k / 8) + 1] / m) % 2, m end
+local function put(k, v)
+  local cur, m = bit(k)
+  local i = math.floor(k / 8) + 1
+  b[i] = b[i] + (v - cur) * m
+end
 if n > high then
   if n - high >= 64 then
-    redis.call('DEL', KEYS[2])
+    b = {0, 0, 0, 0, 0, 0, 0, 0}
   else
-    for i = high + 1, n - 1 do redis.call('SETBIT', KEYS[2], i % 64, 0) end
+    for i = high + 1, n - 1 do put(i % 64, 0) end
   end
-  redis.call('SETBIT', KEYS[2], n % 64, 1)
-  redis.call('SET', KEYS[1], ARGV[1])
+  put(n % 64, 1)
+  redis.call('MSET', KEYS[1], ARGV[1], KEYS[2], string.char(unpack(b)))
 else
-  if high - n >= 64 then return {-2, hs} end
-  if redis.call('GETBIT', KEYS[2], n % 64) == 1 then return {-1, hs} end
-  redis.call('SETBIT', KEYS[2], n % 64, 1)
+  if high - n >= 64 then return REFUSE(-2, hs) end
+  if bit(n % 64) == 1 then return REFUSE(-1, hs) end
+  put(n % 64, 1)
+  redis.call('SET', KEYS[2], string.char(unpack(b)))
 end
 redis.call('HSET', KEYS[3], 'last_seen', ARGV[2])
-return {1, hs}
-`)
+`
 
-// acceptNonce records nonce n for dev's uplink atomically, with the same
-// result as envelope.Window.Accept, and updates last_seen.
-func (s *Service) acceptNonce(ctx context.Context, dev string, n uint64) error {
+// NonceKeys are ReplayLua's KEYS for dev, in dev's Cluster slot.
+func (s *Service) NonceKeys(dev string) []string {
+	return []string{s.keys.RxHigh(dev), s.keys.RxBits(dev), s.keys.Device(dev)}
+}
+
+// NonceArgs are ReplayLua's ARGV for uplink nonce n. A nonce above 2^53-1
+// is refused here, as stale.
+func (s *Service) NonceArgs(n uint64) ([]any, error) {
 	if n > envelope.MaxNonce {
-		return fmt.Errorf("%w: nonce %d above 2^53-1", envelope.ErrStale, n)
+		return nil, fmt.Errorf("%w: nonce %d above 2^53-1", envelope.ErrStale, n)
 	}
-	res, err := replayScript.Run(ctx, s.rdb,
-		[]string{s.keys.RxHigh(dev), s.keys.RxBits(dev), s.keys.Device(dev)},
-		strconv.FormatUint(n, 10), s.now().UnixMilli(), MaxNonceJump).Slice()
-	if err != nil {
-		return fmt.Errorf("replay check %s: %w", dev, err)
-	}
-	code, _ := res[0].(int64)
-	high, _ := res[1].(string)
+	return []any{strconv.FormatUint(n, 10), s.now().UnixMilli(), MaxNonceJump}, nil
+}
+
+// NonceRefused is the error of a nonce n of dev that ReplayLua refused
+// with code, the high-water mark being high.
+func NonceRefused(dev string, n uint64, code int64, high string) error {
 	switch code {
-	case 1:
-		return nil
 	case 0:
 		return Errorf(CodeNotFound, "id", "no device %q", dev)
 	case -1:
@@ -324,6 +387,31 @@ func (s *Service) acceptNonce(ctx context.Context, dev string, n uint64) error {
 	default:
 		return fmt.Errorf("%w: %d <= %s-%d", envelope.ErrStale, n, high, envelope.WindowSize)
 	}
+}
+
+// AcceptNonce is the replay check on its own, for a HandleChecked handler
+// that refuses a message before its script runs.
+func (s *Service) AcceptNonce(ctx context.Context, dev string, n uint64) error {
+	return s.acceptNonce(ctx, dev, n)
+}
+
+// acceptNonce records nonce n for dev's uplink atomically, with the same
+// result as envelope.Window.Accept, and updates last_seen.
+func (s *Service) acceptNonce(ctx context.Context, dev string, n uint64) error {
+	args, err := s.NonceArgs(n)
+	if err != nil {
+		return err
+	}
+	res, err := replayScript.Run(ctx, s.rdb, s.NonceKeys(dev), args...).Slice()
+	if err != nil {
+		return fmt.Errorf("replay check %s: %w", dev, err)
+	}
+	code, _ := res[0].(int64)
+	high, _ := res[1].(string)
+	if code == 1 {
+		return nil
+	}
+	return NonceRefused(dev, n, code, high)
 }
 
 // isWill reports whether payload is a device's plain will: exactly
@@ -348,19 +436,20 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 `)
 
-// birthScript records a birth in an existing device hash. When ARGV[1] is
-// "1" (connections are reported, see presence.go) it refuses a birth
-// whose connection has ended. KEYS: dev hash. ARGV: tracked, field,
-// value, ... Returns 1 recorded, 0 unknown device, -1 connection ended.
+// birthScript records a birth in an existing device hash and appends its
+// presence event to the audit stream, in one round trip (the event is
+// published after, publishEvent). When ARGV[1] is "1" (connections are
+// reported, see presence.go) it refuses a birth whose connection has
+// ended. A device hash always has its id field (provisionScript).
+// KEYS: dev hash, audit stream. ARGV: tracked, audit maxlen, at (unix
+// ms), event data, field, value, ... Returns {1, event id} recorded,
+// {0} unknown device, {-1} connection ended.
 var birthScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if ARGV[1] == '1' then
-  local gen = tonumber(redis.call('HGET', KEYS[1], 'conn_gen') or '0')
-  local down = tonumber(redis.call('HGET', KEYS[1], 'conn_down') or '0')
-  if down >= gen then return -1 end
-end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-return 1
+local h = redis.call('HMGET', KEYS[1], 'id', 'conn_gen', 'conn_down')
+if not h[1] then return {0} end
+if ARGV[1] == '1' and tonumber(h[3] or '0') >= tonumber(h[2] or '0') then return {-1} end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+return {1, redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'kind', 'presence', 'at', ARGV[3], 'data', ARGV[4])}
 `)
 
 // handleBirth records presence from an authenticated birth message.
@@ -372,34 +461,41 @@ func (s *Service) handleBirth(ctx context.Context, dev string, m envelope.Messag
 	if !b.Online {
 		return s.setOffline(ctx, dev, "birth")
 	}
-	now := s.now()
+	now := s.now().UTC()
 	ms := now.UnixMilli()
 	tracked := "0"
 	if s.tracked.Load() {
 		tracked = "1"
 	}
-	ok, err := birthScript.Run(ctx, s.rdb, []string{s.keys.Device(dev)}, tracked,
-		fOnline, "1", fLastSeen, ms, fBirthAt, ms,
-		fFirmwareVersion, b.FirmwareVersion, fConfigVersion, b.ConfigVersion,
-		fBootCount, b.BootCount, fUptime, b.UptimeSeconds, fSlot, b.Slot).Int()
+	data, err := json.Marshal(map[string]any{
+		"online": true, "firmware_version": b.FirmwareVersion, "config_version": b.ConfigVersion,
+		"boot_count": b.BootCount, "uptime_s": b.UptimeSeconds, "slot": b.Slot,
+	})
 	if err != nil {
 		return fmt.Errorf("birth %s: %w", dev, err)
 	}
-	if ok == -1 {
+	res, err := birthScript.Run(ctx, s.rdb, []string{s.keys.Device(dev), s.keys.Audit(dev)}, tracked,
+		s.cfg.AuditMaxLen, ms, data,
+		fOnline, "1", fLastSeen, ms, fBirthAt, ms,
+		fFirmwareVersion, b.FirmwareVersion, fConfigVersion, b.ConfigVersion,
+		fBootCount, b.BootCount, fUptime, b.UptimeSeconds, fSlot, b.Slot).Slice()
+	if err != nil {
+		return fmt.Errorf("birth %s: %w", dev, err)
+	}
+	code, _ := res[0].(int64)
+	if code == -1 {
 		s.log.Info().Str("device", dev).Msg("birth from a connection that has ended: presence unchanged")
 		return nil
 	}
-	if ok == 0 {
+	if code != 1 || len(res) < 2 {
 		return nil
 	}
+	id, _ := res[1].(string)
 	if err := s.rdb.ZAdd(ctx, s.keys.Online(), redis.Z{Score: float64(ms), Member: dev}).Err(); err != nil {
 		return fmt.Errorf("birth %s: online index: %w", dev, err)
 	}
 	s.log.Info().Str("device", dev).Str("firmware", b.FirmwareVersion).Int64("boot_count", b.BootCount).Msg("device online")
-	return s.Emit(ctx, dev, topics.EventPresence, map[string]any{
-		"online": true, "firmware_version": b.FirmwareVersion, "config_version": b.ConfigVersion,
-		"boot_count": b.BootCount, "uptime_s": b.UptimeSeconds, "slot": b.Slot,
-	})
+	return s.publishEvent(ctx, Event{ID: id, Device: dev, Kind: topics.EventPresence, At: now, Data: data})
 }
 
 // handleWill marks dev offline on its unsigned will, unless the broker

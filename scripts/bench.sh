@@ -19,7 +19,9 @@
 #
 # Writes results/bench-<date>.json, docs/bench/latest[-full].json and the
 # generated sections of docs/BENCHMARKS.md, then prints the change against
-# the previous latest[-full].json. Every step is bounded in time.
+# the previous latest[-full].json (the suite reads it before it writes the
+# new one: --compare and --latest name the same file). Every step is bounded
+# in time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -128,8 +130,6 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 [ -n "$(git status --porcelain 2>/dev/null | head -1)" ] && commit="$commit + uncommitted changes"
 
 mkdir -p results docs/bench
-previous="$WORK/previous.json"
-[ -f "$latest" ] && cp "$latest" "$previous"
 echo "bench.sh: broker scenarios: ecowatt tcp://$ecowatt_addr vs mosquitto tcp://127.0.0.1:$mosq_port"
 "$WORK/ecowatt-bench" suite "${suite_flags[@]}" \
 	--ecowatt-url "tcp://$ecowatt_addr" --ecowatt-keys "$WORK/keys.json" --ecowatt-sub-password "$sub_password" \
@@ -139,5 +139,5 @@ echo "bench.sh: broker scenarios: ecowatt tcp://$ecowatt_addr vs mosquitto tcp:/
 	--server-ready "$WORK/serve-ready.json" --server-pid "$SERVE_PID" --server-token "$admin_token" \
 	--server-keys "$WORK/fleet-keys.json" --server-redis "$redis_url" --state-dir "$STATE" \
 	--out "results/bench-$(date -u +%Y%m%d-%H%M%S)-$size.json" --latest "$latest" \
-	--md docs/BENCHMARKS.md --compare "$previous" \
+	--md docs/BENCHMARKS.md --compare "$latest" \
 	--command "$command" --commit "$commit" --mosquitto-version "$mosq_version"

@@ -130,31 +130,42 @@ return {1, tostring(seq)}
 // delivered_at if no receipt came. A final state sets finished_at, leaves
 // the active queue and starts the retention clock.
 // Returns {1, old state, hash} done, {0, current state, hash} refused,
-// {-1, ”} no command; hash is the command as it now is (HGETALL), so
-// that the caller need not read it again.
+// {-1, ”} no command; hash is the command as it now is (field, value,
+// ...), so that the caller need not read it again. It reads the hash once
+// and writes it once: two calls, four for a final state.
 var transitionScript = redis.NewScript(`
-local cur = redis.call('HGET', KEYS[1], 'state')
+local h = redis.call('HGETALL', KEYS[1])
+local f = {}
+for i = 1, #h, 2 do f[h[i]] = h[i + 1] end
+local cur = f['state']
 if not cur then return {-1, ''} end
 local ok = false
 for st in string.gmatch(ARGV[1], '%S+') do
   if st == cur then ok = true end
 end
-if not ok then return {0, cur, redis.call('HGETALL', KEYS[1])} end
+if not ok then return {0, cur, h} end
 local to, now = ARGV[2], ARGV[3]
-redis.call('HSET', KEYS[1], 'state', to, unpack(ARGV, 5))
+local set = {'state', to}
+for i = 5, #ARGV do set[#set + 1] = ARGV[i] end
+local function put(k, v) set[#set + 1] = k; set[#set + 1] = v end
 if to == 'sent' then
-  redis.call('HSETNX', KEYS[1], 'sent_at', now)
-  redis.call('HSET', KEYS[1], 'last_sent_at', now)
-  redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-elseif to == 'delivered' or to == 'succeeded' or to == 'failed' then
-  redis.call('HSETNX', KEYS[1], 'delivered_at', now)
+  if not f['sent_at'] then put('sent_at', now) end
+  put('last_sent_at', now)
+  put('attempts', tostring((tonumber(f['attempts']) or 0) + 1))
+elseif (to == 'delivered' or to == 'succeeded' or to == 'failed') and not f['delivered_at'] then
+  put('delivered_at', now)
 end
-if to == 'succeeded' or to == 'failed' or to == 'expired' or to == 'timed_out' or to == 'cancelled' then
-  redis.call('HSET', KEYS[1], 'finished_at', now)
-  redis.call('ZREM', KEYS[2], redis.call('HGET', KEYS[1], 'id'))
+local final = to == 'succeeded' or to == 'failed' or to == 'expired' or to == 'timed_out' or to == 'cancelled'
+if final then put('finished_at', now) end
+redis.call('HSET', KEYS[1], unpack(set))
+for i = 1, #set, 2 do f[set[i]] = set[i + 1] end
+if final then
+  redis.call('ZREM', KEYS[2], f['id'])
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
 end
-return {1, cur, redis.call('HGETALL', KEYS[1])}
+local out = {}
+for k, v in pairs(f) do out[#out + 1] = k; out[#out + 1] = v end
+return {1, cur, out}
 `)
 
 // lateScript records a result for a command that has already ended.

@@ -26,25 +26,73 @@ var _ backend.UplinkHandler = (*Store)(nil).Ingest
 // CodeInvalid wrapping the decode error, and nothing is stored. A batch
 // already stored (same first sample time and seq) is counted and dropped.
 func (s *Store) Ingest(ctx context.Context, dev string, m envelope.Message) error {
+	return s.ingest(ctx, dev, m, nil)
+}
+
+// NonceChecker is the backend's replay check, for IngestChecked;
+// *backend.Service implements it.
+type NonceChecker interface {
+	NonceKeys(dev string) []string
+	NonceArgs(n uint64) ([]any, error)
+	AcceptNonce(ctx context.Context, dev string, n uint64) error
+}
+
+// IngestChecked is Ingest with the uplink replay check in the same
+// script, one round trip per batch: wire it with
+// svc.HandleChecked(topics.KindTelemetry, st.IngestChecked(svc)). A
+// batch refused before the script runs (bad body, past the retention)
+// still has its nonce checked first, as the backend would.
+func (s *Store) IngestChecked(nc NonceChecker) backend.UplinkHandler {
+	return func(ctx context.Context, dev string, m envelope.Message) error {
+		return s.ingest(ctx, dev, m, nc)
+	}
+}
+
+func (s *Store) ingest(ctx context.Context, dev string, m envelope.Message, nc NonceChecker) error {
 	now := s.now()
+	refused := func() error { // the nonce check when the script does not run
+		if nc == nil {
+			return nil
+		}
+		return nc.AcceptNonce(ctx, dev, m.Nonce)
+	}
 	msg, b, reason, err := decode(m.Body, wire.Limits{MaxSamples: s.cfg.MaxSamples, NotAfter: now.Add(s.cfg.MaxFuture)})
 	if err != nil {
+		if nerr := refused(); nerr != nil {
+			return nerr
+		}
 		s.m.rejected.WithLabelValues(reason).Inc()
 		return &backend.Error{Code: backend.CodeInvalid, Field: "telemetry", Message: "telemetry batch rejected: " + reason, Err: err}
 	}
 	minID := max(now.Add(-s.cfg.Retention).UnixMilli(), 0)
 	n := len(b.Samples)
 	if n > 0 && b.Samples[n-1].Time < minID {
+		if nerr := refused(); nerr != nil {
+			return nerr
+		}
 		s.m.rejected.WithLabelValues(ReasonExpired).Inc()
 		s.log.Warn().Str("device", dev).Uint64("seq", b.Seq).Int64("last_sample_ms", b.Samples[n-1].Time).
 			Msg("telemetry batch older than the retention dropped")
 		return nil
 	}
 	k := s.keysOf(dev)
-	args := s.scriptArgs(msg, b, now.UnixMilli(), minID)
-	res, err := ingestScript.Run(ctx, s.rdb, []string{k.stream, k.seen, k.state}, args...).Slice()
+	keys, args := []string{k.stream, k.seen, k.state}, s.scriptArgs(msg, b, now.UnixMilli(), minID)
+	script := ingestScript
+	if nc != nil {
+		nargs, err := nc.NonceArgs(m.Nonce)
+		if err != nil {
+			return err
+		}
+		keys, args, script = append(nc.NonceKeys(dev), keys...), append(nargs, args...), checkedIngestScript
+	}
+	res, err := script.Run(ctx, s.rdb, keys, args...).Slice()
 	if err != nil {
 		return fmt.Errorf("ingest telemetry %s: %w", dev, err)
+	}
+	if tag, _ := res[0].(string); tag == "nonce" && len(res) == 3 {
+		code, _ := res[1].(int64)
+		high, _ := res[2].(string)
+		return backend.NonceRefused(dev, m.Nonce, code, high)
 	}
 	if stored, _ := res[0].(int64); stored == 0 {
 		s.m.rejected.WithLabelValues(ReasonDuplicate).Inc()
@@ -170,7 +218,16 @@ const (
 // top's ms instead, and the state's lag field records the largest such
 // shift, which Query widens its range by; span records the longest batch.
 // Times stay strings: Lua numbers are exact to 2^53, and seq may exceed it.
-var ingestScript = redis.NewScript(`
+var ingestScript = redis.NewScript(ingestLua)
+
+// checkedIngestScript is backend.ReplayLua, then ingestScript: KEYS and
+// ARGV are the replay check's three each, then ingestScript's. Returns
+// {"nonce", code, high} when the nonce is refused (nothing stored), else
+// as ingestScript.
+var checkedIngestScript = redis.NewScript("local function REFUSE(c, h) return {'nonce', c, h} end\n" +
+	backend.ReplayLua + "local KEYS = {KEYS[4], KEYS[5], KEYS[6]}\nlocal ARGV = {unpack(ARGV, 4)}\n" + ingestLua)
+
+const ingestLua = `
 if redis.call('ZSCORE', KEYS[2], ARGV[1]) then
   redis.call('HINCRBY', KEYS[3], 'duplicates', 1)
   return {0, ''}
@@ -227,4 +284,4 @@ redis.call('ZADD', KEYS[2], batches, ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[5]) + 1))
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return {1, id}
-`)
+`

@@ -176,3 +176,33 @@ func TestCompareMemory(t *testing.T) {
 		})
 	}
 }
+
+// TestRecordComparesWithThePreviousRun: with --compare naming the recorded
+// run that --latest replaces, the memory check compares against that
+// earlier run, not against the run it has just written, and the new run
+// is recorded afterwards.
+func TestRecordComparesWithThePreviousRun(t *testing.T) {
+	withFleet := func(kib float64) *report {
+		r := testReport(time.Now(), []float64{100}, []float64{100}, 0)
+		r.Fleet = &fleetResult{Devices: 1000, Online: 1000, RSSPerDeviceKiB: kib}
+		return r
+	}
+	latest := filepath.Join(t.TempDir(), "latest.json")
+	if err := writeJSON(latest, withFleet(40), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	e := env{stdout: &out, stderr: &errOut, now: time.Now}
+	err := record(e, withFleet(60), "", latest, "", latest)
+	if err == nil || !strings.Contains(err.Error(), "memory regression") || !strings.Contains(err.Error(), "40.0 -> 60.0") {
+		t.Fatalf("record of a 50%% heavier run against the recorded one: %v\n%s", err, out.String())
+	}
+	got, err := readReport(latest)
+	if err != nil || got.Fleet == nil || got.Fleet.RSSPerDeviceKiB != 60 {
+		t.Fatalf("recorded run after the comparison: %+v, %v", got, err)
+	}
+	// The next run compares with the one just recorded.
+	if err := record(e, withFleet(61), "", latest, "", latest); err != nil {
+		t.Fatalf("record of a run within the band: %v", err)
+	}
+}

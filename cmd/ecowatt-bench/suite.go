@@ -187,7 +187,24 @@ func runSuite(ctx context.Context, e env, args []string) error {
 	fmt.Fprintln(e.stdout)
 	fmt.Fprintln(e.stdout, rep.markdownLatest())
 	fmt.Fprint(e.stdout, rep.markdownTargets())
-	for _, path := range []string{*out, *latest} {
+	return record(e, rep, *out, *latest, *md, *compare)
+}
+
+// record writes rep to out and latest and into the Markdown file md, and
+// compares it with the earlier run in compare: that run is read before
+// anything is written, so that compare may be latest itself (the
+// recorded run this one replaces). A memory regression fails, after the
+// report is written.
+func record(e env, rep *report, out, latest, md, compare string) error {
+	var old *report
+	var readErr error
+	if compare != "" {
+		old, readErr = readReport(compare)
+		if errors.Is(readErr, errNoReport) {
+			readErr = nil
+		}
+	}
+	for _, path := range []string{out, latest} {
 		if path != "" {
 			if err := writeJSON(path, rep, 0o644); err != nil {
 				return err
@@ -195,27 +212,24 @@ func runSuite(ctx context.Context, e env, args []string) error {
 			fmt.Fprintf(e.stderr, "results: %s\n", path)
 		}
 	}
-	if *md != "" {
-		if err := updateMarkdown(*md, rep); err != nil {
+	if md != "" {
+		if err := updateMarkdown(md, rep); err != nil {
 			return err
 		}
-		fmt.Fprintf(e.stderr, "updated %s\n", *md)
+		fmt.Fprintf(e.stderr, "updated %s\n", md)
 	}
-	if *compare != "" {
-		old, err := readReport(*compare)
-		if errors.Is(err, errNoReport) {
-			fmt.Fprintf(e.stdout, "\nno earlier run at %s to compare with\n", *compare)
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(e.stdout)
-		compareReports(e.stdout, old, rep)
-		if memoryRegressed(old, rep) {
-			return fmt.Errorf("memory regression: server RSS %.1f -> %.1f KiB per device at %d devices (more than +%.0f%% against the run of %s)",
-				old.Fleet.RSSPerDeviceKiB, rep.Fleet.RSSPerDeviceKiB, rep.Fleet.Devices, 100*regressionBand, old.Date.Format("2006-01-02 15:04 MST"))
-		}
+	if compare == "" || readErr != nil {
+		return readErr
+	}
+	if old == nil {
+		fmt.Fprintf(e.stdout, "\nno earlier run at %s to compare with\n", compare)
+		return nil
+	}
+	fmt.Fprintln(e.stdout)
+	compareReports(e.stdout, old, rep)
+	if memoryRegressed(old, rep) {
+		return fmt.Errorf("memory regression: server RSS %.1f -> %.1f KiB per device at %d devices (more than +%.0f%% against the run of %s)",
+			old.Fleet.RSSPerDeviceKiB, rep.Fleet.RSSPerDeviceKiB, rep.Fleet.Devices, 100*regressionBand, old.Date.Format("2006-01-02 15:04 MST"))
 	}
 	return nil
 }

@@ -223,7 +223,7 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	if err != nil {
 		return err
 	}
-	svc.Handle(topics.KindTelemetry, tm.Ingest)
+	svc.HandleChecked(topics.KindTelemetry, tm.IngestChecked(svc)) // one script per batch, the replay check included
 	cmds, err := newCommands(c.cmd, rdb, keys, replica, svc, log, reg)
 	if err != nil {
 		return err
