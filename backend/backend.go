@@ -108,6 +108,12 @@ type Config struct {
 	RetryFor   time.Duration
 	RetryQueue int
 	RetryBytes int
+
+	// Key rotation (rotation.go): how long a new key stays pending
+	// (default DefaultKeyOverlap) and how often rotate_key is sent again
+	// while it is (default DefaultKeyResend).
+	KeyOverlap time.Duration
+	KeyResend  time.Duration
 }
 
 // Service is the backend. Create it with New and start it with Run.
@@ -199,6 +205,12 @@ func New(cfg Config) (*Service, error) {
 	if cfg.RetryBytes <= 0 {
 		cfg.RetryBytes = 8 << 20
 	}
+	if cfg.KeyOverlap <= 0 {
+		cfg.KeyOverlap = DefaultKeyOverlap
+	}
+	if cfg.KeyResend <= 0 {
+		cfg.KeyResend = DefaultKeyResend
+	}
 	if err := presenceDefaults(&cfg); err != nil {
 		return nil, fmt.Errorf("new backend: %w", err)
 	}
@@ -231,6 +243,8 @@ func New(cfg Config) (*Service, error) {
 		s.shards[i] = make(chan job, cfg.QueueSize)
 	}
 	s.Handle(topics.KindBirth, s.handleBirth)
+	s.Handle(topics.KindBirth, s.rotationOnBirth)
+	s.Handle(topics.KindKeyAck, s.handleKeyAck)
 	return s, nil
 }
 
