@@ -38,7 +38,7 @@ const (
 )
 
 // eventKinds are the kinds ?kind= accepts.
-var eventKinds = []string{topics.EventPresence, topics.EventConfig, topics.EventCommand, topics.EventFOTA, topics.EventSecurity, topics.EventLabels}
+var eventKinds = []string{topics.EventPresence, topics.EventConfig, topics.EventCommand, topics.EventFOTA, topics.EventSecurity, topics.EventLabels, topics.EventKey}
 
 // tokenFromQuery lets clients that cannot set headers (EventSource, curl
 // in a pinch) pass the admin token as ?token=. The token is moved into the

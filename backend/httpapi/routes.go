@@ -24,6 +24,9 @@ func addRoutes(mux *http.ServeMux, d Deps) {
 	api.Handle("POST /api/v1/devices", handleDevicesCreate(log, d.Fleet, d.Labels))
 	api.Handle("PATCH /api/v1/devices/{id}/labels", handleLabelsPatch(log, d.Labels))
 	api.Handle("GET /api/v1/devices/{id}", handleDeviceGet(log, d.Fleet, d.Telemetry))
+	rot, _ := d.Fleet.(Rotations)
+	api.Handle("POST /api/v1/devices/{id}/rotate-key", handleRotateKey(log, rot)) // role: admin
+	api.Handle("GET /api/v1/devices/{id}/rotate-key", handleRotationGet(log, rot))
 	api.Handle("GET /api/v1/devices/{id}/telemetry", handleTelemetry(log, d.Fleet, d.Telemetry))
 	api.Handle("GET /api/v1/devices/{id}/events", handleDeviceEvents(log, d.Events))
 	api.Handle("POST /api/v1/devices/{id}/commands", handleCommandSubmit(log, d.Commands))

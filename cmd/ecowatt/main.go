@@ -53,6 +53,7 @@ func commandTree() []command {
 			{name: "add", summary: "provision one device, or --count N of them, and print their keys", run: deviceAdd},
 			{name: "list", summary: "every device with its presence, firmware and config version", run: deviceList},
 			{name: "show", summary: "one device", run: deviceShow},
+			{name: "rotate-key", summary: "replace a device's key over the air (PROTOCOL.md section 15)", run: deviceRotateKey},
 			{name: "events", summary: "a device's audit timeline, oldest first", run: deviceEvents},
 		}},
 		{name: "telemetry", summary: "show a device's telemetry as a table", run: runTelemetry},
