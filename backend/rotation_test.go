@@ -23,7 +23,6 @@ func (f *fakeNow) add(d time.Duration) {
 	f.mu.Unlock()
 }
 
-
 // rotateKeySent opens the last rotate_key sent to dev with k and returns
 // the new keys; it checks the downlink is encrypted.
 func rotateKeySent(t *testing.T, h *harness, dev string, k *envelope.Keys) (topics.RotateKey, *envelope.Keys) {
