@@ -280,6 +280,7 @@ func (s *Service) Run(ctx context.Context) error {
 		wg.Go(func() { s.worker(ctx, q) })
 	}
 	wg.Go(func() { s.reconcileLoop(ctx) })
+	wg.Go(func() { s.rotationLoop(ctx) })
 	for _, f := range []string{topics.FilterAllUp, topics.FilterAllOps} {
 		if err := s.bus.Subscribe(f, s.enqueue); err != nil {
 			return fmt.Errorf("backend run: subscribe %s: %w", f, err)

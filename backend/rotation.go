@@ -55,6 +55,14 @@ type Rotation struct {
 
 func (s *Service) rotationKey(id string) string { return s.keys.Dev(id, "rotation") }
 
+// rotationIndex is the fleet-wide set of devices with a rotation that may
+// be pending (score: its expiry), walked by rotationLoop. A member whose
+// rotation is no longer pending is removed by the walk.
+func (s *Service) rotationIndex() string { return s.keys.Global("rotations") }
+
+// rotationSweepBatch bounds one walk of rotationIndex.
+const rotationSweepBatch = 1000
+
 // startRotationScript records a new pending rotation unless one is
 // pending and not expired. KEYS: dev hash, rotation. ARGV: id, sealed, now
 // ms, expires ms, by. Returns {1, id of a pending rotation found expired
@@ -150,6 +158,11 @@ func (s *Service) StartRotation(ctx context.Context, id, by string) (Rotation, e
 			id, pid, exp.Format(time.RFC3339))
 	}
 	s.cache.forget(id)
+	// The index is another slot, written after the rotation; a member
+	// left behind by a failure here is removed by the walk.
+	if err := s.rdb.ZAdd(ctx, s.rotationIndex(), redis.Z{Score: float64(expires.UnixMilli()), Member: id}).Err(); err != nil {
+		s.log.Warn().Err(err).Str("device", id).Msg("rotation index: rotate_key is sent at births only")
+	}
 	if old, _ := res[1].(string); old != "" {
 		s.emitKey(ctx, id, map[string]any{"state": RotationExpired, "rotation": old})
 	}
@@ -238,6 +251,44 @@ func (s *Service) sendRotation(ctx context.Context, id string, force bool, via s
 	}
 	s.emitKey(ctx, id, map[string]any{"state": "sent", "rotation": rid, "attempt": attempt, "via": via})
 	return nil
+}
+
+// rotationLoop sends pending rotations again every KeyResend to online
+// devices (a rotate_key may be lost in the broker), and expires those
+// whose overlap has ended. The claim in resendScript keeps replicas from
+// sending one twice within KeyResend.
+func (s *Service) rotationLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.KeyResend)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ids, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{Key: s.rotationIndex(), Start: 0, Stop: rotationSweepBatch - 1}).Result()
+		if err != nil {
+			s.log.Warn().Err(err).Msg("rotation sweep")
+			continue
+		}
+		for _, id := range ids {
+			s.expireRotation(ctx, id)
+			v, err := s.rdb.HMGet(ctx, s.rotationKey(id), "state").Result()
+			if err != nil {
+				continue
+			}
+			if st, _ := v[0].(string); st != RotationPending {
+				s.rdb.ZRem(ctx, s.rotationIndex(), id)
+				continue
+			}
+			if online, _ := s.rdb.HGet(ctx, s.keys.Device(id), fOnline).Result(); online != "1" {
+				continue
+			}
+			if err := s.sendRotation(ctx, id, false, "resend"); err != nil {
+				s.log.Warn().Err(err).Str("device", id).Msg("rotate_key resend")
+			}
+		}
+	}
 }
 
 // rotationOnBirth sends a pending rotation again after every birth (the

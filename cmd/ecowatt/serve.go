@@ -45,7 +45,7 @@ type serveConfig struct {
 	demo                                  int
 	uplinkWorkers                         int
 	encryptDownlinks                      bool
-	keyOverlap                            time.Duration
+	keyOverlap, keyResend                 time.Duration
 }
 
 func runServe(ctx context.Context, e env, args []string) error {
@@ -71,6 +71,7 @@ func runServe(ctx context.Context, e env, args []string) error {
 	fs.IntVar(&c.uplinkWorkers, "uplink-workers", 32, "device message workers (shards by device; each waits on Redis round trips, so more than the cores)")
 	fs.BoolVar(&c.encryptDownlinks, "encrypt-downlinks", false, "seal every JSON downlink with AES-256-GCM as well as the MAC (devices accept both; PROTOCOL.md section 4)")
 	fs.DurationVar(&c.keyOverlap, "key-overlap", backend.DefaultKeyOverlap, "how long a rotated device key stays pending; after it the new key is dropped and the old one stays (PROTOCOL.md section 15)")
+	fs.DurationVar(&c.keyResend, "key-resend", backend.DefaultKeyResend, "how often a pending key rotation is sent again to an online device that has not answered")
 	fs.IntVar(&c.demo, "demo", 0, "provision N demo devices and run them in-process (a live dashboard at once)")
 	c.cmd.register(fs)
 	c.fota.register(fs)
@@ -183,6 +184,7 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 
 		EncryptDownlink: c.encryptDownlinks,
 		KeyOverlap:      c.keyOverlap,
+		KeyResend:       c.keyResend,
 		Replica:         replica,
 		Connections:     brk.connections(),
 	}
