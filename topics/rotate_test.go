@@ -72,9 +72,9 @@ func generateRotation(t *testing.T) rotationVectors {
 	}
 	steps := []struct {
 		name, under, kind, dir string
-		nonce              uint64
-		body               string
-		enc                bool
+		nonce                  uint64
+		body                   string
+		enc                    bool
 	}{
 		{"rotate_key downlink", "old", KindRotateKey, Down, 1767225600123456, `{"rotate_key":{"id":"` + rid + `","key":"` + hex.EncodeToString(newPSK) + `"}}`, true},
 		{"key_ack uplink", "new", KindKeyAck, Up, 42, `{"key_ack":{"id":"` + rid + `"}}`, false},
@@ -177,4 +177,22 @@ func TestParseRotationBodies(t *testing.T) {
 	if _, err := ParseKeyConfirm([]byte(`{"key_confirm":{"id":"r1"}}`)); err != nil {
 		t.Error(err)
 	}
+}
+
+// FuzzParseRotateKey: the parser never panics, and what it accepts is a
+// well-formed body whose key is the 32 bytes of its hex.
+func FuzzParseRotateKey(f *testing.F) {
+	key := hex.EncodeToString(bytes.Repeat([]byte{1}, 32))
+	f.Add([]byte(`{"rotate_key":{"id":"r1","key":"` + key + `"}}`))
+	f.Add([]byte(`{"rotate_key":{"id":"r1","key":"0101"}}`))
+	f.Add([]byte(`{"rotate_key":null}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, psk, err := ParseRotateKey(b)
+		if err != nil {
+			return
+		}
+		if len(psk) != 32 || hex.EncodeToString(psk) != r.Key || checkRotationID(r.ID) != nil {
+			t.Fatalf("accepted %q as %+v / %x", b, r, psk)
+		}
+	})
 }
