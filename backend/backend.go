@@ -108,6 +108,12 @@ type Config struct {
 	RetryFor   time.Duration
 	RetryQueue int
 	RetryBytes int
+
+	// Key rotation (rotation.go): how long a new key stays pending
+	// (default DefaultKeyOverlap) and how often rotate_key is sent again
+	// while it is (default DefaultKeyResend).
+	KeyOverlap time.Duration
+	KeyResend  time.Duration
 }
 
 // Service is the backend. Create it with New and start it with Run.
@@ -201,6 +207,12 @@ func New(cfg Config) (*Service, error) {
 	if cfg.RetryBytes <= 0 {
 		cfg.RetryBytes = 8 << 20
 	}
+	if cfg.KeyOverlap <= 0 {
+		cfg.KeyOverlap = DefaultKeyOverlap
+	}
+	if cfg.KeyResend <= 0 {
+		cfg.KeyResend = DefaultKeyResend
+	}
 	if err := presenceDefaults(&cfg); err != nil {
 		return nil, fmt.Errorf("new backend: %w", err)
 	}
@@ -233,6 +245,8 @@ func New(cfg Config) (*Service, error) {
 		s.shards[i] = make(chan job, cfg.QueueSize)
 	}
 	s.Handle(topics.KindBirth, s.handleBirth)
+	s.Handle(topics.KindBirth, s.rotationOnBirth)
+	s.Handle(topics.KindKeyAck, s.handleKeyAck)
 	return s, nil
 }
 
@@ -268,6 +282,7 @@ func (s *Service) Run(ctx context.Context) error {
 		wg.Go(func() { s.worker(ctx, q) })
 	}
 	wg.Go(func() { s.reconcileLoop(ctx) })
+	wg.Go(func() { s.rotationLoop(ctx) })
 	for _, f := range []string{topics.FilterAllUp, topics.FilterAllOps} {
 		if err := s.bus.Subscribe(f, s.enqueue); err != nil {
 			return fmt.Errorf("backend run: subscribe %s: %w", f, err)

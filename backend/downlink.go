@@ -31,6 +31,12 @@ return n
 // publishes it at QoS 1 on topics.DeviceDown(dev, kind). body is marshalled
 // to JSON unless it is already []byte or json.RawMessage.
 func (s *Service) Send(ctx context.Context, dev, kind string, body any) error {
+	return s.send(ctx, dev, kind, body, s.cfg.EncryptDownlink)
+}
+
+// send is Send with the encryption chosen by the caller (rotate_key is
+// always encrypted).
+func (s *Service) send(ctx context.Context, dev, kind string, body any, encrypt bool) error {
 	topic := topics.DeviceDown(dev, kind)
 	if _, err := topics.Parse(topic); err != nil {
 		return &Error{Code: CodeInvalid, Message: "bad device or downlink kind", Err: err}
@@ -59,7 +65,7 @@ func (s *Service) Send(ctx context.Context, dev, kind string, body any) error {
 	if n > envelope.MaxNonce {
 		return fmt.Errorf("send %s to %s: downlink nonces exhausted", kind, dev)
 	}
-	env, err := envelope.Seal(keys, topic, n, now, raw, s.cfg.EncryptDownlink, s.random)
+	env, err := envelope.Seal(keys, topic, n, now, raw, encrypt, s.random)
 	if err != nil {
 		return &Error{Code: CodeInvalid, Message: "message cannot be sealed", Err: fmt.Errorf("send %s to %s: %w", kind, dev, err)}
 	}

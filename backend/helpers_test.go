@@ -127,10 +127,11 @@ func (h *harness) snapshot() map[string]string {
 }
 
 // assertUnchanged checks that no state key changed since before; the audit
-// and security streams are logs, not state, and are left out.
+// and security streams are logs, not state, and are left out, as is the
+// replica heartbeat (renewed on a timer).
 func (h *harness) assertUnchanged(before map[string]string) {
 	h.t.Helper()
-	backendtest.AssertUnchanged(h.t, h.rdb, h.prefix, before, ":audit", h.s.keys.Security())
+	backendtest.AssertUnchanged(h.t, h.rdb, h.prefix, before, ":audit", h.s.keys.Security(), h.s.keys.Replica(h.s.ReplicaID()))
 }
 
 func (h *harness) rejections(reason string) float64 {

@@ -255,7 +255,17 @@ func (a *Accounts) DeviceKeys(ctx context.Context, id string) (*envelope.Keys, e
 	if k, ok := a.cache.get(id, now); ok {
 		return &k, nil
 	}
-	sealed, err := a.rdb.Get(ctx, a.keys.PSK(id)).Bytes()
+	var get *redis.StringCmd
+	var rot *redis.StringCmd
+	_, err := a.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		get = p.Get(ctx, a.keys.PSK(id))
+		rot = p.HGet(ctx, a.keys.Dev(id, "rotation"), "state")
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, Unavailable("device keys "+id, err)
+	}
+	sealed, err := get.Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, Errorf(CodeNotFound, "id", "no device %q", id)
 	}
@@ -271,8 +281,18 @@ func (a *Accounts) DeviceKeys(ctx context.Context, id string) (*envelope.Keys, e
 	if err != nil {
 		return nil, fmt.Errorf("device keys %s: %w", id, err)
 	}
-	a.cache.put(id, k, now)
+	a.cache.put(id, k, rot.Val() == RotationPending, now)
 	return &k, nil
+}
+
+// rotationPending reports whether device id had a pending key rotation
+// when its keys were cached (so the uplink path sends rotate_key again
+// without a Redis read per message).
+func (a *Accounts) rotationPending(id string) bool {
+	a.cache.mu.Lock()
+	defer a.cache.mu.Unlock()
+	el, ok := a.cache.items[id]
+	return ok && el.Value.(*cacheEntry).pending
 }
 
 // keyCache is a bounded LRU of derived keys with a TTL, so that a key
@@ -289,6 +309,7 @@ type keyCache struct {
 type cacheEntry struct {
 	id      string
 	keys    envelope.Keys
+	pending bool // a key rotation was pending when the entry was made
 	expires time.Time
 }
 
@@ -313,15 +334,16 @@ func (c *keyCache) get(id string, now time.Time) (envelope.Keys, bool) {
 	return e.keys, true
 }
 
-func (c *keyCache) put(id string, k envelope.Keys, now time.Time) {
+func (c *keyCache) put(id string, k envelope.Keys, pending bool, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	e := &cacheEntry{id: id, keys: k, pending: pending, expires: now.Add(c.ttl)}
 	if el, ok := c.items[id]; ok {
-		el.Value = &cacheEntry{id: id, keys: k, expires: now.Add(c.ttl)}
+		el.Value = e
 		c.order.MoveToFront(el)
 		return
 	}
-	c.items[id] = c.order.PushFront(&cacheEntry{id: id, keys: k, expires: now.Add(c.ttl)})
+	c.items[id] = c.order.PushFront(e)
 	for c.order.Len() > c.size {
 		last := c.order.Back()
 		c.order.Remove(last)

@@ -113,6 +113,12 @@ func (s *Service) processUplink(ctx context.Context, t topics.Topic, j *job) (re
 		return s.storeFailed(j, err, "key lookup failed")
 	}
 	m, err := envelope.Open(keys, topic, j.msg.Payload)
+	rotation := "" // the pending rotation whose key opened m (rotation.go)
+	if errors.Is(err, envelope.ErrMAC) {
+		if m2, rid, ok := s.openRotated(ctx, dev, keys, topic, j.msg.Payload); ok {
+			m, rotation, err = m2, rid, nil
+		}
+	}
 	if err != nil {
 		reason := ReasonMalformed
 		switch {
@@ -137,6 +143,18 @@ func (s *Service) processUplink(ctx context.Context, t topics.Topic, j *job) (re
 			return s.storeFailed(j, err, "replay check failed")
 		}
 		s.m.uplink.WithLabelValues(t.Kind).Inc()
+	}
+	if rotation != "" {
+		if ok, err := s.promote(ctx, dev, rotation, t.Kind); err != nil || !ok {
+			s.SecurityEvent(ctx, dev, ReasonBadMAC, "key rotation "+rotation+" is no longer pending; message on "+topic)
+			return false
+		}
+	} else if t.Kind != topics.KindBirth && s.rotationPending(dev) {
+		// The device still uses its old key: send rotate_key again when
+		// the last one is older than KeyResend (lost, or a power cut).
+		if err := s.sendRotation(ctx, dev, false, "resend"); err != nil {
+			s.log.Warn().Err(err).Str("device", dev).Msg("rotate_key resend")
+		}
 	}
 	j.opened, j.env, j.next = true, m, 0
 	return s.dispatch(ctx, dev, t.Kind, j)

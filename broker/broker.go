@@ -47,6 +47,14 @@ type DeviceAuth interface {
 	DeviceKeys(ctx context.Context, id string) (*envelope.Keys, error)
 }
 
+// RotatingDeviceAuth is a DeviceAuth that may hold a second key for a
+// device during a key rotation (PROTOCOL.md section 15). When the key of
+// DeviceKeys refuses a password as wrong, the broker asks
+// VerifyDevicePassword, which also tries the pending key.
+type RotatingDeviceAuth interface {
+	VerifyDevicePassword(ctx context.Context, id, password string, now time.Time) error
+}
+
 // ErrUnknownDevice is wrapped by DeviceAuth when a device is not provisioned.
 var ErrUnknownDevice = errors.New("unknown device")
 

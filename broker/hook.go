@@ -181,7 +181,11 @@ func authenticate(ctx context.Context, devices DeviceAuth, operators OperatorAut
 	keys, err := devices.DeviceKeys(ctx, name)
 	switch {
 	case err == nil:
-		if err := envelope.VerifyPassword(keys, name, password, now); err != nil {
+		err := envelope.VerifyPassword(keys, name, password, now)
+		if rv, ok := devices.(RotatingDeviceAuth); ok && errors.Is(err, envelope.ErrPasswordMAC) {
+			err = rv.VerifyDevicePassword(ctx, name, password, now) // a key rotation's overlap
+		}
+		if err != nil {
 			reason := ReasonBadPassword
 			if errors.Is(err, envelope.ErrPasswordExpired) {
 				reason = ReasonExpiredPassword

@@ -67,12 +67,21 @@ func (d *Device) connectOnce(ctx context.Context, wasOnline bool) error {
 	}
 	lost := make(chan error, 1)
 	c := mqtt.NewClient(d.clientOptions(lost))
-	err := d.wait(context.WithoutCancel(ctx), c.Connect(), d.cfg.ConnectTimeout+time.Second)
+	ct := c.Connect()
+	err := d.wait(context.WithoutCancel(ctx), ct, d.cfg.ConnectTimeout+time.Second)
+	if t, ok := ct.(*mqtt.ConnectToken); ok && err != nil && (t.ReturnCode() == 4 || t.ReturnCode() == 5) {
+		d.connectRefused() // bad username or password: during a key rotation, try the other key
+	} else if err == nil {
+		d.connected()
+	}
 	if err == nil {
 		err = d.subscribe(ctx, c)
 	}
 	if err == nil {
 		err = d.publishOn(ctx, c, topics.KindBirth, d.birth(true))
+	}
+	if err == nil {
+		d.ackPendingRotation(ctx, c)
 	}
 	if g := d.cfg.Gate; g != nil {
 		g.Release()
@@ -133,7 +142,7 @@ func (d *Device) clientOptions(lost chan<- error) *mqtt.ClientOptions {
 		AddBroker(d.cfg.Broker).
 		SetClientID(d.id).
 		SetCredentialsProvider(func() (string, string) {
-			return d.id, envelope.Password(&d.keys, d.id, d.clk.Now())
+			return d.id, envelope.Password(d.passwordKeys(), d.id, d.clk.Now())
 		}).
 		SetCleanSession(clean).
 		SetAutoReconnect(false).
@@ -205,12 +214,7 @@ func (d *Device) deliver(ctx context.Context, m inbound) {
 		d.reject(m.topic, "topic", err)
 		return
 	}
-	var msg envelope.Message
-	if envelope.IsBinary(m.payload) {
-		msg, err = envelope.OpenBinary(&d.keys, m.topic, m.payload)
-	} else {
-		msg, err = envelope.Open(&d.keys, m.topic, m.payload)
-	}
+	msg, err := d.openDownlink(m.topic, m.payload)
 	if err != nil {
 		reason := envelope.Reason(err)
 		if reason == "" {

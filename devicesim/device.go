@@ -117,7 +117,6 @@ type Stats struct {
 type Device struct {
 	cfg   Config
 	id    string
-	keys  envelope.Keys
 	fl    *flash.Store
 	clk   clock.Clock
 	log   zerolog.Logger
@@ -146,6 +145,9 @@ type Device struct {
 	rxMu     sync.Mutex // guards rxWindow; held while a downlink is checked and persisted
 	rxWindow envelope.RankWindow
 
+	keyMu sync.Mutex // guards ring; held while a key change is persisted (rotate.go)
+	ring  keyRing
+
 	online                                                 atomic.Bool
 	connects, reconnects, connectFailures, sent, pubErrors atomic.Int64
 	received, rejected, dropped, handlerErrors, unhandled  atomic.Int64
@@ -166,7 +168,7 @@ func New(cfg Config) (*Device, error) {
 	if err := topics.ValidateID(cfg.ID); err != nil {
 		return nil, fmt.Errorf("new device: %w", err)
 	}
-	keys, err := envelope.DeriveKeys(cfg.Key)
+	_, err := envelope.DeriveKeys(cfg.Key)
 	if err != nil {
 		return nil, fmt.Errorf("new device %s: %w", cfg.ID, err)
 	}
@@ -188,17 +190,19 @@ func New(cfg Config) (*Device, error) {
 		_, _ = crand.Read(seed[:])
 		cfg.Rand = rand.NewPCG(binary.LittleEndian.Uint64(seed[:8]), binary.LittleEndian.Uint64(seed[8:]))
 	}
-	return &Device{
+	d := &Device{
 		cfg:      cfg,
 		id:       cfg.ID,
-		keys:     keys,
 		fl:       fl,
 		clk:      cfg.Clock,
 		log:      cfg.Log.With().Str("device", cfg.ID).Logger(),
 		inbox:    make(chan inbound, cfg.InboxSize),
 		rnd:      rand.New(cfg.Rand),
 		handlers: map[string]Handler{},
-	}, nil
+	}
+	d.handlers[topics.KindRotateKey] = d.handleRotateKey
+	d.handlers[topics.KindKeyConfirm] = d.handleKeyConfirm
+	return d, d.loadKeys()
 }
 
 func setDefaults(c *Config) {
@@ -436,6 +440,9 @@ func (d *Device) powerOn() error {
 	if err := d.fl.Save(RecordBoot, b); err != nil {
 		return fmt.Errorf("save boot record: %w", err)
 	}
+	if err := d.loadKeys(); err != nil {
+		return err
+	}
 	n, err := newNonces(d.fl, d.cfg.NonceBlock)
 	if err != nil {
 		return err
@@ -495,7 +502,7 @@ func (d *Device) publishOn(ctx context.Context, c mqtt.Client, kind string, body
 		d.pubErrors.Add(1)
 		return fmt.Errorf("publish %s: %w", kind, err)
 	}
-	sealed, err := envelope.Seal(&d.keys, topic, nonce, d.clk.Now(), raw, d.cfg.Encrypt, d.cfg.Entropy)
+	sealed, err := envelope.Seal(d.sealKeys(), topic, nonce, d.clk.Now(), raw, d.cfg.Encrypt, d.cfg.Entropy)
 	if err != nil {
 		d.pubErrors.Add(1)
 		return fmt.Errorf("publish %s: %w", kind, err)

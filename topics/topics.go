@@ -33,6 +33,7 @@ const (
 	KindCommandResult = "command_result"
 	KindFOTARequest   = "fota_request"
 	KindFOTAStatus    = "fota_status"
+	KindKeyAck        = "key_ack" // the answer to rotate_key, sealed under the new key
 )
 
 // Kinds of cloud -> device message.
@@ -42,6 +43,8 @@ const (
 	KindFOTAManifest = "fota_manifest"
 	KindFOTAChunk    = "fota_chunk"
 	KindRollback     = "rollback"
+	KindRotateKey    = "rotate_key"  // a new PSK, encrypted under the current one
+	KindKeyConfirm   = "key_confirm" // the backend uses the new key: drop the old
 )
 
 // Kinds of operator message (ops class): KindConfig and KindCommand.
@@ -54,6 +57,7 @@ const (
 	EventFOTA     = "fota"
 	EventSecurity = "security"
 	EventLabels   = "labels" // a device's labels changed (provisioning or PATCH)
+	EventKey      = "key"    // a PSK rotation step (PROTOCOL.md section 15)
 	// EventLifecycle records a device being disabled, enabled or
 	// decommissioned (backend.Service.Disable and the others).
 	EventLifecycle = "lifecycle"
@@ -80,18 +84,19 @@ var ErrBadID = errors.New("invalid device id")
 var upKinds = map[string]bool{
 	KindBirth: true, KindTelemetry: true, KindConfigAck: true,
 	KindCommandResult: true, KindFOTARequest: true, KindFOTAStatus: true,
+	KindKeyAck: true,
 }
 
 var downKinds = map[string]bool{
 	KindConfig: true, KindCommand: true, KindFOTAManifest: true,
-	KindFOTAChunk: true, KindRollback: true,
+	KindFOTAChunk: true, KindRollback: true, KindRotateKey: true, KindKeyConfirm: true,
 }
 
 var opsKinds = map[string]bool{KindConfig: true, KindCommand: true}
 
 var eventKinds = map[string]bool{
 	EventPresence: true, EventConfig: true, EventCommand: true,
-	EventFOTA: true, EventSecurity: true, EventLabels: true, EventLifecycle: true,
+	EventFOTA: true, EventSecurity: true, EventLabels: true, EventLifecycle: true, EventKey: true,
 }
 
 // ValidateID reports whether id matches [A-Za-z0-9_-]{1,64}.

@@ -38,7 +38,7 @@ const (
 )
 
 // eventKinds are the kinds ?kind= accepts.
-var eventKinds = []string{topics.EventPresence, topics.EventConfig, topics.EventCommand, topics.EventFOTA, topics.EventSecurity, topics.EventLabels}
+var eventKinds = []string{topics.EventPresence, topics.EventConfig, topics.EventCommand, topics.EventFOTA, topics.EventSecurity, topics.EventLabels, topics.EventKey}
 
 // eventStreamPath is the live event stream, the one route that takes
 // ?token=.

@@ -77,6 +77,9 @@ var routeAccess = map[string]access{
 	"POST /api/v1/devices/{id}/disable": {min: admin},
 	"POST /api/v1/devices/{id}/enable":  {min: admin},
 	"DELETE /api/v1/devices/{id}":       {min: admin},
+	// A rotation replaces a device's key: admin, like provisioning.
+	"POST /api/v1/devices/{id}/rotate-key": {min: admin},
+	"GET /api/v1/devices/{id}/rotate-key":  {min: viewer},
 
 	"GET /api/v1/operators":                        {min: admin},
 	"POST /api/v1/operators":                       {min: admin},
@@ -107,6 +110,9 @@ func addRoutes(m *http.ServeMux, d Deps) {
 	api.Handle("POST /api/v1/devices", handleDevicesCreate(log, d.Fleet, d.Labels))
 	api.Handle("PATCH /api/v1/devices/{id}/labels", handleLabelsPatch(log, d.Labels))
 	api.Handle("GET /api/v1/devices/{id}", handleDeviceGet(log, d.Fleet, d.Telemetry))
+	rot, _ := d.Fleet.(Rotations)
+	api.Handle("POST /api/v1/devices/{id}/rotate-key", handleRotateKey(log, rot))
+	api.Handle("GET /api/v1/devices/{id}/rotate-key", handleRotationGet(log, rot))
 	api.Handle("GET /api/v1/devices/{id}/telemetry", handleTelemetry(log, d.Fleet, d.Telemetry))
 	api.Handle("GET /api/v1/devices/{id}/events", handleDeviceEvents(log, d.Events))
 	api.Handle("POST /api/v1/devices/{id}/commands", handleCommandSubmit(log, d.Commands))

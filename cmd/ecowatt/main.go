@@ -54,6 +54,7 @@ func commandTree() []command {
 			{name: "label", summary: "set (KEY=VALUE) or delete (KEY-) a device's labels", run: deviceLabel},
 			{name: "list", summary: "the devices a --selector matches, page by page, with presence, firmware, config version and labels", run: deviceList},
 			{name: "show", summary: "one device", run: deviceShow},
+			{name: "rotate-key", summary: "replace a device's key over the air (PROTOCOL.md section 15)", run: deviceRotateKey},
 			{name: "events", summary: "a device's audit timeline, oldest first", run: deviceEvents},
 			{name: "disable", summary: "refuse a device's connections and close its session (--reason)", run: deviceDisable},
 			{name: "enable", summary: "let a disabled device connect again", run: deviceEnable},

@@ -89,7 +89,7 @@ func runEvents(ctx context.Context, e env, args []string) error {
 }
 
 // eventKinds are the kinds of audit events, for --kind.
-var eventKinds = []string{topics.EventPresence, topics.EventConfig, topics.EventCommand, topics.EventFOTA, topics.EventSecurity}
+var eventKinds = []string{topics.EventPresence, topics.EventConfig, topics.EventCommand, topics.EventFOTA, topics.EventSecurity, topics.EventLabels, topics.EventKey}
 
 // deviceEvents prints a device's audit timeline, oldest first.
 func deviceEvents(ctx context.Context, e env, args []string) error {

@@ -47,6 +47,7 @@ type serveConfig struct {
 	demo                                  int
 	uplinkWorkers                         int
 	encryptDownlinks                      bool
+	keyOverlap, keyResend                 time.Duration
 }
 
 func runServe(ctx context.Context, e env, args []string) error {
@@ -72,6 +73,8 @@ func runServe(ctx context.Context, e env, args []string) error {
 	fs.DurationVar(&c.telemetryRetention, "telemetry-retention", 7*24*time.Hour, "how long telemetry batches are kept in Redis")
 	fs.IntVar(&c.uplinkWorkers, "uplink-workers", 32, "device message workers (shards by device; each waits on Redis round trips, so more than the cores)")
 	fs.BoolVar(&c.encryptDownlinks, "encrypt-downlinks", false, "seal every JSON downlink with AES-256-GCM as well as the MAC (devices accept both; PROTOCOL.md section 4)")
+	fs.DurationVar(&c.keyOverlap, "key-overlap", backend.DefaultKeyOverlap, "how long a rotated device key stays pending; after it the new key is dropped and the old one stays (PROTOCOL.md section 15)")
+	fs.DurationVar(&c.keyResend, "key-resend", backend.DefaultKeyResend, "how often a pending key rotation is sent again to an online device that has not answered")
 	fs.IntVar(&c.demo, "demo", 0, "provision N demo devices and run them in-process (a live dashboard at once)")
 	c.cmd.register(fs)
 	c.fota.register(fs)
@@ -187,6 +190,8 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		Workers:    c.uplinkWorkers,
 
 		EncryptDownlink: c.encryptDownlinks,
+		KeyOverlap:      c.keyOverlap,
+		KeyResend:       c.keyResend,
 		Replica:         replica,
 		Connections:     brk.connections(),
 	}
