@@ -30,12 +30,17 @@ import (
 
 // connectScript starts a connection generation of an existing device and
 // records the replica that holds it (reconcile.go).
-// KEYS: dev hash. ARGV: replica. Returns the generation, 0 for an unknown
-// device.
+// KEYS: dev hash. ARGV: replica. Returns {generation, previous holder}:
+// generation 0 for an unknown device; the previous holder is the replica
+// that recorded the device's newest connection when that connection has
+// not ended yet, else "".
 var connectScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, ''} end
+local v = redis.call('HMGET', KEYS[1], 'replica', 'conn_gen', 'conn_down')
+local prev = v[1] or ''
+if tonumber(v[3] or '0') >= tonumber(v[2] or '0') then prev = '' end
 redis.call('HSET', KEYS[1], 'replica', ARGV[1])
-return redis.call('HINCRBY', KEYS[1], 'conn_gen', 1)
+return {redis.call('HINCRBY', KEYS[1], 'conn_gen', 1), prev}
 `)
 
 // DeviceConnected records that the broker accepted a new connection of
@@ -47,14 +52,18 @@ func (s *Service) DeviceConnected(ctx context.Context, id string) (uint64, error
 	if err := s.ensureHeartbeat(ctx); err != nil {
 		return 0, Unavailable("connect "+id, err)
 	}
-	gen, err := connectScript.Run(ctx, s.rdb, []string{s.keys.Device(id)}, s.cfg.Replica).Int64()
+	res, err := connectScript.Run(ctx, s.rdb, []string{s.keys.Device(id)}, s.cfg.Replica).Slice()
 	if err != nil {
 		return 0, Unavailable("connect "+id, err)
 	}
+	gen, _ := res[0].(int64)
 	if gen <= 0 {
 		return 0, Errorf(CodeNotFound, "id", "no device %q", id)
 	}
 	s.tracked.Store(true)
+	if prev, _ := res[1].(string); prev != "" && prev != s.cfg.Replica && s.cfg.Takeover != nil {
+		s.cfg.Takeover(id, prev, uint64(gen))
+	}
 	return uint64(gen), nil
 }
 

@@ -171,9 +171,13 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		return err
 	}
 	defer brk.close()
+	rt, err := newRouter(c, brk, rdb, replica, log, reg) // nil unless --cluster
+	if err != nil {
+		return err
+	}
 	bcfg := backend.Config{
 		Accounts:   accounts,
-		Bus:        brk.bus(),
+		Bus:        rt.bus(brk.bus()),
 		Logger:     log,
 		Random:     rand.Reader,
 		Registerer: reg,
@@ -184,10 +188,12 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		Connections:     brk.connections(),
 	}
 	c.presence.apply(&bcfg)
+	rt.configure(&bcfg)
 	svc, err := backend.New(bcfg)
 	if err != nil {
 		return err
 	}
+	rt.attach(svc)
 	if err := brk.observe(svc, log); err != nil {
 		return err
 	}
@@ -250,7 +256,7 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		Configs:    cfgSvc,
 		Telemetry:  tm,
 		FOTA:       fw,
-		Ready:      brk.ready,
+		Ready:      rt.ready(brk.ready),
 	}))
 	// Requests run under reqCtx, cancelled when shutdown starts, so that
 	// long-lived event streams end instead of holding Shutdown up.
@@ -265,6 +271,9 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	g.Go(func() error { return cmds.Run(gctx) })
 	g.Go(func() error { return cfgSvc.Run(gctx) })
 	g.Go(func() error { return fw.Run(gctx) })
+	if rt != nil {
+		g.Go(func() error { return rt.Run(gctx) })
+	}
 	if pprofLn != nil {
 		log.Warn().Str("addr", pprofLn.Addr().String()).Msg("profiling on /debug/pprof/ (--pprof-addr)")
 		g.Go(func() error { return servePprof(gctx, pprofLn) })
