@@ -113,7 +113,7 @@ func (r *Router) HandleEvents(fn func(payload []byte) error) { r.events = fn }
 // Channel names. A sharded channel lives on the Cluster node of its slot;
 // each replica's channel hashes apart, the events channel is one slot.
 func (r *Router) replicaChannel(replica string) string { return r.keys.Prefix() + "route:" + replica }
-func (r *Router) eventsChannel() string               { return r.keys.Prefix() + "events" }
+func (r *Router) eventsChannel() string                { return r.keys.Prefix() + "events" }
 
 // Publish routes a downlink to the holding replica and fans an event out
 // to every replica; anything else is published locally.
