@@ -8,14 +8,18 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/ecowatt/ecowatt/backend"
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/ecowatt/ecowatt/backend"
+	"github.com/ecowatt/ecowatt/backend/redistest"
 )
 
 // startCluster starts n replicas in replica mode (--cluster) on one Redis
@@ -29,6 +33,23 @@ func startCluster(t *testing.T, n int, extra ...string) []*testServer {
 		out = append(out, startReplica(t, first, fmt.Sprintf("r%d", i)))
 	}
 	return out
+}
+
+// clusterRedis is s.redis for any test Redis URL, Cluster included.
+func clusterRedis(t *testing.T, s *testServer) (redis.UniversalClient, string) {
+	t.Helper()
+	prefix := ""
+	for i, a := range s.args {
+		if a == "--redis-prefix" && i+1 < len(s.args) {
+			prefix = s.args[i+1]
+		}
+	}
+	c, err := redistest.NewClient(os.Getenv(redistest.EnvURL))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, prefix
 }
 
 // sseEvents collects the events of s's SSE stream (GET /api/v1/events).
@@ -121,7 +142,7 @@ func TestReplicaMode(t *testing.T) {
 		startFleet(t, rs[r], map[string][]byte{dev: keys[dev]}, "", newFeatureSet().setup)
 	}
 	waitOnline(t, rs[0], 3)
-	rdb, prefix := rs[0].redis(t)
+	rdb, prefix := clusterRedis(t, rs[0])
 	for dev, r := range held {
 		if got := rdb.HGet(context.Background(), prefix+"{dev:"+dev+"}:dev", "replica").Val(); got != fmt.Sprintf("r%d", r) {
 			t.Fatalf("%s held by %q, want r%d", dev, got, r)
@@ -327,7 +348,7 @@ func TestReplicaTakeover(t *testing.T) {
 	lb := startBalancer(t, rs[0].MQTT)
 	startFleet(t, &testServer{MQTT: lb.addr()}, keys, "", nil)
 	waitOnline(t, rs[0], n)
-	rdb, prefix := rs[0].redis(t)
+	rdb, prefix := clusterRedis(t, rs[0])
 	holder := func(dev string) string {
 		return rdb.HGet(context.Background(), prefix+"{dev:"+dev+"}:dev", "replica").Val()
 	}

@@ -121,7 +121,7 @@ func TestReplicaModeHAProxy(t *testing.T) {
 	}
 	startFleet(t, lb, fleetKeys, "", newFeatureSet().setup)
 	waitOnline(t, lb, n-1)
-	rdb, prefix := rs[0].redis(t)
+	rdb, prefix := clusterRedis(t, rs[0])
 	holder := func(dev string) string {
 		return rdb.HGet(context.Background(), prefix+"{dev:"+dev+"}:dev", "replica").Val()
 	}
