@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -50,6 +52,28 @@ func clusterRedis(t *testing.T, s *testServer) (redis.UniversalClient, string) {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c, prefix
+}
+
+// TestClusterFlagsBad: --cluster without a shared Redis, or with an
+// external broker, is a usage error before anything is created.
+func TestClusterFlagsBad(t *testing.T) {
+	for name, args := range map[string][]string{
+		"no redis":   {"serve", "--cluster"},
+		"broker url": {"serve", "--cluster", "--redis", "redis://127.0.0.1:1", "--broker-url", "tcp://127.0.0.1:1"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "data")
+			var out syncBuffer
+			err := run(context.Background(), append(args, "--data-dir", dir), func(string) string { return "" }, &out, &out)
+			var u usageError
+			if !errors.As(err, &u) || !strings.Contains(err.Error(), "--cluster") {
+				t.Fatalf("%v, want a usage error naming --cluster\n%s", err, out.String())
+			}
+			if _, err := os.Stat(dir); !os.IsNotExist(err) {
+				t.Fatalf("data dir created: %v", err)
+			}
+		})
+	}
 }
 
 // sseEvents collects the events of s's SSE stream (GET /api/v1/events).

@@ -15,16 +15,27 @@ import (
 // accept a nil router (not in replica mode) and then change nothing.
 type router struct{ *route.Router }
 
+// checkCluster refuses --cluster without a shared Redis or with an
+// external broker; runServe calls it before anything is created.
+func checkCluster(c serveConfig) error {
+	switch {
+	case !c.scale.cluster:
+		return nil
+	case c.redisURL == "":
+		return usageError{"--cluster needs a shared --redis (Redis >= 7): the in-process store is one replica's own"}
+	case c.scale.brokerURL != "":
+		return usageError{"--cluster and --broker-url exclude each other: replica mode runs the embedded broker on every replica"}
+	}
+	return nil
+}
+
 // newRouter returns nil without --cluster.
 func newRouter(c serveConfig, m *messaging, rdb redis.UniversalClient, replica string, log zerolog.Logger, reg prometheus.Registerer) (*router, error) {
 	if !c.scale.cluster {
 		return nil, nil
 	}
-	switch {
-	case c.redisURL == "":
-		return nil, usageError{"--cluster needs a shared --redis (Redis >= 7): the in-process store is one replica's own"}
-	case c.scale.brokerURL != "":
-		return nil, usageError{"--cluster and --broker-url exclude each other: replica mode runs the embedded broker on every replica"}
+	if err := checkCluster(c); err != nil {
+		return nil, err
 	}
 	keys, err := store.NewKeys(c.redisPrefix)
 	if err != nil {

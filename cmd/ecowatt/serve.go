@@ -81,6 +81,9 @@ func runServe(ctx context.Context, e env, args []string) error {
 	if err := c.presence.check(); err != nil {
 		return err
 	}
+	if err := checkCluster(c); err != nil {
+		return err
+	}
 	log, err := newLogger(e, c.logLevel, c.logFormat)
 	if err != nil {
 		return err
