@@ -222,14 +222,15 @@ func (r *Router) Run(ctx context.Context) error {
 	evCh := evs.Channel(redis.WithChannelSize(1024))
 	for {
 		var msg *redis.Message
+		ok := true
 		select {
 		case <-ctx.Done():
 			return nil
-		case msg = <-ownCh:
-		case msg = <-evCh:
+		case msg, ok = <-ownCh:
+		case msg, ok = <-evCh:
 		}
-		if msg == nil {
-			continue
+		if !ok { // only Close ends a go-redis subscription channel
+			return errors.New("route: subscription closed")
 		}
 		f, err := decode([]byte(msg.Payload))
 		if err != nil {

@@ -147,9 +147,10 @@ func auditIDs(t *testing.T, s *testServer, dev string) []string {
 }
 
 // TestReplicaMode: three replicas in replica mode, one device on each. A
-// config change made through r0's API reaches the device on r2; a command
-// submitted on r1 runs on the device held by r0; an MQTT operator command
-// published to r1's broker runs on that device too and an operator
+// config change made through r0's API reaches the device on r2; commands
+// submitted on r1 run on the devices of all three (the delivery lease
+// holder sends them all, so most are routed); an MQTT operator command
+// published to r1's broker runs on the device held by r0 and an operator
 // subscribed on r2's broker sees its result; r0's SSE stream carries every
 // audit event of the devices on r1 and r2 exactly once.
 func TestReplicaMode(t *testing.T) {
@@ -181,9 +182,13 @@ func TestReplicaMode(t *testing.T) {
 		waitInSync(t, rs[0], "rm-0001", res.Desired.Version)
 	})
 
-	t.Run("command via r1 runs on device on r0", func(t *testing.T) {
-		c := rs[1].submitCommand(t, "rm-0002", map[string]any{"action": "write_register", "target_register": "export_power", "value": 42})
-		rs[1].waitCommand(t, c.ID, "succeeded", 30*time.Second)
+	t.Run("commands via r1 run on the devices of every replica", func(t *testing.T) {
+		// One replica holds the delivery lease and sends every command:
+		// at least two of the three are routed to another replica.
+		for _, dev := range []string{"rm-0002", "rm-0001", "rm-0003"} {
+			c := rs[1].submitCommand(t, dev, map[string]any{"action": "write_register", "target_register": "export_power", "value": 42})
+			rs[1].waitCommand(t, c.ID, "succeeded", 30*time.Second)
+		}
 	})
 
 	t.Run("mqtt operator on r1 and r2", func(t *testing.T) {
