@@ -22,7 +22,7 @@ build: ## build the binaries into bin/
 test: ## run all tests with -race against a throwaway redis-server
 	bash scripts/test.sh $(PKGS)
 
-test-scale: ## scale-out tests: Mosquitto as external broker + 2 replicas, 3-master Redis Cluster, leases
+test-scale: ## scale-out tests: replica mode (3 replicas behind HAProxy), Mosquitto as external broker + 2 replicas, 3-master Redis Cluster, leases
 	bash scripts/test-scale.sh
 
 test-long: ## soak: the race suite three times over, then every fuzz target for a minute

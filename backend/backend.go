@@ -101,6 +101,12 @@ type Config struct {
 	PresenceExpiry time.Duration // last_seen bound for devices no replica holds; default DefaultPresenceExpiry
 	PresenceBatch  int           // online devices checked per sweep; default 5000
 
+	// Takeover, when set, is called when a device connects here while its
+	// previous connection, still open, was recorded by another replica
+	// (replica mode: backend/route asks that replica to close it). It
+	// runs in the broker's CONNECT path and must not block.
+	Takeover func(dev, replica string, gen uint64)
+
 	// An uplink that fails on a store error is retried for RetryFor
 	// (default 2 min); each worker holds at most RetryQueue such messages
 	// (default 1024) and RetryBytes of payload (default 8 MiB) before it

@@ -196,10 +196,25 @@ func (f EventFilter) match(ev Event) bool {
 // match f, and a cancel function (safe to call twice) that closes it. A
 // subscriber that falls behind by more than 256 events loses the newest
 // ones (counted in ecowatt_events_dropped_total); the audit stream keeps
-// them. Events emitted by other replicas are not seen: subscribe to
-// ecowatt/v1/events/# on the broker for those.
+// them. Events emitted by other replicas are seen only in replica mode
+// (DeliverEvent); otherwise subscribe to ecowatt/v1/events/# on the broker.
 func (s *Service) SubscribeEvents(f EventFilter) (<-chan Event, func()) {
 	return s.hub.subscribe(f, s.m.eventsDropped.Inc)
+}
+
+// DeliverEvent hands SubscribeEvents an event another replica emitted:
+// payload is the JSON it published on the events topic (replica mode,
+// backend/route). The audit stream already holds it.
+func (s *Service) DeliverEvent(payload []byte) error {
+	var ev Event
+	if err := json.Unmarshal(payload, &ev); err != nil {
+		return fmt.Errorf("deliver event: %w", err)
+	}
+	if (ev.Device == "") == (ev.Operator == "") || ev.Kind == "" {
+		return fmt.Errorf("deliver event: want a kind and one of device or operator")
+	}
+	s.hub.publish(ev)
+	return nil
 }
 
 // hub fans events out to in-process subscribers.

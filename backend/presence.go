@@ -30,15 +30,19 @@ import (
 
 // connectScript starts a connection generation of an existing device and
 // records the replica that holds it (reconcile.go).
-// KEYS: dev hash. ARGV: replica. Returns the generation, 0 for an unknown
-// device.
-// A device hash always has its id field (provisionScript); two calls.
+// KEYS: dev hash. ARGV: replica. Returns {generation, previous holder}:
+// generation 0 for an unknown device; the previous holder is the replica
+// that recorded the device's newest connection when that connection has
+// not ended yet, else "". A device hash always has its id field
+// (provisionScript); two calls.
 var connectScript = redis.NewScript(`
-local h = redis.call('HMGET', KEYS[1], 'id', 'conn_gen')
-if not h[1] then return 0 end
-local gen = tonumber(h[2] or '0') + 1
-redis.call('HSET', KEYS[1], 'replica', ARGV[1], 'conn_gen', gen)
-return gen
+local v = redis.call('HMGET', KEYS[1], 'id', 'replica', 'conn_gen', 'conn_down')
+if not v[1] then return {0, ''} end
+local gen = tonumber(v[3] or '0')
+local prev = v[2] or ''
+if tonumber(v[4] or '0') >= gen then prev = '' end
+redis.call('HSET', KEYS[1], 'replica', ARGV[1], 'conn_gen', gen + 1)
+return {gen + 1, prev}
 `)
 
 // DeviceConnected records that the broker accepted a new connection of
@@ -50,14 +54,18 @@ func (s *Service) DeviceConnected(ctx context.Context, id string) (uint64, error
 	if err := s.ensureHeartbeat(ctx); err != nil {
 		return 0, Unavailable("connect "+id, err)
 	}
-	gen, err := connectScript.Run(ctx, s.rdb, []string{s.keys.Device(id)}, s.cfg.Replica).Int64()
+	res, err := connectScript.Run(ctx, s.rdb, []string{s.keys.Device(id)}, s.cfg.Replica).Slice()
 	if err != nil {
 		return 0, Unavailable("connect "+id, err)
 	}
+	gen, _ := res[0].(int64)
 	if gen <= 0 {
 		return 0, Errorf(CodeNotFound, "id", "no device %q", id)
 	}
 	s.tracked.Store(true)
+	if prev, _ := res[1].(string); prev != "" && prev != s.cfg.Replica && s.cfg.Takeover != nil {
+		s.cfg.Takeover(id, prev, uint64(gen))
+	}
 	return uint64(gen), nil
 }
 

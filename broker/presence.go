@@ -168,3 +168,25 @@ func disconnectCause(cause, err error) string {
 	}
 	return CauseClosed
 }
+
+// CloseDevice closes this broker's connections of device id whose
+// generation is below gen, and returns how many it closed. In replica
+// mode a device that connected again through another replica (generation
+// gen) may leave its old session here, alive until its keepalive runs
+// out; the new holder asks for it to be closed (backend/route). The end
+// of each closed connection is reported as usual, and its generation, being
+// older, changes no presence.
+func (s *Server) CloseDevice(id string, gen uint64) int {
+	s.mu.Lock()
+	var conns []net.Conn
+	for c, ident := range s.idents {
+		if ident.device && ident.name == id && ident.gen != 0 && ident.gen < gen && !ident.ended {
+			conns = append(conns, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		_ = c.Close() // mochi's read loop ends; OnDisconnect reports it
+	}
+	return len(conns)
+}

@@ -4,7 +4,10 @@
 #   - a 3-master Redis Cluster (redis-server --cluster-enabled, created with
 #     redis-cli --cluster create) for the single-slot tests, and the
 #     backend packages' Redis tests run against the cluster,
-#   - a Mosquitto broker as the external broker of two backend replicas.
+#   - a Mosquitto broker as the external broker of two backend replicas,
+#   - replica mode (issue 15): three replicas, each with its embedded
+#     broker, behind HAProxy (TCP, /readyz checks), on the standalone Redis
+#     and again on the cluster (sharded pub/sub across masters).
 # Everything started here is stopped on exit, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +17,7 @@ need_pkg redis-server redis-server
 need_pkg redis-cli redis-tools
 need_pkg mosquitto mosquitto
 need_pkg mosquitto_sub mosquitto-clients
+need_pkg haproxy haproxy
 
 SCALE_DIR=$(mktemp -d -t ecowatt-scale.XXXXXX)
 SCALE_PIDS=()
@@ -93,12 +97,17 @@ start=$(date +%s)
 # 1. The dedicated scale tests: cluster single-slot checks, external broker
 #    with two replicas, leases.
 go test -race -count=1 -timeout 10m \
-	-run 'Cluster|Scale|Lease|Acquire|Contention|Expiry|Hold|TestDo' \
+	-run 'Cluster|Scale|Lease|Acquire|Contention|Expiry|Hold|TestDo|TestReplica' \
 	./backend/store/ ./backend/lease/ ./cmd/ecowatt/
 
 # 2. The backend packages' Redis tests, against the cluster: any multi-key
 #    command or script across slots fails there with CROSSSLOT.
 ECOWATT_TEST_REDIS_URL="$CLUSTER_URL" go test -race -count=1 -timeout 10m \
-	./backend/ ./backend/lease/ ./backend/telemetry/ ./backend/config/ ./backend/commands/ ./backend/fota/
+	./backend/ ./backend/lease/ ./backend/telemetry/ ./backend/config/ ./backend/commands/ ./backend/fota/ ./backend/route/
+
+# 3. Replica mode on the cluster: routing and event fan-out with the
+#    sharded channels on different masters, HAProxy in front (step 1 ran
+#    the same tests on the standalone Redis).
+ECOWATT_TEST_REDIS_URL="$CLUSTER_URL" go test -race -count=1 -timeout 10m -run 'TestReplica' ./cmd/ecowatt/
 
 echo "test-scale: passed in $(($(date +%s) - start)) s"

@@ -27,6 +27,7 @@ type scaleConfig struct {
 	brokerURL, brokerUser, brokerPassword, brokerCA string
 	replicaID                                       string
 	brokerInsecure                                  bool
+	cluster                                         bool // replica mode (cluster_serve.go)
 }
 
 func (c *scaleConfig) register(fs *flag.FlagSet) {
@@ -35,6 +36,7 @@ func (c *scaleConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.brokerPassword, "broker-password", "", "password of --broker-user")
 	fs.StringVar(&c.brokerCA, "broker-ca", "", "PEM CA bundle to verify the external broker's TLS certificate")
 	fs.BoolVar(&c.brokerInsecure, "broker-insecure", false, "acknowledge an external broker without --broker-user (anonymous: it must then enforce device auth and ACLs by itself, or anyone can publish and subscribe); without it serve refuses to start")
+	fs.BoolVar(&c.cluster, "cluster", false, "replica mode: one of several replicas, each with its embedded broker, sharing --redis (Redis >= 7, sharded pub/sub); downlinks and events are routed between them (OPERATIONS.md, Scaling out)")
 	fs.StringVar(&c.replicaID, "replica-id", "", "this replica's identity in logs, /metrics and leases (default: host name and a random suffix)")
 }
 

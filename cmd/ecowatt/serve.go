@@ -91,6 +91,9 @@ func runServe(ctx context.Context, e env, args []string) error {
 	if c.indexRepair <= 0 {
 		return usageError{fmt.Sprintf("--index-repair-interval %s: must be positive", c.indexRepair)}
 	}
+	if err := checkCluster(c); err != nil {
+		return err
+	}
 	log, err := newLogger(e, c.logLevel, c.logFormat)
 	if err != nil {
 		return err
@@ -181,9 +184,13 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		return err
 	}
 	defer brk.close()
+	rt, err := newRouter(c, brk, rdb, replica, log, reg) // nil unless --cluster
+	if err != nil {
+		return err
+	}
 	bcfg := backend.Config{
 		Accounts:   accounts,
-		Bus:        brk.bus(),
+		Bus:        rt.bus(brk.bus()),
 		Logger:     log,
 		Random:     rand.Reader,
 		Registerer: reg,
@@ -196,10 +203,12 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		Connections:     brk.connections(),
 	}
 	c.presence.apply(&bcfg)
+	rt.configure(&bcfg)
 	svc, err := backend.New(bcfg)
 	if err != nil {
 		return err
 	}
+	rt.attach(svc)
 	if err := brk.observe(svc, log); err != nil {
 		return err
 	}
@@ -267,7 +276,7 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		Telemetry:  tm,
 		FOTA:       fw,
 		Jobs:       jobSvc,
-		Ready:      brk.ready,
+		Ready:      rt.ready(brk.ready),
 	}))
 	// Requests run under reqCtx, cancelled when shutdown starts, so that
 	// long-lived event streams end instead of holding Shutdown up.
@@ -287,6 +296,9 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	// pass (docs/DECISIONS.md).
 	g.Go(func() error { return svc.RunIndexRepair(gctx, replica, c.indexRepair) })
 	g.Go(func() error { return jobSvc.Run(gctx) })
+	if rt != nil {
+		g.Go(func() error { return rt.Run(gctx) })
+	}
 	if pprofLn != nil {
 		log.Warn().Str("addr", pprofLn.Addr().String()).Msg("profiling on /debug/pprof/ (--pprof-addr)")
 		g.Go(func() error { return servePprof(gctx, pprofLn) })
