@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/ecowatt/ecowatt/backend/store"
 	"github.com/ecowatt/ecowatt/topics"
 	"github.com/redis/go-redis/v9"
 )
@@ -252,7 +253,7 @@ func (s *Service) Purge(ctx context.Context, id string, who Who) error {
 	if err := s.runLifecycle(ctx, LifecycleChange{Device: id, Change: ChangePurge, By: who.By, Reason: who.Reason}); err != nil {
 		return err
 	}
-	if err := s.deleteMatching(ctx, globEscape(s.keys.Prefix()+"{dev:"+id+"}:")+"*"); err != nil {
+	if err := s.deleteMatching(ctx, store.GlobEscape(s.keys.Prefix()+"{dev:"+id+"}:")+"*"); err != nil {
 		return Unavailable("purge "+id, err)
 	}
 	s.cache.forget(id)
@@ -315,18 +316,6 @@ func (s *Service) deleteMatching(ctx context.Context, pattern string) error {
 		return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return del(ctx, c) })
 	}
 	return del(ctx, s.rdb)
-}
-
-// globEscape escapes Redis glob metacharacters.
-func globEscape(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		if strings.ContainsRune(`*?[]\`, r) {
-			b.WriteByte('\\')
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
 }
 
 // DeviceAccess is the connect-time check of device id: its state is read

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os/exec"
 	"strconv"
 	"sync"
 	"testing"
@@ -207,69 +206,12 @@ func TestPresenceSweepKeepsConnected(t *testing.T) {
 	}
 }
 
-// testRedis is a redis-server of the test's own, so that it can be stopped
-// and started again (an outage); its data survives in dir.
-type testRedis struct {
-	t    *testing.T
-	port int
-	dir  string
-	cmd  *exec.Cmd
-}
-
-func startTestRedis(t *testing.T) *testRedis {
-	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Skip("redis-server not installed; run scripts/test.sh")
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	r := &testRedis{t: t, port: port, dir: t.TempDir()}
-	r.start()
-	t.Cleanup(r.stop)
-	return r
-}
-
-func (r *testRedis) addr() string { return "127.0.0.1:" + strconv.Itoa(r.port) }
-
-func (r *testRedis) start() {
-	r.t.Helper()
-	r.cmd = exec.Command("redis-server", "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
-		"--dir", r.dir, "--save", "", "--appendonly", "no", "--dbfilename", "dump.rdb")
-	if err := r.cmd.Start(); err != nil {
-		r.t.Fatal(err)
-	}
-	c := redis.NewClient(&redis.Options{Addr: r.addr()})
-	defer c.Close()
-	for deadline := time.Now().Add(5 * time.Second); c.Ping(context.Background()).Err() != nil; {
-		if time.Now().After(deadline) {
-			r.t.Fatal("test redis-server did not start")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// stop saves the data and stops the server.
-func (r *testRedis) stop() {
-	if r.cmd == nil {
-		return
-	}
-	c := redis.NewClient(&redis.Options{Addr: r.addr()})
-	_ = c.ShutdownSave(context.Background()).Err()
-	c.Close()
-	_ = r.cmd.Wait()
-	r.cmd = nil
-}
-
 // TestPresenceDisconnectDuringRedisOutage: a device that disconnects
 // while Redis is down is offline once Redis is back, through the retried
 // disconnect report (the sweep is too slow to be the one that does it).
 func TestPresenceDisconnectDuringRedisOutage(t *testing.T) {
-	srv := startTestRedis(t)
-	rdb := redis.NewClient(&redis.Options{Addr: srv.addr(), MaxRetries: -1,
+	srv := redistest.StartServer(t) // its own, so that it can be stopped
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(srv.Port), MaxRetries: -1,
 		DialTimeout: 200 * time.Millisecond, ReadTimeout: 500 * time.Millisecond, WriteTimeout: 500 * time.Millisecond})
 	t.Cleanup(func() { rdb.Close() })
 	r, _ := newReconcileRig(t, rigOpts{rdb: rdb, prefix: "t:outage:", replica: "r1", sweep: time.Minute, vault: backendtest.Vault(t)})
@@ -278,7 +220,7 @@ func TestPresenceDisconnectDuringRedisOutage(t *testing.T) {
 	cl, _ := r.connect(d, true, 30*time.Second)
 	r.birth(cl, d, 1)
 
-	srv.stop()
+	srv.Stop()
 	cl.Disconnect(100)
 	deadline := time.Now().Add(5 * time.Second)
 	for r.s.pres.queued() < 1 {
@@ -288,7 +230,7 @@ func TestPresenceDisconnectDuringRedisOutage(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	time.Sleep(2 * retryEvery) // retries fail while Redis is down
-	srv.start()
+	srv.Start()
 	r.waitPresence(d.id, false, 0, 5*time.Second)
 	if q := r.s.pres.queued(); q != 0 {
 		t.Fatalf("%v reports still queued", q)

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/ecowatt/ecowatt/backend/store"
 )
 
 // EnvURL is the variable scripts/test.sh sets. scripts/test-scale.sh sets
@@ -89,7 +91,7 @@ func Keys(t testing.TB, c redis.UniversalClient, prefix string) []string {
 	var keys []string
 	ctx := context.Background()
 	scan := func(ctx context.Context, c redis.UniversalClient) error {
-		it := c.Scan(ctx, 0, escape(prefix)+"*", 1000).Iterator()
+		it := c.Scan(ctx, 0, store.GlobEscape(prefix)+"*", 1000).Iterator()
 		for it.Next(ctx) {
 			mu.Lock()
 			keys = append(keys, it.Val())
@@ -118,16 +120,4 @@ func Clean(t testing.TB, c redis.UniversalClient, prefix string) {
 			t.Errorf("cleanup: del %s: %v", k, err)
 		}
 	}
-}
-
-// escape quotes glob metacharacters for SCAN MATCH.
-func escape(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		if strings.ContainsRune(`*?[]\`, r) {
-			b.WriteByte('\\')
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
 }
