@@ -115,19 +115,7 @@ type Message struct {
 // All integers are big-endian.
 func Canonical(topic string, nonce uint64, tsMillis int64, encrypted bool, payload []byte) []byte {
 	b := make([]byte, 0, len(Label)+1+2+len(topic)+8+8+1+4+len(payload))
-	b = append(b, Label...)
-	b = append(b, 0)
-	b = binary.BigEndian.AppendUint16(b, uint16(len(topic)))
-	b = append(b, topic...)
-	b = binary.BigEndian.AppendUint64(b, nonce)
-	b = binary.BigEndian.AppendUint64(b, uint64(tsMillis))
-	if encrypted {
-		b = append(b, 1)
-	} else {
-		b = append(b, 0)
-	}
-	b = binary.BigEndian.AppendUint32(b, uint32(len(payload)))
-	return append(b, payload...)
+	return append(appendCanonicalHeader(b, topic, nonce, tsMillis, encrypted, len(payload)), payload...)
 }
 
 // Seal wraps body for topic. When encrypt is true the body is encrypted with
@@ -298,4 +286,21 @@ func (k *Keys) decrypt(topic string, ct []byte) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %v", ErrDecrypt, err)
 	}
 	return body, nil
+}
+
+// appendCanonicalHeader appends everything of Canonical before the payload:
+// Canonical and the MAC (hmac.go) both build on it, so the two cannot drift.
+func appendCanonicalHeader(b []byte, topic string, nonce uint64, tsMillis int64, encrypted bool, payloadLen int) []byte {
+	b = append(b, Label...)
+	b = append(b, 0)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(topic)))
+	b = append(b, topic...)
+	b = binary.BigEndian.AppendUint64(b, nonce)
+	b = binary.BigEndian.AppendUint64(b, uint64(tsMillis))
+	if encrypted {
+		b = append(b, 1)
+	} else {
+		b = append(b, 0)
+	}
+	return binary.BigEndian.AppendUint32(b, uint32(payloadLen))
 }

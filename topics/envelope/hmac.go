@@ -5,7 +5,6 @@ import (
 	"crypto/cipher"
 	"crypto/sha256"
 	"encoding"
-	"encoding/binary"
 	"hash"
 	"sync"
 )
@@ -146,18 +145,7 @@ func (k *Keys) macPads() *hmacPads {
 // payload)), without building the canonical string.
 func (k *Keys) mac(topic string, nonce uint64, tsMillis int64, encrypted bool, payload []byte) [sha256.Size]byte {
 	s := scratchPool.Get().(*macScratch)
-	b := append(s.buf[:0], Label...)
-	b = append(b, 0)
-	b = binary.BigEndian.AppendUint16(b, uint16(len(topic)))
-	b = append(b, topic...)
-	b = binary.BigEndian.AppendUint64(b, nonce)
-	b = binary.BigEndian.AppendUint64(b, uint64(tsMillis))
-	if encrypted {
-		b = append(b, 1)
-	} else {
-		b = append(b, 0)
-	}
-	s.buf = binary.BigEndian.AppendUint32(b, uint32(len(payload)))
+	s.buf = appendCanonicalHeader(s.buf[:0], topic, nonce, tsMillis, encrypted, len(payload))
 	sum := s.hmacSum(k.macPads(), &k.MAC, payload)
 	scratchPool.Put(s)
 	return sum
