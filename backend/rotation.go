@@ -299,8 +299,15 @@ func (s *Service) rotationLoop(ctx context.Context) {
 }
 
 // rotationOnBirth sends a pending rotation again after every birth (the
-// device may have missed it while offline or lost it in a power cut).
+// device may have missed it while offline or lost it in a power cut). The
+// uplink path has just read the device's keys, so the key cache knows
+// whether a rotation is pending: a birth without one costs no Redis call.
+// A rotation started since is sent by StartRotation itself or by the
+// resend sweep.
 func (s *Service) rotationOnBirth(ctx context.Context, dev string, m envelope.Message) error {
+	if !s.rotationPending(dev) {
+		return nil
+	}
 	b, err := topics.ParseBirth(m.Body)
 	if err != nil || !b.Online {
 		return nil // handleBirth reports the bad body
