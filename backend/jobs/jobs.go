@@ -16,7 +16,9 @@
 // Job states: scheduled -> running <-> paused -> completed | aborted |
 // cancelled | expired. Device states: queued -> in_progress -> succeeded
 // | failed; queued -> skipped (another job of the same kind holds the
-// device, or the device refused it) | not_run (the job ended first);
+// device, the device refused it, or it is disabled or decommissioned at
+// its turn: reason "disabled" / "decommissioned") | not_run (the job
+// ended first);
 // in_progress -> abandoned (the job ended before the outcome was known).
 //
 // Only online devices are issued a part; an offline one stays queued and
