@@ -101,3 +101,30 @@ func TestDashboardJobs(t *testing.T) {
 		t.Errorf("page exceptions: %v", b.exceptions)
 	}
 }
+
+// TestDashboardJobFailedDevices: a firmware job whose image fails its
+// self-test on the simulated devices shows, on its page, the failed
+// devices (the state the page opens on) with the devices' reasons.
+func TestDashboardJobFailedDevices(t *testing.T) {
+	b := newBrowser(t)
+	s := startServer(t, append(fotaArgs, "--job-tick", "100ms")...)
+	keys := s.provision(t, "jbf", 2)
+	ff := newFOTAFleet(t, s)
+	startFleet(t, s, keys, "", ff.setup)
+	buildAndUpload(t, s, "1.0.5", "32KiB", true)
+	waitOnline(t, s, 2)
+	jid := startJob(t, s, "--selector", "id~jbf-", "--firmware", "1.0.5", "--max-per-minute", "600")
+
+	b.run(t, "sign in on the job",
+		chromedp.Navigate(s.HTTP+"/#/jobs/"+jid),
+		chromedp.WaitVisible(chromedp.CSS("#token")),
+		setValue("#token", s.Token),
+		chromedp.Click(chromedp.CSS("#signin")))
+	failed := `[...document.querySelectorAll('#job-device-table tr[data-state="failed"]')]`
+	b.waitJS(t, 2*time.Minute, "both devices failed with the rollback reason",
+		failed+`.length === 2 && `+failed+`.every(tr => tr.querySelector(".reason").textContent.includes("rolled_back")) && `+
+			`document.querySelector('#job-counts li[data-state="failed"]')?.textContent.trim() === "failed 2" && `+
+			`document.querySelector("h1").textContent.includes("completed")`,
+		`document.querySelector("h1")?.textContent + " " + document.querySelector("#job-counts")?.textContent + " " + document.querySelector("#job-device-table")?.textContent`)
+	b.shot(t, "job-failed")
+}
