@@ -156,7 +156,12 @@ func (s *Service) StartRotation(ctx context.Context, id, by string) (Rotation, e
 		// A disabled device cannot connect to take the key, and a
 		// decommissioned one has none left to replace.
 		state, _ := res[1].(string)
-		return Rotation{}, Errorf(CodeConflict, "id", "device %s is %s; enable it before rotating its key", id, state)
+		e := Errorf(CodeConflict, "id", "device %s is %s; enable it before rotating its key", id, state)
+		e.Err = ErrDisabled
+		if state == StateDecommissioned {
+			e.Err = ErrDecommissioned
+		}
+		return Rotation{}, e
 	case -1:
 		pid, _ := res[1].(string)
 		exp := msTime(fmt.Sprint(res[2]))

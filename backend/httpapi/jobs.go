@@ -1,12 +1,15 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"net/http"
 	"strconv"
 
 	"github.com/ecowatt/ecowatt/backend"
 	"github.com/ecowatt/ecowatt/backend/jobs"
+	"github.com/ecowatt/ecowatt/topics"
 	"github.com/rs/zerolog"
 )
 
@@ -35,8 +38,35 @@ func handleJobCreate(log zerolog.Logger, j Jobs) http.Handler {
 		if err != nil {
 			return nil, err
 		}
-		return j.Create(r.Context(), body, "api")
+		if err := jobActionAllowed(r, body); err != nil {
+			return nil, err
+		}
+		by := backend.OperatorFrom(r.Context())
+		if by == "" {
+			by = "api"
+		}
+		return j.Create(r.Context(), body, by)
 	})
+}
+
+// jobActionAllowed refuses a rotate_key job to a caller below admin: the
+// route is operator-level, and rotating keys is admin's, as the per-device
+// rotate-key route is. The probe decodes as leniently as Create's decoder
+// matches fields (case-insensitively), so no spelling slips past it; a
+// body it cannot read is left to Create's errors.
+func jobActionAllowed(r *http.Request, body []byte) error {
+	var probe struct {
+		RotateKey json.RawMessage `json:"rotate_key"`
+	}
+	if json.Unmarshal(body, &probe) != nil || probe.RotateKey == nil || string(bytes.TrimSpace(probe.RotateKey)) == "null" {
+		return nil
+	}
+	id, _ := identityFrom(r.Context())
+	if id.role.AtLeast(topics.RoleAdmin) {
+		return nil
+	}
+	return backend.Errorf(backend.CodeForbidden, "rotate_key",
+		"a rotate_key job needs the role %q; %q has %q", topics.RoleAdmin, id.name, id.role)
 }
 
 func handleJobList(log zerolog.Logger, j Jobs) http.Handler {

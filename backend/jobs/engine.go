@@ -255,7 +255,7 @@ func (s *Service) issueBatch(ctx context.Context, j *Job, now time.Time) error {
 	issued := 0
 	for start := 0; start < len(queued) && issued < size; start += 256 {
 		chunk := queued[start:min(start+256, len(queued))]
-		online, err := s.online(ctx, chunk)
+		pres, err := s.presence(ctx, chunk)
 		if err != nil {
 			return err
 		}
@@ -263,7 +263,15 @@ func (s *Service) issueBatch(ctx context.Context, j *Job, now time.Time) error {
 			if issued >= size {
 				break
 			}
-			if !online[i] {
+			// Checked at the device's turn, online or not: a disabled
+			// device cannot come back to take its part.
+			if why := lifecycleSkip(pres[i].state); why != "" {
+				if err := s.skip(ctx, j, dev, why); err != nil {
+					return err
+				}
+				continue
+			}
+			if !pres[i].online {
 				continue // its part waits until it is back
 			}
 			// An operator may pause or cancel the job during the batch.
@@ -288,23 +296,56 @@ func (s *Service) issueBatch(ctx context.Context, j *Job, now time.Time) error {
 	return nil
 }
 
-// online reads the presence of devs in one pipelined round trip.
-func (s *Service) online(ctx context.Context, devs []string) ([]bool, error) {
-	cmds := make([]*redis.StringCmd, len(devs))
+// presence is what a batch reads of a device before its turn.
+type presence struct {
+	online bool
+	state  string // lifecycle state; "" is active
+}
+
+// presence reads the presence and lifecycle state of devs in one
+// pipelined round trip.
+func (s *Service) presence(ctx context.Context, devs []string) ([]presence, error) {
+	cmds := make([]*redis.SliceCmd, len(devs))
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, d := range devs {
-			cmds[i] = p.HGet(ctx, s.keys.Device(d), deviceOnline)
+			cmds[i] = p.HMGet(ctx, s.keys.Device(d), deviceOnline, backend.FieldState)
 		}
 		return nil
 	})
 	if err != nil && err != redis.Nil {
 		return nil, backend.Unavailable("jobs: presence", err)
 	}
-	out := make([]bool, len(devs))
+	out := make([]presence, len(devs))
 	for i, c := range cmds {
-		out[i] = c.Val() == "1"
+		v := c.Val()
+		if len(v) == 2 {
+			on, _ := v[0].(string)
+			st, _ := v[1].(string)
+			out[i] = presence{online: on == "1", state: st}
+		}
 	}
 	return out, nil
+}
+
+// lifecycleSkip is the reason a device in lifecycle state st is skipped
+// (the state's name, as rollouts record it), or "" when it takes parts.
+func lifecycleSkip(st string) string {
+	switch st {
+	case backend.StateDisabled, backend.StateDecommissioned:
+		return st
+	}
+	return ""
+}
+
+// skip moves queued dev to skipped with reason why.
+func (s *Service) skip(ctx context.Context, j *Job, dev, why string) error {
+	moved, err := s.move(ctx, j.ID, dev, DevQueued, DevSkipped, why, "")
+	if moved {
+		s.m.parts.WithLabelValues(j.Kind, "skipped").Inc()
+		j.Counts[DevQueued]--
+		j.Counts[DevSkipped]++
+	}
+	return err
 }
 
 // issueOne takes dev's hold for the job's kind and issues its part. It
@@ -351,8 +392,16 @@ func (s *Service) issueOne(ctx context.Context, j *Job, dev string) (bool, error
 	return true, nil
 }
 
-// reasonOf is a service error as a device reason.
+// reasonOf is a service error as a device reason; a refusal for the
+// device's lifecycle state (disabled between the check and the issue) is
+// that state's name, as the check records it.
 func reasonOf(err error) string {
+	switch {
+	case errors.Is(err, backend.ErrDisabled):
+		return backend.StateDisabled
+	case errors.Is(err, backend.ErrDecommissioned):
+		return backend.StateDecommissioned
+	}
 	var be *backend.Error
 	if errors.As(err, &be) && be.Message != "" {
 		return be.Message

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"github.com/ecowatt/ecowatt/devicesim/clock"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -53,7 +54,12 @@ type rawDevice struct {
 	silent   bool           // receive but never answer
 	configs  []int64        // config versions received
 	commands map[string]int // command ID -> times executed
+	rotated  []string       // key rotations taken (their IDs)
 }
+
+// keyOverlap is the harness backend's key overlap (real time): how long
+// a silent device's key rotation stays pending before it expires.
+const keyOverlap = 3 * time.Second
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
@@ -63,7 +69,7 @@ func newHarness(t *testing.T) *harness {
 		log: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel), work: make(chan backend.Message, 4096)}
 	var err error
 	h.b, err = backend.New(backend.Config{Redis: rdb, Prefix: prefix, Vault: backendtest.Vault(t), Bus: h.bus,
-		Logger: h.log, BcryptCost: bcrypt.MinCost, Workers: 2})
+		Logger: h.log, BcryptCost: bcrypt.MinCost, Workers: 2, KeyOverlap: keyOverlap})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +98,7 @@ func newHarness(t *testing.T) *harness {
 func (h *harness) engine() *Service {
 	h.t.Helper()
 	s, err := New(Config{Redis: h.rdb, Keys: h.b.Keys(), Fleet: h.b, Configs: h.cfgs, Commands: h.cmds,
-		Bus: h.bus, Logger: h.log, Now: h.clk.Now, LeaseTTL: 300 * time.Millisecond, Tick: 20 * time.Millisecond})
+		Rotations: h.b, Bus: h.bus, Logger: h.log, Now: h.clk.Now, LeaseTTL: 300 * time.Millisecond, Tick: 20 * time.Millisecond})
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -217,6 +223,24 @@ func (h *harness) react(d *rawDevice, kind string, body []byte) (string, any) {
 		}
 		d.commands[c.ID]++
 		return topics.KindCommandResult, topics.CommandResultBody{CommandResult: &r}
+	case topics.KindRotateKey:
+		// The firmware's order: keep the new key, answer under it.
+		r, psk, err := topics.ParseRotateKey(body)
+		if err != nil {
+			h.t.Errorf("device %s: bad rotate_key: %v", d.id, err)
+			return "", nil
+		}
+		if slices.Contains(d.rotated, r.ID) {
+			return topics.KindKeyAck, map[string]topics.KeyAck{"key_ack": {ID: r.ID}} // a resend: under the new key already
+		}
+		nk, err := envelope.DeriveKeys(psk)
+		if err != nil {
+			h.t.Error(err)
+			return "", nil
+		}
+		d.keys = nk
+		d.rotated = append(d.rotated, r.ID)
+		return topics.KindKeyAck, map[string]topics.KeyAck{"key_ack": {ID: r.ID}}
 	}
 	return "", nil
 }

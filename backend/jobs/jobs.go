@@ -5,18 +5,21 @@
 //
 // A job does not deliver anything itself. Each device's part is issued
 // through the service that owns that action (backend/config Set,
-// backend/commands Submit, backend/fota StartUpdate) and its outcome is
-// read back from that service (config ack, command result, FOTA status).
+// backend/commands Submit, backend/fota StartUpdate, backend
+// StartRotation) and its outcome is read back from that service (config
+// ack, command result, FOTA status, rotation state).
 // Issuing is idempotent per job and device: the part is tagged with the
 // job (config "by job:JID", command request_id "job-JID", FOTA rollout
-// "job:JID"), and before issuing the engine asks the service whether
+// "job:JID", key rotation "by job:JID"), and before issuing the engine asks the service whether
 // that tag is already there, so a part issued just before a crash is
 // adopted, never issued again.
 //
 // Job states: scheduled -> running <-> paused -> completed | aborted |
 // cancelled | expired. Device states: queued -> in_progress -> succeeded
 // | failed; queued -> skipped (another job of the same kind holds the
-// device, or the device refused it) | not_run (the job ended first);
+// device, the device refused it, or it is disabled or decommissioned at
+// its turn: reason "disabled" / "decommissioned") | not_run (the job
+// ended first);
 // in_progress -> abandoned (the job ended before the outcome was known).
 //
 // Only online devices are issued a part; an offline one stays queued and
@@ -101,6 +104,9 @@ const (
 	KindConfig   = "config"
 	KindCommand  = "command"
 	KindFirmware = "firmware"
+	// KindRotateKey parts are PSK rotations (backend StartRotation);
+	// only an admin may create such a job (the HTTP API checks).
+	KindRotateKey = "rotate_key"
 )
 
 // Defaults and limits.
@@ -133,9 +139,17 @@ type Bus interface {
 }
 
 var (
-	_ Fleet   = (*backend.Service)(nil)
-	_ Configs = (*config.Service)(nil)
+	_ Fleet     = (*backend.Service)(nil)
+	_ Configs   = (*config.Service)(nil)
+	_ Rotations = (*backend.Service)(nil)
 )
+
+// Rotations issues and observes key rotation parts; *backend.Service has
+// it.
+type Rotations interface {
+	StartRotation(ctx context.Context, id, by string) (backend.Rotation, error)
+	Rotation(ctx context.Context, id string) (backend.Rotation, error)
+}
 
 // Config holds a Service's dependencies. Redis and Fleet are required;
 // a nil Configs, Commands or FOTA refuses jobs of that kind.
@@ -146,10 +160,13 @@ type Config struct {
 	Configs  Configs
 	Commands Commands
 	FOTA     FOTA
-	Bus      Bus // nil: no MQTT progress events
-	Logger   zerolog.Logger
-	Now      func() time.Time // the job clock (pacing, expiry); default time.Now
-	Random   io.Reader        // job IDs; default crypto/rand.Reader
+	// Rotations issues and observes key rotation parts; nil refuses
+	// rotate_key jobs.
+	Rotations Rotations
+	Bus       Bus // nil: no MQTT progress events
+	Logger    zerolog.Logger
+	Now       func() time.Time // the job clock (pacing, expiry); default time.Now
+	Random    io.Reader        // job IDs; default crypto/rand.Reader
 	// Tick is how often the lease holder advances the jobs.
 	Tick       time.Duration
 	Replica    string        // default lease.ReplicaID()

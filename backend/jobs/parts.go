@@ -87,6 +87,15 @@ func (s *Service) issue(ctx context.Context, j *Job, dev string) (ref string, sk
 			return "", refused(err), err
 		}
 		return v, false, nil
+	case KindRotateKey:
+		if r, err := s.cfg.Rotations.Rotation(ctx, dev); err == nil && r.By == tag(j.ID) {
+			return r.ID, false, nil // started before a restart (and maybe done already)
+		}
+		r, err := s.cfg.Rotations.StartRotation(ctx, dev, tag(j.ID))
+		if err != nil {
+			return "", refused(err), err
+		}
+		return r.ID, false, nil
 	}
 	return "", true, fmt.Errorf("job %s: unknown kind %q", j.ID, j.Kind)
 }
@@ -168,6 +177,21 @@ func (s *Service) observe(ctx context.Context, j *Job, dev, ref string) (outcome
 			why += ": " + st.Reason
 		}
 		return outcome{done: true, reason: why}, nil
+	case KindRotateKey:
+		r, err := s.cfg.Rotations.Rotation(ctx, dev) // applies the end of the overlap
+		if err != nil {
+			return outcome{}, err
+		}
+		if r.ID != ref {
+			return outcome{done: true, reason: "key rotation " + ref + " is no longer the device's latest (" + r.ID + " is); its outcome is unknown"}, nil
+		}
+		switch r.State {
+		case backend.RotationConfirmed:
+			return outcome{done: true, ok: true}, nil
+		case backend.RotationExpired:
+			return outcome{done: true, reason: "key rotation expired: the device did not use the new key within the overlap (it keeps the old key)"}, nil
+		}
+		return outcome{}, nil
 	}
 	return outcome{}, fmt.Errorf("job %s: unknown kind %q", j.ID, j.Kind)
 }

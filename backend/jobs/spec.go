@@ -20,6 +20,8 @@ type Spec struct {
 	Config   json.RawMessage `json:"config,omitempty"`   // a partial config document, as PUT .../config
 	Command  json.RawMessage `json:"command,omitempty"`  // a command document, as POST .../commands
 	Firmware *FirmwareAction `json:"firmware,omitempty"` // an uploaded version
+	// RotateKey rotates each device's PSK over the air (admin only).
+	RotateKey *RotateKeyAction `json:"rotate_key,omitempty"`
 
 	MaxPerMinute int `json:"max_per_minute"`
 	// BatchSize parts are issued together, every
@@ -39,6 +41,9 @@ type FirmwareAction struct {
 	Version string `json:"version"`
 }
 
+// RotateKeyAction is a key rotation job's action; it has no fields.
+type RotateKeyAction struct{}
+
 // AbortRule aborts a job once at least MinExecuted parts have an outcome
 // and more than MaxFailurePercent of them failed.
 type AbortRule struct {
@@ -53,6 +58,8 @@ func (sp *Spec) Kind() string {
 		return KindConfig
 	case sp.Command != nil:
 		return KindCommand
+	case sp.RotateKey != nil:
+		return KindRotateKey
 	}
 	return KindFirmware
 }
@@ -127,8 +134,11 @@ func (sp *Spec) check(now time.Time) (selector.Selector, error) {
 	if sp.Firmware != nil {
 		n++
 	}
+	if sp.RotateKey != nil {
+		n++
+	}
 	if n != 1 {
-		return sel, invalid("action", "a job has exactly one action of config, command and firmware; this one has %d", n)
+		return sel, invalid("action", "a job has exactly one action of config, command, firmware and rotate_key; this one has %d", n)
 	}
 	if sp.Config != nil {
 		if _, err := topics.ParseConfigPatch(sp.Config); err != nil {
@@ -197,6 +207,10 @@ func (s *Service) checkState(ctx context.Context, sp *Spec) error {
 				return invalid("firmware.version", "no firmware %q has been uploaded", sp.Firmware.Version)
 			}
 			return err
+		}
+	case KindRotateKey:
+		if s.cfg.Rotations == nil {
+			return backend.Errorf(backend.CodeUnavailable, "rotate_key", "key rotation jobs are not served by this backend")
 		}
 	}
 	return nil

@@ -29,6 +29,8 @@ func TestCreateRejectsBadBodies(t *testing.T) {
 		{"unknown config field", `{"selector":"site=colombo","config":{"colour":"red"},"max_per_minute":10}`, backend.CodeInvalid, "config", "colour"},
 		{"bad command", `{"selector":"site=colombo","command":{"action":"explode"},"max_per_minute":10}`, backend.CodeInvalid, "command", "explode"},
 		{"command with request_id", `{"selector":"site=colombo","command":{"action":"reboot","request_id":"x"},"max_per_minute":10}`, backend.CodeInvalid, "command.request_id", "request_id"},
+		{"rotate_key with a field", `{"selector":"site=colombo","rotate_key":{"key":"00"},"max_per_minute":10}`, backend.CodeInvalid, "", "unknown field"},
+		{"rotate_key and config", `{"selector":"site=colombo","rotate_key":{},"config":{"sampling_interval":10},"max_per_minute":10}`, backend.CodeInvalid, "action", "has 2"},
 		{"firmware without FOTA", `{"selector":"site=colombo","firmware":{"version":"9.9.9"},"max_per_minute":10}`, backend.CodeUnavailable, "firmware", "not served"},
 		{"zero rate", `{"selector":"site=colombo","config":{"sampling_interval":10},"max_per_minute":0}`, backend.CodeInvalid, "max_per_minute", "1-"},
 		{"negative rate", `{"selector":"site=colombo","config":{"sampling_interval":10},"max_per_minute":-5}`, backend.CodeInvalid, "max_per_minute", "1-"},

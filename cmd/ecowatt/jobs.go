@@ -46,7 +46,7 @@ func (f jobConfigFlags) Set(s string) error {
 }
 
 func jobCreate(ctx context.Context, e env, args []string) error {
-	const synopsis = "job create (--selector S | --devices a,b) (--config key=value... | --command ACTION [--register R] [--value V] | --firmware V) " +
+	const synopsis = "job create (--selector S | --devices a,b) (--config key=value... | --command ACTION [--register R] [--value V] | --firmware V | --rotate-key) " +
 		"--max-per-minute N [--batch-size N] [--canary N] [--max-failure-percent P --min-executed N] [--expires 24h] [--include-future] [--watch] [-o table|json]"
 	k := newCall(e, "job create", synopsis, true)
 	fs := k.fs
@@ -58,6 +58,7 @@ func jobCreate(ctx context.Context, e env, args []string) error {
 	register := fs.String("register", "", "the command's target register")
 	value := fs.String("value", "", "the command's integer value (write_register)")
 	firmware := fs.String("firmware", "", "firmware version to install (uploaded with fota upload)")
+	rotate := fs.Bool("rotate-key", false, "rotate each device's PSK over the air (needs the role admin)")
 	perMin := fs.Int("max-per-minute", 0, "at most this many devices' parts issued a minute (required)")
 	batch := fs.Int("batch-size", 0, "parts issued together (default: max-per-minute/60, a batch a second)")
 	canary := fs.Int("canary", 0, "devices that go first, alone")
@@ -99,8 +100,11 @@ func jobCreate(ctx context.Context, e env, args []string) error {
 	if *firmware != "" {
 		body["firmware"], n = map[string]string{"version": *firmware}, n+1
 	}
+	if *rotate {
+		body["rotate_key"], n = map[string]any{}, n+1
+	}
 	if n != 1 {
-		return k.usage("give exactly one action: --config, --command or --firmware")
+		return k.usage("give exactly one action: --config, --command, --firmware or --rotate-key")
 	}
 	if *batch != 0 {
 		body["batch_size"] = *batch

@@ -30,7 +30,7 @@ func (c *jobConfig) register(fs *flag.FlagSet) {
 func newJobs(c jobConfig, rdb redis.UniversalClient, keys store.Keys, replica string, svc *backend.Service, bus jobs.Bus,
 	cfgs *config.Service, cmds *commands.Service, fw *fota.Service, log zerolog.Logger, reg prometheus.Registerer) (*jobs.Service, error) {
 	return jobs.New(jobs.Config{
-		Redis: rdb, Keys: keys, Fleet: svc, Configs: cfgs, Commands: cmds, FOTA: fw, Bus: bus,
+		Redis: rdb, Keys: keys, Fleet: svc, Configs: cfgs, Commands: cmds, FOTA: fw, Rotations: svc, Bus: bus,
 		Logger: log, Tick: c.tick, LeaseTTL: c.lease, Replica: replica, Registerer: reg,
 	})
 }

@@ -6,6 +6,7 @@ import { fleetPage } from "./fleet.js";
 import { devicePage } from "./device.js";
 import { firmwarePage } from "./firmware.js";
 import { rolloutPage, rolloutsPage } from "./rollout.js";
+import { jobsPage, jobPage, newJobPage } from "./jobs.js";
 
 const main = document.getElementById("main");
 const live = document.getElementById("live");
@@ -76,6 +77,10 @@ async function route() {
     case "rollouts":
       page = parts[1] ? (root, ctx) => rolloutPage(root, ctx, parts[1]) : rolloutsPage;
       nav = "rollouts"; break;
+    case "jobs":
+      if (parts[1] === "new") page = (root, ctx) => newJobPage(root, ctx, parts[2] || "");
+      else page = parts[1] ? (root, ctx) => jobPage(root, ctx, parts[1]) : jobsPage;
+      nav = "jobs"; break;
     default:
       clear(main).append(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Back to the fleet")));
       return;

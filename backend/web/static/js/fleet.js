@@ -60,7 +60,9 @@ export async function fleetPage(root, ctx) {
     h("label", { for: "fleet-q" }, "Selector"), q,
     h("label", { for: "fleet-status" }, "Status"), status,
     h("label", { class: "check" }, drift, " config drift only"),
-    h("label", { for: "fleet-limit" }, "Per page"), size, qError),
+    h("label", { for: "fleet-limit" }, "Per page"), size,
+    h("button", { type: "button", id: "fleet-start-job", title: "A job over the devices this filter selects",
+      onclick: () => { location.hash = "#/jobs/new/" + enc(selector()); } }, "Start job from this filter"), qError),
     h("div", { class: "table-wrap" }, table),
     h("nav", { class: "pager", "aria-label": "Fleet pages" }, prev, pageInfo, nextBtn));
 
