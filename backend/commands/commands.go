@@ -121,6 +121,16 @@ type Fleet interface {
 	Device(ctx context.Context, id string) (backend.Device, error)
 	Send(ctx context.Context, dev, kind string, body any) error
 	Emit(ctx context.Context, dev, kind string, data any) error
+	// PublishEvent publishes an event a script of ours appended to the
+	// device's audit stream (capped at AuditMaxLen) with the change.
+	PublishEvent(ctx context.Context, ev backend.Event) error
+	AuditMaxLen() int64
+	// NonceKeys, NonceArgs and AcceptNonce are the uplink replay check
+	// for a HandleChecked handler (HandleResult runs it in its script).
+	NonceKeys(dev string) []string
+	NonceArgs(n uint64) ([]any, error)
+	AcceptNonce(ctx context.Context, dev string, n uint64) error
+	HandleChecked(kind string, h backend.UplinkHandler)
 	Handle(kind string, h backend.UplinkHandler)
 	HandleOps(kind string, h backend.OpsHandler)
 	HandleLifecycle(h backend.LifecycleHandler)
@@ -276,7 +286,7 @@ func New(cfg Config) (*Service, error) {
 // (topics.KindCommandResult), reconnects (topics.KindBirth) and operator
 // commands (ecowatt/v1/ops/{id}/command).
 func (s *Service) Attach() {
-	s.fleet.Handle(topics.KindCommandResult, s.HandleResult)
+	s.fleet.HandleChecked(topics.KindCommandResult, s.handleResultChecked) // the replay check runs in the transition's script
 	s.fleet.Handle(topics.KindBirth, s.HandleBirth)
 	s.fleet.HandleOps(topics.KindCommand, s.HandleOps)
 	s.fleet.HandleLifecycle(s.handleLifecycle)

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"math"
+	"strconv"
+	"strings"
 
 	"github.com/ecowatt/ecowatt/backend"
 	"github.com/ecowatt/ecowatt/topics"
@@ -22,24 +25,46 @@ import (
 // that does not fit the command (checkResultValue), is CodeInvalid (a
 // security event).
 func (s *Service) HandleResult(ctx context.Context, dev string, m envelope.Message) error {
+	return s.handleResult(ctx, dev, m, nil)
+}
+
+// handleResultChecked is HandleResult for backend.Service.HandleChecked:
+// the uplink's replay check runs inside the transition's script, one round
+// trip for both. A body refused before the script still has its nonce
+// checked first.
+func (s *Service) handleResultChecked(ctx context.Context, dev string, m envelope.Message) error {
+	args, err := s.fleet.NonceArgs(m.Nonce)
+	if err != nil {
+		return err // a nonce above 2^53-1: stale
+	}
+	if _, err := decodeResult(m.Body); err != nil {
+		if nerr := s.fleet.AcceptNonce(ctx, dev, m.Nonce); nerr != nil {
+			return nerr
+		}
+		return err
+	}
+	err = s.handleResult(ctx, dev, m, &nonceCheck{n: m.Nonce, keys: s.fleet.NonceKeys(dev), args: args})
+	var nr *nonceRefused
+	if errors.As(err, &nr) {
+		return nr.err
+	}
+	return err
+}
+
+// handleResult is HandleResult, with the replay check nc in the first
+// transition's script when it is set.
+func (s *Service) handleResult(ctx context.Context, dev string, m envelope.Message, nc *nonceCheck) error {
 	r, err := decodeResult(m.Body)
 	if err != nil {
 		return err
 	}
 	log := s.log.With().Str("device", dev).Str("command", r.ID).Str("status", r.Status).Bool("duplicate", r.Duplicate).Logger()
 	if r.Status == topics.ResultDelivered {
-		cmd, _, ok, err := s.transition(ctx, dev, r.ID, []string{StateQueued, StateSent}, StateDelivered, nil)
+		cmd, _, ok, err := s.runTransition(ctx, dev, r.ID, []string{StateQueued, StateSent}, StateDelivered, nil, "", nc)
 		if err == nil && !ok {
 			log.Debug().Str("state", cmd.State).Msg("receipt ignored: command past sent")
 		}
 		return unknownResult(err, r.ID)
-	}
-	cmd, err := s.load(ctx, dev, r.ID)
-	if err != nil {
-		return unknownResult(err, r.ID)
-	}
-	if err := checkResultValue(cmd, r); err != nil {
-		return err
 	}
 	to, fields := StateSucceeded, resultFields(r)
 	if r.Status == topics.ResultFailed {
@@ -49,7 +74,17 @@ func (s *Service) HandleResult(ctx context.Context, dev string, m envelope.Messa
 			to = StateExpired
 		}
 	}
-	cmd, cur, ok, err := s.transition(ctx, dev, r.ID, []string{StateQueued, StateSent, StateDelivered}, to, fields)
+	// The script checks the value against the command (resultGuard) before
+	// it writes; when the guard is not met, checkResultValue has the last
+	// word on the command the script returned, unchanged.
+	from := []string{StateQueued, StateSent, StateDelivered}
+	cmd, cur, ok, err := s.runTransition(ctx, dev, r.ID, from, to, fields, resultGuard(r), nc)
+	if errors.Is(err, errGuard) {
+		if err := checkResultValue(cmd, r); err != nil {
+			return err
+		}
+		cmd, cur, ok, err = s.transition(ctx, dev, r.ID, from, to, fields) // the nonce is already accepted
+	}
 	if err != nil || ok {
 		return unknownResult(err, r.ID)
 	}
@@ -71,6 +106,35 @@ func (s *Service) HandleResult(ctx context.Context, dev string, m envelope.Messa
 		s.emit(ctx, parse(flatHash(res)), cur)
 	}
 	return nil
+}
+
+// resultGuard lists, for the transition script, the commands result r
+// fits, as checkResultValue decides: "action|target" tokens, with
+// "=value" when the command's value must equal the reported one (a
+// write_register success). A command none matches goes to
+// checkResultValue itself (errGuard), so the list only spares the read.
+func resultGuard(r topics.CommandResult) string {
+	var toks []string
+	for _, a := range []string{topics.ActionPing, topics.ActionReboot} {
+		if checkResultValue(Command{Action: a}, r) == nil {
+			toks = append(toks, a+"|")
+		}
+	}
+	for _, reg := range telemetry.Registers() {
+		for _, a := range []string{topics.ActionReadRegister, topics.ActionWriteRegister} {
+			c, eq := Command{Action: a, TargetRegister: reg.Name}, ""
+			if a == topics.ActionWriteRegister && r.Status == topics.ResultSuccess && r.Value != nil {
+				c.Value, eq = r.Value, "="+strconv.Itoa(*r.Value)
+			}
+			if checkResultValue(c, r) == nil {
+				toks = append(toks, a+"|"+reg.Name+eq)
+			}
+		}
+	}
+	if len(toks) == 0 {
+		return "-" // matches no command ("" would be no guard)
+	}
+	return strings.Join(toks, " ")
 }
 
 // checkResultValue checks a success or failure result's value against
@@ -117,6 +181,9 @@ func checkResultValue(c Command, r topics.CommandResult) error {
 // unknownResult makes a result for a command dev does not have
 // CodeInvalid (a security event); other errors pass unchanged.
 func unknownResult(err error, cid string) error {
+	if nr := (*nonceRefused)(nil); errors.As(err, &nr) {
+		return err
+	}
 	if backend.ErrorCode(err) == backend.CodeNotFound {
 		return backend.Errorf(backend.CodeInvalid, "id", "command_result for unknown command %q", cid)
 	}
