@@ -357,8 +357,17 @@ func flatHash(v any) map[string]string {
 }
 
 // emit publishes c's state as an event on ecowatt/v1/events/{dev}/command
-// and appends it to the device's audit stream.
+// and appends it to the device's audit stream, for a change whose script
+// did not append it (a late result).
 func (s *Service) emit(ctx context.Context, c Command, from string) {
+	if err := s.fleet.Emit(ctx, c.Device, topics.EventCommand, eventData(c, from)); err != nil {
+		s.log.Error().Err(err).Str("device", c.Device).Str("command", c.ID).Msg("emit command event")
+	}
+}
+
+// eventData is the document of c's event after a change from state from
+// ("" for a new command); AUDIT (auditLua) builds the same in the scripts.
+func eventData(c Command, from string) map[string]any {
 	data := map[string]any{
 		"command_id": c.ID,
 		"state":      c.State,
@@ -386,9 +395,7 @@ func (s *Service) emit(ctx context.Context, c Command, from string) {
 	if c.Error != "" {
 		data["error"] = c.Error
 	}
-	if err := s.fleet.Emit(ctx, c.Device, topics.EventCommand, data); err != nil {
-		s.log.Error().Err(err).Str("device", c.Device).Str("command", c.ID).Msg("emit command event")
-	}
+	return data
 }
 
 // load reads one command of dev. A missing one is CodeNotFound.

@@ -1,0 +1,156 @@
+package commands
+
+import (
+	"encoding/json"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ecowatt/ecowatt/backend"
+	"github.com/ecowatt/ecowatt/topics"
+)
+
+// roundTrip is v as a JSON consumer of the event sees it.
+func roundTrip(t *testing.T, v any) map[string]any {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out map[string]any
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestScriptEventsMatchEventData: the events the enqueue and transition
+// scripts append (AUDIT in Lua) are eventData of the command after each
+// change, field for field; the published event is the audit stream's
+// entry, with the operator as By.
+func TestScriptEventsMatchEventData(t *testing.T) {
+	h := newHarness(t)
+	h.device("d1", true)
+	h.svc.Attach()
+	h.RunFleet(2)
+	doc, err := h.svc.Parse([]byte(`{"action":"write_register","target_register":"export_power","value":40,"request_id":"r-1"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _, err := h.svc.Submit(backend.WithOperator(h.Ctx, "alice"), "d1", "alice", doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []map[string]any{roundTrip(t, eventData(h.get(c.ID), ""))}
+	if err := h.svc.sendDevice(h.Ctx, "d1", false); err != nil {
+		t.Fatal(err)
+	}
+	want = append(want, roundTrip(t, eventData(h.get(c.ID), StateQueued)))
+	receipt := topics.CommandResult{ID: c.ID, Status: topics.ResultDelivered}
+	h.Uplink("d1", topics.KindCommandResult, topics.CommandResultBody{CommandResult: &receipt}, topics.EventCommand)
+	want = append(want, roundTrip(t, eventData(h.get(c.ID), StateSent)))
+	v := 40
+	res := topics.CommandResult{ID: c.ID, Status: topics.ResultSuccess, Value: &v, ExecutedAt: time.Now().UTC(), DurationMS: 12}
+	h.Uplink("d1", topics.KindCommandResult, topics.CommandResultBody{CommandResult: &res}, topics.EventCommand)
+	final := h.wantState(c.ID, StateSucceeded)
+	if final.Result == nil || final.Result.Value == nil || *final.Result.Value != 40 {
+		t.Fatalf("result %+v", final.Result)
+	}
+	want = append(want, roundTrip(t, eventData(final, StateDelivered)))
+
+	got := h.events("d1")
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("published events\n got %v\nwant %v", got, want)
+	}
+	stored, err := h.Fleet.Events(h.Ctx, "d1", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var audit []backend.Event
+	for i := len(stored) - 1; i >= 0; i-- { // oldest first
+		if stored[i].Kind == topics.EventCommand {
+			audit = append(audit, stored[i])
+		}
+	}
+	if len(audit) != len(want) {
+		t.Fatalf("%d command events in the audit stream, want %d", len(audit), len(want))
+	}
+	for i, ev := range audit {
+		if d := roundTrip(t, ev.Data); !reflect.DeepEqual(d, want[i]) {
+			t.Errorf("audit event %d: %v, want %v", i, d, want[i])
+		}
+	}
+	if audit[0].By != "alice" || audit[1].By != "" {
+		t.Errorf("audit by: %q, %q; want alice, none", audit[0].By, audit[1].By)
+	}
+}
+
+// TestResultReplayRefusedInScript: a command_result's replay check runs
+// in its transition's script; a receipt or result sent again is a replay
+// security event and changes nothing, not even a late result.
+func TestResultReplayRefusedInScript(t *testing.T) {
+	h := newHarness(t)
+	h.device("d1", true)
+	h.svc.Attach()
+	h.RunFleet(2)
+	c := h.submit("d1", `{"action":"ping"}`)
+	if err := h.svc.sendDevice(h.Ctx, "d1", false); err != nil {
+		t.Fatal(err)
+	}
+	seal := func(r topics.CommandResult) backend.Message {
+		return h.Seal("d1", topics.KindCommandResult, topics.CommandResultBody{CommandResult: &r})
+	}
+	replayed := func(m backend.Message) {
+		t.Helper()
+		before := h.get(c.ID)
+		events := len(h.events("d1"))
+		ev := h.Deliver(m, "d1", topics.EventSecurity)
+		if !strings.Contains(string(ev.Data), backend.ReasonReplay) {
+			t.Fatalf("security event %s, want a replay", ev.Data)
+		}
+		if after := h.get(c.ID); !reflect.DeepEqual(after, before) {
+			t.Fatalf("replay changed the command:\n%+v\n%+v", before, after)
+		}
+		if n := len(h.events("d1")); n != events {
+			t.Fatalf("%d command events after the replay, want %d", n, events)
+		}
+	}
+	receipt := seal(topics.CommandResult{ID: c.ID, Status: topics.ResultDelivered})
+	h.Deliver(receipt, "d1", topics.EventCommand)
+	h.wantState(c.ID, StateDelivered)
+	replayed(receipt)
+	result := seal(topics.CommandResult{ID: c.ID, Status: topics.ResultSuccess, ExecutedAt: time.Now().UTC()})
+	h.Deliver(result, "d1", topics.EventCommand)
+	h.wantState(c.ID, StateSucceeded)
+	replayed(result)
+	// A fresh copy (new nonce) of the same result is the idempotent repeat.
+	h.Deliver(seal(topics.CommandResult{ID: c.ID, Status: topics.ResultSuccess, ExecutedAt: time.Now().UTC()}), "d1", "")
+	time.Sleep(100 * time.Millisecond)
+	if got := h.wantState(c.ID, StateSucceeded); got.LateResult != nil {
+		t.Fatalf("repeat kept as late result: %+v", got.LateResult)
+	}
+}
+
+// TestResultGuardMissFallsBack: a command the script's value guard does
+// not list (a register this backend does not know, as an older version
+// may have queued) goes to checkResultValue, which accepts it, and the
+// result lands. (Refusals after a miss: TestResultValueChecked.)
+func TestResultGuardMissFallsBack(t *testing.T) {
+	h := newHarness(t)
+	h.device("d1", true)
+	c := h.submit("d1", `{"action":"read_register","target_register":"export_power"}`)
+	if err := h.svc.sendDevice(h.Ctx, "d1", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Redis.HSet(h.Ctx, h.svc.cmdKey("d1", c.ID), fTarget, "legacy_register").Err(); err != nil {
+		t.Fatal(err)
+	}
+	v := 7
+	if err := h.result("d1", topics.CommandResult{ID: c.ID, Status: topics.ResultSuccess, Value: &v, ExecutedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if got := h.wantState(c.ID, StateSucceeded); got.Result == nil || got.Result.Value == nil || *got.Result.Value != 7 {
+		t.Fatalf("result %+v", got.Result)
+	}
+}
