@@ -1,14 +1,18 @@
 package commands
 
 import (
+	"context"
 	"encoding/json"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ecowatt/ecowatt/backend"
+	"github.com/ecowatt/ecowatt/backend/backendtest/fleettest"
 	"github.com/ecowatt/ecowatt/topics"
+	"github.com/redis/go-redis/v9"
 )
 
 // roundTrip is v as a JSON consumer of the event sees it.
@@ -152,5 +156,54 @@ func TestResultGuardMissFallsBack(t *testing.T) {
 	}
 	if got := h.wantState(c.ID, StateSucceeded); got.Result == nil || got.Result.Value == nil || *got.Result.Value != 7 {
 		t.Fatalf("result %+v", got.Result)
+	}
+}
+
+// countHook counts the commands a Redis client sends.
+type countHook struct{ n atomic.Int64 }
+
+func (c *countHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *countHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error { c.n.Add(1); return next(ctx, cmd) }
+}
+func (c *countHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error { c.n.Add(int64(len(cmds))); return next(ctx, cmds) }
+}
+
+// TestIdleTickOneCall: the delivery lease holder's tick costs one Redis
+// command when no other replica woke a device, and still hands over the
+// devices woken in cmdwake.
+func TestIdleTickOneCall(t *testing.T) {
+	h := newHarness(t)
+	opt := *h.Redis.(*redis.Client).Options()
+	rdb := redis.NewClient(&opt)
+	t.Cleanup(func() { rdb.Close() })
+	var count countHook
+	rdb.AddHook(&count)
+	cfg := h.cfg
+	cfg.Redis = rdb
+	svc := fleettest.Build(t, New, cfg)
+	if err := rdb.Ping(h.Ctx).Err(); err != nil { // the connection's own setup is not a tick's
+		t.Fatal(err)
+	}
+	count.n.Store(0)
+	for range 3 {
+		woken, err := svc.takeWoken(h.Ctx)
+		if err != nil || len(woken) != 0 {
+			t.Fatalf("idle tick: %v, %v", woken, err)
+		}
+	}
+	if n := count.n.Load(); n != 3 {
+		t.Fatalf("3 idle ticks sent %d Redis commands, want 3", n)
+	}
+	if err := h.Redis.HSet(h.Ctx, svc.wakeKey(), "d1", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	woken, err := svc.takeWoken(h.Ctx)
+	if err != nil || !reflect.DeepEqual(woken, map[string]bool{"d1": true}) {
+		t.Fatalf("woken %v, %v; want d1 with resend all", woken, err)
+	}
+	if n, _ := h.Redis.Exists(h.Ctx, svc.wakeKey()).Result(); n != 0 {
+		t.Fatal("cmdwake not cleared")
 	}
 }
