@@ -43,7 +43,7 @@ func (s *Service) handleResultChecked(ctx context.Context, dev string, m envelop
 		}
 		return err
 	}
-	err = s.handleResult(ctx, dev, m, &nonceCheck{n: m.Nonce, keys: s.fleet.NonceKeys(dev), args: args})
+	err = s.handleResult(ctx, dev, m, &prefix{script: checkedTransitionScript, keys: s.fleet.NonceKeys(dev), args: args, nonce: m.Nonce})
 	var nr *nonceRefused
 	if errors.As(err, &nr) {
 		return nr.err
@@ -53,15 +53,15 @@ func (s *Service) handleResultChecked(ctx context.Context, dev string, m envelop
 
 // handleResult is HandleResult, with the replay check nc in the first
 // transition's script when it is set.
-func (s *Service) handleResult(ctx context.Context, dev string, m envelope.Message, nc *nonceCheck) error {
+func (s *Service) handleResult(ctx context.Context, dev string, m envelope.Message, nc *prefix) error {
 	r, err := decodeResult(m.Body)
 	if err != nil {
 		return err
 	}
 	log := s.log.With().Str("device", dev).Str("command", r.ID).Str("status", r.Status).Bool("duplicate", r.Duplicate).Logger()
 	if r.Status == topics.ResultDelivered {
-		cmd, _, ok, err := s.runTransition(ctx, dev, r.ID, []string{StateQueued, StateSent}, StateDelivered, nil, "", nc)
-		if err == nil && !ok {
+		cmd, _, code, err := s.runTransition(ctx, dev, r.ID, []string{StateQueued, StateSent}, StateDelivered, nil, "", nc)
+		if err == nil && code != 1 {
 			log.Debug().Str("state", cmd.State).Msg("receipt ignored: command past sent")
 		}
 		return unknownResult(err, r.ID)
@@ -78,7 +78,8 @@ func (s *Service) handleResult(ctx context.Context, dev string, m envelope.Messa
 	// it writes; when the guard is not met, checkResultValue has the last
 	// word on the command the script returned, unchanged.
 	from := []string{StateQueued, StateSent, StateDelivered}
-	cmd, cur, ok, err := s.runTransition(ctx, dev, r.ID, from, to, fields, resultGuard(r), nc)
+	cmd, cur, code, err := s.runTransition(ctx, dev, r.ID, from, to, fields, resultGuard(r), nc)
+	ok := code == 1
 	if errors.Is(err, errGuard) {
 		if err := checkResultValue(cmd, r); err != nil {
 			return err

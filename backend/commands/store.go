@@ -198,6 +198,23 @@ if not ok then return {0, cur, h} end
 local to, now = ARGV[A + 2], ARGV[A + 3]
 local set = {'state', to}
 for i = A + 9, #ARGV do set[#set + 1] = ARGV[i] end
+local function flat()
+  local out = {}
+  for k, v in pairs(f) do out[#out + 1] = k; out[#out + 1] = v end
+  return out
+end
+if DUE then -- the sender's script decides what is due (deliverScript)
+  local extra
+  to, extra = DUE(f, cur, tonumber(now))
+  if not to then return {0, cur, h} end
+  if to == 'resend' then
+    f['last_sent_at'], f['attempts'] = now, tostring((tonumber(f['attempts']) or 0) + 1)
+    redis.call('HSET', KEYS[K + 1], 'last_sent_at', now, 'attempts', f['attempts'])
+    return {4, cur, flat()}
+  end
+  set = {'state', to}
+  for _, v in ipairs(extra) do set[#set + 1] = v end
+end
 local function put(k, v) set[#set + 1] = k; set[#set + 1] = v end
 if to == 'sent' then
   if not f['sent_at'] then put('sent_at', now) end
@@ -215,12 +232,37 @@ if final then
   redis.call('PEXPIRE', KEYS[K + 1], ARGV[A + 4])
 end
 local id, data = AUDIT(f, cur, ARGV[A + 7], KEYS[K + 3], ARGV[A + 5], now, ARGV[A + 6])
-local out = {}
-for k, v in pairs(f) do out[#out + 1] = k; out[#out + 1] = v end
-return {1, cur, out, id, data}
+return {1, cur, flat(), id, data}
 `
 
-var transitionScript = redis.NewScript(auditLua + "local K, A = 0, 0\n" + transitionLua)
+var transitionScript = redis.NewScript(auditLua + "local K, A, DUE = 0, 0, nil\n" + transitionLua)
+
+// deliverScript is transitionScript for the sender: DUE decides from the
+// command as it is what is due, so that the sender need not read it
+// first. A queued or sent command past its expiry expires (with ARGV[4]
+// as the error); a queued one, or a sent one with ARGV[1] "1" (resend
+// everything) or no send within ARGV[2] ms, is sent; a delivered one with
+// ARGV[1] "1" or no send or receipt within ARGV[3] ms is sent again
+// ("resend": last_sent_at and attempts only, no event, returns {4,
+// state, hash}); anything else is not due ({0, state, hash}). ARGV from
+// 5 on are transitionScript's, with from "queued sent delivered".
+var deliverScript = redis.NewScript(auditLua + "local K, A = 0, 4\n" + `
+local function DUE(f, cur, now)
+  if cur == 'queued' or cur == 'sent' then
+    local exp = tonumber(f['expires_at'] or '') or 0
+    if exp > 0 and now >= exp then return 'expired', {'error', ARGV[4]} end
+    if cur == 'queued' then return 'sent', {} end
+    local last = tonumber(f['last_sent_at'] or '')
+    if ARGV[1] == '1' or not last or now - last >= tonumber(ARGV[2]) then return 'sent', {} end
+    return nil
+  end
+  if ARGV[1] == '1' then return 'resend' end
+  local last, ls = tonumber(f['delivered_at'] or ''), tonumber(f['last_sent_at'] or '')
+  if ls and (not last or ls > last) then last = ls end
+  if last and now - last >= tonumber(ARGV[3]) then return 'resend' end
+  return nil
+end
+` + transitionLua)
 
 // checkedTransitionScript is transitionScript after the uplink's replay
 // check (backend.ReplayLua), for a device's command_result: one round trip
@@ -229,7 +271,7 @@ var transitionScript = redis.NewScript(auditLua + "local K, A = 0, 0\n" + transi
 // refused nonce returns {2, code, high water mark} and changes nothing.
 var checkedTransitionScript = redis.NewScript(auditLua +
 	"local function REFUSE(c, h) return {2, c, h} end\n" + backend.ReplayLua +
-	"local K, A = 3, 3\n" + transitionLua)
+	"local K, A, DUE = 3, 3, nil\n" + transitionLua)
 
 // lateScript records a result for a command that has already ended.
 // KEYS: cmd hash. ARGV: field, value, ... Returns the command as it now is
@@ -247,27 +289,31 @@ return redis.call('HGETALL', KEYS[1])
 // the command was in another state (then c is the command unchanged, in
 // that state).
 func (s *Service) transition(ctx context.Context, dev, cid string, from []string, to string, extra map[string]any) (c Command, prev string, ok bool, err error) {
-	return s.runTransition(ctx, dev, cid, from, to, extra, "", nil)
+	c, prev, code, err := s.runTransition(ctx, dev, cid, from, to, extra, "", nil)
+	return c, prev, code == 1, err
 }
 
-// nonceCheck is the replay check of the uplink that causes a transition
-// (checkedTransitionScript).
-type nonceCheck struct {
-	n    uint64
-	keys []string
-	args []any
+// prefix is what a script runs before the transition: the uplink's replay
+// check (checkedTransitionScript, with the nonce) or the sender's
+// decision (deliverScript), with its own KEYS and ARGV first.
+type prefix struct {
+	script *redis.Script
+	keys   []string
+	args   []any
+	nonce  uint64
 }
 
-// runTransition is transition, after the replay check nc when it is set
-// (a refused nonce is backend.NonceRefused's error, and nothing changed),
-// and only when the command meets guard (resultGuard; errGuard, with c
-// the command unchanged, when it does not).
-func (s *Service) runTransition(ctx context.Context, dev, cid string, from []string, to string, extra map[string]any, guard string, nc *nonceCheck) (c Command, prev string, ok bool, err error) {
+// runTransition is transition in pre's script when pre is set (a refused
+// nonce is backend.NonceRefused's error, and nothing changed), and only
+// when the command meets guard (resultGuard; errGuard, with c the command
+// unchanged, when it does not). code is the script's: 1 done, 0 refused
+// or not due, 4 a delivered command's resend recorded (deliverScript).
+func (s *Service) runTransition(ctx context.Context, dev, cid string, from []string, to string, extra map[string]any, guard string, pre *prefix) (c Command, prev string, code int64, err error) {
 	now := s.now()
 	by := backend.OperatorFrom(ctx)
 	res, err := resultJSON(extra)
 	if err != nil {
-		return Command{}, "", false, fmt.Errorf("command %s -> %s: %w", cid, to, err)
+		return Command{}, "", 0, fmt.Errorf("command %s -> %s: %w", cid, to, err)
 	}
 	keys := []string{s.cmdKey(dev, cid), s.devKeys(dev).active, s.keys.Audit(dev)}
 	args := []any{strings.Join(from, " "), to, now.UnixMilli(), s.cfg.Retention.Milliseconds(), s.fleet.AuditMaxLen(), by, res, guard}
@@ -275,32 +321,33 @@ func (s *Service) runTransition(ctx context.Context, dev, cid string, from []str
 		args = append(args, k, v)
 	}
 	script := transitionScript
-	if nc != nil {
-		script, keys, args = checkedTransitionScript, append(nc.keys, keys...), append(nc.args, args...)
+	if pre != nil {
+		script, keys, args = pre.script, append(pre.keys, keys...), append(pre.args, args...)
 	}
 	reply, err := script.Run(ctx, s.rdb, keys, args...).Slice()
 	if err != nil {
-		return Command{}, "", false, backend.Unavailable("command "+cid+" -> "+to, err)
+		return Command{}, "", 0, backend.Unavailable("command "+cid+" -> "+to, err)
 	}
-	code, _ := reply[0].(int64)
-	if code == 2 && nc != nil && len(reply) >= 3 {
+	code, _ = reply[0].(int64)
+	if code == 2 && pre != nil && pre.script == checkedTransitionScript && len(reply) >= 3 {
 		rc, _ := reply[1].(int64)
 		high, _ := reply[2].(string)
-		return Command{}, "", false, &nonceRefused{backend.NonceRefused(dev, nc.n, rc, high)}
+		return Command{}, "", 0, &nonceRefused{backend.NonceRefused(dev, pre.nonce, rc, high)}
 	}
 	cur, _ := reply[1].(string)
 	if code == -1 || len(reply) < 3 {
-		return Command{}, "", false, backend.Errorf(backend.CodeNotFound, "id", "no command %q", cid)
+		return Command{}, "", 0, backend.Errorf(backend.CodeNotFound, "id", "no command %q", cid)
 	}
 	c = parse(flatHash(reply[2]))
 	switch code {
-	case 0:
-		return c, cur, false, nil
 	case 3:
-		return c, cur, false, errGuard
+		return c, cur, 0, errGuard
+	case 1:
+	default:
+		return c, cur, code, nil
 	}
-	s.m.total.WithLabelValues(to).Inc()
-	if Final(to) {
+	s.m.total.WithLabelValues(c.State).Inc()
+	if Final(c.State) {
 		s.m.latency.Observe(now.Sub(c.CreatedAt).Seconds())
 	}
 	if len(reply) >= 5 {
@@ -308,7 +355,7 @@ func (s *Service) runTransition(ctx context.Context, dev, cid string, from []str
 		data, _ := reply[4].(string)
 		s.publish(ctx, backend.Event{ID: id, Device: dev, Kind: topics.EventCommand, At: now.UTC(), By: by, Data: json.RawMessage(data)}, cid)
 	}
-	return c, cur, true, nil
+	return c, cur, 1, nil
 }
 
 // nonceRefused is a refused nonce of a checked transition, kept apart
