@@ -5,8 +5,9 @@
 // device's receipt and result.
 //
 // Lifecycle (every transition is an atomic check-and-set in Lua on the
-// device's keys, timestamped, appended to the device's audit stream and
-// published on ecowatt/v1/events/{id}/command):
+// device's keys, timestamped, appended to the device's audit stream by the
+// same script and published on ecowatt/v1/events/{id}/command; a device's
+// command_result has its replay check in that script too):
 //
 //	queued -> sent -> delivered -> succeeded | failed
 //	queued -> cancelled            (operator, only while queued)
