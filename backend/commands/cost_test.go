@@ -207,3 +207,53 @@ func TestIdleTickOneCall(t *testing.T) {
 		t.Fatal("cmdwake not cleared")
 	}
 }
+
+// TestCheckedResultOneNonce: through the broker (the replay check in the
+// script), a guard miss consumes no nonce, so the same message then
+// lands; a result for a command that ended otherwise is kept as
+// late_result by the one script; each message's nonce is used once
+// (sent again, it is a replay).
+func TestCheckedResultOneNonce(t *testing.T) {
+	h := newHarness(t)
+	h.device("d1", true)
+	h.svc.Attach()
+	h.RunFleet(2)
+	legacy := h.submit("d1", `{"action":"read_register","target_register":"export_power"}`)
+	gone := h.submit("d1", `{"action":"ping"}`)
+	if err := h.svc.sendDevice(h.Ctx, "d1", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Redis.HSet(h.Ctx, h.svc.cmdKey("d1", legacy.ID), fTarget, "legacy_register").Err(); err != nil {
+		t.Fatal(err)
+	}
+	v := 7
+	m := h.Seal("d1", topics.KindCommandResult, topics.CommandResultBody{CommandResult: &topics.CommandResult{
+		ID: legacy.ID, Status: topics.ResultSuccess, Value: &v, ExecutedAt: time.Now().UTC()}})
+	h.Deliver(m, "d1", topics.EventCommand)
+	if got := h.wantState(legacy.ID, StateSucceeded); got.Result == nil || *got.Result.Value != 7 {
+		t.Fatalf("result %+v", got.Result)
+	}
+	if ev := h.Deliver(m, "d1", topics.EventSecurity); !strings.Contains(string(ev.Data), backend.ReasonReplay) {
+		t.Fatalf("second copy: %s, want a replay", ev.Data)
+	}
+
+	if _, err := h.svc.Cancel(h.Ctx, gone.ID); err == nil {
+		t.Fatal("cancelled a sent command")
+	}
+	if _, _, ok, err := h.svc.transition(h.Ctx, "d1", gone.ID, []string{StateSent}, StateExpired, map[string]any{fError: errExpired}); err != nil || !ok {
+		t.Fatalf("expire: %v %v", ok, err)
+	}
+	late := h.Seal("d1", topics.KindCommandResult, topics.CommandResultBody{CommandResult: &topics.CommandResult{
+		ID: gone.ID, Status: topics.ResultSuccess, ExecutedAt: time.Now().UTC()}})
+	ev := h.Deliver(late, "d1", topics.EventCommand)
+	if !strings.Contains(string(ev.Data), `"expired"`) {
+		t.Fatalf("late result event %s", ev.Data)
+	}
+	got := h.wantState(gone.ID, StateExpired)
+	if got.LateResult == nil || got.LateResult.Status != topics.ResultSuccess || got.Result != nil {
+		t.Fatalf("late result %+v, result %+v", got.LateResult, got.Result)
+	}
+	if ev := h.Deliver(late, "d1", topics.EventSecurity); !strings.Contains(string(ev.Data), backend.ReasonReplay) {
+		t.Fatalf("second copy of the late result: %s, want a replay", ev.Data)
+	}
+}

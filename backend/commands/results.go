@@ -60,7 +60,7 @@ func (s *Service) handleResult(ctx context.Context, dev string, m envelope.Messa
 	}
 	log := s.log.With().Str("device", dev).Str("command", r.ID).Str("status", r.Status).Bool("duplicate", r.Duplicate).Logger()
 	if r.Status == topics.ResultDelivered {
-		cmd, _, code, err := s.runTransition(ctx, dev, r.ID, []string{StateQueued, StateSent}, StateDelivered, nil, "", nc)
+		cmd, _, code, err := s.runTransition(ctx, dev, r.ID, []string{StateQueued, StateSent}, StateDelivered, nil, "", nil, nc)
 		if err == nil && code != 1 {
 			log.Debug().Str("state", cmd.State).Msg("receipt ignored: command past sent")
 		}
@@ -75,36 +75,37 @@ func (s *Service) handleResult(ctx context.Context, dev string, m envelope.Messa
 		}
 	}
 	// The script checks the value against the command (resultGuard) before
-	// it writes; when the guard is not met, checkResultValue has the last
-	// word on the command the script returned, unchanged.
-	from := []string{StateQueued, StateSent, StateDelivered}
-	cmd, cur, code, err := s.runTransition(ctx, dev, r.ID, from, to, fields, resultGuard(r), nc)
-	ok := code == 1
-	if errors.Is(err, errGuard) {
-		if err := checkResultValue(cmd, r); err != nil {
-			return err
-		}
-		cmd, cur, ok, err = s.transition(ctx, dev, r.ID, from, to, fields) // the nonce is already accepted
-	}
-	if err != nil || ok {
-		return unknownResult(err, r.ID)
-	}
-	// Already ended (cmd is the command as it was: the script changed nothing).
-	if cur == to || cmd.Result != nil && cmd.Result.Status == r.Status {
-		log.Debug().Str("state", cur).Msg("repeated result ignored")
-		return nil
-	}
+	// it checks the nonce and writes; when the guard is not met, nothing
+	// is consumed and checkResultValue has the last word on the command
+	// the script returned. A result for a command that has ended otherwise
+	// is kept as late_result by the same script, so that one script
+	// consumes the nonce and does all the writing (a retry after a
+	// failure finds the nonce unused).
 	late := []any{fLateStatus, r.Status, fLateError, r.Error, fLateAt, r.ExecutedAt.UnixMilli()}
 	if r.Value != nil {
 		late = append(late, fLateValue, *r.Value)
 	}
-	res, err := lateScript.Run(ctx, s.rdb, []string{s.cmdKey(dev, r.ID)}, late...).Slice()
-	if err != nil {
-		return backend.Unavailable("late result "+r.ID, err)
+	from := []string{StateQueued, StateSent, StateDelivered}
+	cmd, cur, code, err := s.runTransition(ctx, dev, r.ID, from, to, fields, resultGuard(r), late, nc)
+	if errors.Is(err, errGuard) {
+		if verr := checkResultValue(cmd, r); verr != nil {
+			if nc != nil { // the message is genuine: its nonce is used up
+				if nerr := s.fleet.AcceptNonce(ctx, dev, nc.nonce); nerr != nil {
+					return nerr
+				}
+			}
+			return verr
+		}
+		cmd, cur, code, err = s.runTransition(ctx, dev, r.ID, from, to, fields, "", late, nc)
 	}
-	log.Warn().Str("state", cur).Msg("result arrived after the command ended; kept as late_result")
-	if len(res) > 0 {
-		s.emit(ctx, parse(flatHash(res)), cur)
+	switch {
+	case err != nil || code == 1:
+		return unknownResult(err, r.ID)
+	case code == 5:
+		log.Warn().Str("state", cur).Msg("result arrived after the command ended; kept as late_result")
+		s.emit(ctx, cmd, cur)
+	default: // already ended the same way (cmd is the command as it was)
+		log.Debug().Str("state", cur).Msg("repeated result ignored")
 	}
 	return nil
 }

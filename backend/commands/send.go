@@ -40,7 +40,7 @@ func (s *Service) sendDevice(ctx context.Context, dev string, all bool) error {
 	unfinished := []string{StateQueued, StateSent, StateDelivered}
 	var gone []string
 	for _, cid := range cids {
-		c, _, code, err := s.runTransition(ctx, dev, cid, unfinished, "", nil, "", pre)
+		c, _, code, err := s.runTransition(ctx, dev, cid, unfinished, "", nil, "", nil, pre)
 		if backend.ErrorCode(err) == backend.CodeNotFound { // expired by retention
 			gone = append(gone, cid)
 			continue

@@ -164,7 +164,8 @@ return {1, tostring(seq), id, data}
 // retention ms, audit maxlen, by, result JSON ("" for none), value guard
 // ("" for none, else resultGuard's tokens: the command's action|target,
 // =value when it must equal it, one of which must match before anything
-// is written), field, value, ... (set together with the state).
+// is written), number of late fields, late field, value, ... (writeLua),
+// field, value, ... (set together with the state).
 // Entering "sent" sets sent_at once, last_sent_at and counts attempts;
 // "sent" -> "sent" is a resend. Entering succeeded or failed sets
 // delivered_at if no receipt came. A final state sets finished_at, leaves
@@ -175,14 +176,24 @@ return {1, tostring(seq), id, data}
 // now is (field, value, ...), so that the caller need not read it again.
 // It reads the hash once and writes it once: three calls with the event,
 // five for a final state.
-const transitionLua = `
+const transitionLua = readLua + writeLua
+
+// readLua is transitionLua's first part: it reads the command and checks
+// the guard. A checked script runs the replay check between it and
+// writeLua, so that a guard miss consumes no nonce (the caller decides
+// and runs again).
+const readLua = `
 local h = redis.call('HGETALL', KEYS[K + 1])
 local f = {}
 for i = 1, #h, 2 do f[h[i]] = h[i + 1] end
 local cur = f['state']
-if not cur then return {-1, ''} end
+local function flat()
+  local out = {}
+  for k, v in pairs(f) do out[#out + 1] = k; out[#out + 1] = v end
+  return out
+end
 local g = ARGV[A + 8]
-if g ~= '' then
+if cur and g ~= '' then
   local tok, pass = (f['action'] or '') .. '|' .. (f['target_register'] or ''), false
   for t in string.gmatch(g, '%S+') do
     local name, eq = string.match(t, '^([^=]*)=?(.*)$')
@@ -190,19 +201,31 @@ if g ~= '' then
   end
   if not pass then return {3, cur, h} end
 end
+`
+
+// writeLua is transitionLua's second part: the state check and the
+// writes. A command already past the from states gets the late fields
+// (ARGV[A+10] on, ARGV[A+9] of them, late_status first) unless it ended
+// in to or with the same result status: {5, state, hash}.
+const writeLua = `
+if not cur then return {-1, ''} end
 local ok = false
 for st in string.gmatch(ARGV[A + 1], '%S+') do
   if st == cur then ok = true end
 end
-if not ok then return {0, cur, h} end
+local nl = tonumber(ARGV[A + 9])
+if not ok then
+  if nl > 0 and cur ~= ARGV[A + 2] and (f['result_status'] or '') ~= ARGV[A + 11] then
+    local late = {unpack(ARGV, A + 10, A + 9 + nl)}
+    redis.call('HSET', KEYS[K + 1], unpack(late))
+    for i = 1, #late, 2 do f[late[i]] = late[i + 1] end
+    return {5, cur, flat()}
+  end
+  return {0, cur, h}
+end
 local to, now = ARGV[A + 2], ARGV[A + 3]
 local set = {'state', to}
-for i = A + 9, #ARGV do set[#set + 1] = ARGV[i] end
-local function flat()
-  local out = {}
-  for k, v in pairs(f) do out[#out + 1] = k; out[#out + 1] = v end
-  return out
-end
+for i = A + 10 + nl, #ARGV do set[#set + 1] = ARGV[i] end
 if DUE then -- the sender's script decides what is due (deliverScript)
   local extra
   to, extra = DUE(f, cur, tonumber(now))
@@ -270,17 +293,8 @@ end
 // transitionScript's; ARGV: Fleet.NonceArgs, then transitionScript's. A
 // refused nonce returns {2, code, high water mark} and changes nothing.
 var checkedTransitionScript = redis.NewScript(auditLua +
-	"local function REFUSE(c, h) return {2, c, h} end\n" + backend.ReplayLua +
-	"local K, A, DUE = 3, 3, nil\n" + transitionLua)
-
-// lateScript records a result for a command that has already ended.
-// KEYS: cmd hash. ARGV: field, value, ... Returns the command as it now is
-// (HGETALL), empty when there is no command.
-var lateScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
-redis.call('HSET', KEYS[1], unpack(ARGV))
-return redis.call('HGETALL', KEYS[1])
-`)
+	"local function REFUSE(c, h) return {2, c, h} end\nlocal K, A, DUE = 3, 3, nil\n" +
+	readLua + backend.ReplayLua + writeLua)
 
 // transition moves command cid of dev from one of from to to, with extra
 // fields, and on success counts it and publishes the event its script
@@ -289,7 +303,7 @@ return redis.call('HGETALL', KEYS[1])
 // the command was in another state (then c is the command unchanged, in
 // that state).
 func (s *Service) transition(ctx context.Context, dev, cid string, from []string, to string, extra map[string]any) (c Command, prev string, ok bool, err error) {
-	c, prev, code, err := s.runTransition(ctx, dev, cid, from, to, extra, "", nil)
+	c, prev, code, err := s.runTransition(ctx, dev, cid, from, to, extra, "", nil, nil)
 	return c, prev, code == 1, err
 }
 
@@ -308,7 +322,7 @@ type prefix struct {
 // when the command meets guard (resultGuard; errGuard, with c the command
 // unchanged, when it does not). code is the script's: 1 done, 0 refused
 // or not due, 4 a delivered command's resend recorded (deliverScript).
-func (s *Service) runTransition(ctx context.Context, dev, cid string, from []string, to string, extra map[string]any, guard string, pre *prefix) (c Command, prev string, code int64, err error) {
+func (s *Service) runTransition(ctx context.Context, dev, cid string, from []string, to string, extra map[string]any, guard string, late []any, pre *prefix) (c Command, prev string, code int64, err error) {
 	now := s.now()
 	by := backend.OperatorFrom(ctx)
 	res, err := resultJSON(extra)
@@ -316,7 +330,8 @@ func (s *Service) runTransition(ctx context.Context, dev, cid string, from []str
 		return Command{}, "", 0, fmt.Errorf("command %s -> %s: %w", cid, to, err)
 	}
 	keys := []string{s.cmdKey(dev, cid), s.devKeys(dev).active, s.keys.Audit(dev)}
-	args := []any{strings.Join(from, " "), to, now.UnixMilli(), s.cfg.Retention.Milliseconds(), s.fleet.AuditMaxLen(), by, res, guard}
+	args := []any{strings.Join(from, " "), to, now.UnixMilli(), s.cfg.Retention.Milliseconds(), s.fleet.AuditMaxLen(), by, res, guard, len(late)}
+	args = append(args, late...)
 	for k, v := range extra {
 		args = append(args, k, v)
 	}
