@@ -291,7 +291,8 @@ end
 // check (backend.ReplayLua), for a device's command_result: one round trip
 // checks the nonce and records the result. KEYS: Fleet.NonceKeys, then
 // transitionScript's; ARGV: Fleet.NonceArgs, then transitionScript's. A
-// refused nonce returns {2, code, high water mark} and changes nothing.
+// refused nonce returns {2, code, high water mark} and changes nothing; a
+// guard miss returns before the replay check, so it consumes no nonce.
 var checkedTransitionScript = redis.NewScript(auditLua +
 	"local function REFUSE(c, h) return {2, c, h} end\nlocal K, A, DUE = 3, 3, nil\n" +
 	readLua + backend.ReplayLua + writeLua)
