@@ -76,6 +76,15 @@ func (s *Service) Emit(ctx context.Context, dev, kind string, data any) error {
 	return s.publishEvent(ctx, ev)
 }
 
+// PublishEvent is publishEvent for another package whose own script
+// appended the event to the device's audit stream (Keys.Audit, capped at
+// AuditMaxLen), so that the change and its record are one atomic write.
+func (s *Service) PublishEvent(ctx context.Context, ev Event) error { return s.publishEvent(ctx, ev) }
+
+// AuditMaxLen is the approximate cap of each device's audit stream, for a
+// script that appends to it itself (PublishEvent).
+func (s *Service) AuditMaxLen() int64 { return s.cfg.AuditMaxLen }
+
 // publishEvent is Emit after the audit append: a caller whose own script
 // appended the event (so that the change and its record are atomic)
 // publishes it here.

@@ -2,6 +2,7 @@ package commands
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -75,9 +76,10 @@ func (s *Service) Submit(ctx context.Context, dev, operator string, c topics.Ops
 	if err := s.rdb.Set(ctx, s.indexKey(cid), dev, life).Err(); err != nil {
 		return Command{}, false, backend.Unavailable("queue command for "+dev+": index", err)
 	}
-	args := append([]any{cid, hasReq, s.cfg.MaxHistory, life.Milliseconds()}, fields...)
+	by := backend.OperatorFrom(ctx)
+	args := append([]any{cid, hasReq, s.cfg.MaxHistory, life.Milliseconds(), s.fleet.AuditMaxLen(), by}, fields...)
 	res, err := enqueueScript.Run(ctx, s.rdb,
-		[]string{k.dev, s.cmdKey(dev, cid), k.active, k.history, k.seq, reqKey}, args...).Slice()
+		[]string{k.dev, s.cmdKey(dev, cid), k.active, k.history, k.seq, reqKey, s.keys.Audit(dev)}, args...).Slice()
 	if err != nil {
 		return Command{}, false, backend.Unavailable("queue command for "+dev, err)
 	}
@@ -127,7 +129,11 @@ func (s *Service) Submit(ctx context.Context, dev, operator string, c topics.Ops
 	h[fSeq] = val
 	cmd = parse(h)
 	s.log.Info().Str("device", dev).Str("command", cid).Str("action", c.Action).Str("operator", operator).Msg("command queued")
-	s.emit(ctx, cmd, "")
+	if len(res) >= 4 { // the script appended the event
+		id, _ := res[2].(string)
+		data, _ := res[3].(string)
+		s.publish(ctx, backend.Event{ID: id, Device: dev, Kind: topics.EventCommand, At: now.UTC(), By: by, Data: json.RawMessage(data)}, cid)
+	}
 	s.kick(ctx, dev, false)
 	return cmd, true, nil
 }

@@ -5,8 +5,9 @@
 // device's receipt and result.
 //
 // Lifecycle (every transition is an atomic check-and-set in Lua on the
-// device's keys, timestamped, appended to the device's audit stream and
-// published on ecowatt/v1/events/{id}/command):
+// device's keys, timestamped, appended to the device's audit stream by the
+// same script and published on ecowatt/v1/events/{id}/command; a device's
+// command_result has its replay check in that script too):
 //
 //	queued -> sent -> delivered -> succeeded | failed
 //	queued -> cancelled            (operator, only while queued)
@@ -121,6 +122,16 @@ type Fleet interface {
 	Device(ctx context.Context, id string) (backend.Device, error)
 	Send(ctx context.Context, dev, kind string, body any) error
 	Emit(ctx context.Context, dev, kind string, data any) error
+	// PublishEvent publishes an event a script of ours appended to the
+	// device's audit stream (capped at AuditMaxLen) with the change.
+	PublishEvent(ctx context.Context, ev backend.Event) error
+	AuditMaxLen() int64
+	// NonceKeys, NonceArgs and AcceptNonce are the uplink replay check
+	// for a HandleChecked handler (HandleResult runs it in its script).
+	NonceKeys(dev string) []string
+	NonceArgs(n uint64) ([]any, error)
+	AcceptNonce(ctx context.Context, dev string, n uint64) error
+	HandleChecked(kind string, h backend.UplinkHandler)
 	Handle(kind string, h backend.UplinkHandler)
 	HandleOps(kind string, h backend.OpsHandler)
 	HandleLifecycle(h backend.LifecycleHandler)
@@ -276,7 +287,7 @@ func New(cfg Config) (*Service, error) {
 // (topics.KindCommandResult), reconnects (topics.KindBirth) and operator
 // commands (ecowatt/v1/ops/{id}/command).
 func (s *Service) Attach() {
-	s.fleet.Handle(topics.KindCommandResult, s.HandleResult)
+	s.fleet.HandleChecked(topics.KindCommandResult, s.handleResultChecked) // the replay check runs in the transition's script
 	s.fleet.Handle(topics.KindBirth, s.HandleBirth)
 	s.fleet.HandleOps(topics.KindCommand, s.HandleOps)
 	s.fleet.HandleLifecycle(s.handleLifecycle)

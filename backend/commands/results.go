@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"math"
+	"strconv"
+	"strings"
 
 	"github.com/ecowatt/ecowatt/backend"
 	"github.com/ecowatt/ecowatt/topics"
@@ -22,24 +25,46 @@ import (
 // that does not fit the command (checkResultValue), is CodeInvalid (a
 // security event).
 func (s *Service) HandleResult(ctx context.Context, dev string, m envelope.Message) error {
+	return s.handleResult(ctx, dev, m, nil)
+}
+
+// handleResultChecked is HandleResult for backend.Service.HandleChecked:
+// the uplink's replay check runs inside the transition's script, one round
+// trip for both. A body refused before the script still has its nonce
+// checked first.
+func (s *Service) handleResultChecked(ctx context.Context, dev string, m envelope.Message) error {
+	args, err := s.fleet.NonceArgs(m.Nonce)
+	if err != nil {
+		return err // a nonce above 2^53-1: stale
+	}
+	if _, err := decodeResult(m.Body); err != nil {
+		if nerr := s.fleet.AcceptNonce(ctx, dev, m.Nonce); nerr != nil {
+			return nerr
+		}
+		return err
+	}
+	err = s.handleResult(ctx, dev, m, &prefix{script: checkedTransitionScript, keys: s.fleet.NonceKeys(dev), args: args, nonce: m.Nonce})
+	var nr *nonceRefused
+	if errors.As(err, &nr) {
+		return nr.err
+	}
+	return err
+}
+
+// handleResult is HandleResult, with the replay check nc in the first
+// transition's script when it is set.
+func (s *Service) handleResult(ctx context.Context, dev string, m envelope.Message, nc *prefix) error {
 	r, err := decodeResult(m.Body)
 	if err != nil {
 		return err
 	}
 	log := s.log.With().Str("device", dev).Str("command", r.ID).Str("status", r.Status).Bool("duplicate", r.Duplicate).Logger()
 	if r.Status == topics.ResultDelivered {
-		cmd, _, ok, err := s.transition(ctx, dev, r.ID, []string{StateQueued, StateSent}, StateDelivered, nil)
-		if err == nil && !ok {
+		cmd, _, code, err := s.runTransition(ctx, dev, r.ID, []string{StateQueued, StateSent}, StateDelivered, nil, "", nil, nc)
+		if err == nil && code != 1 {
 			log.Debug().Str("state", cmd.State).Msg("receipt ignored: command past sent")
 		}
 		return unknownResult(err, r.ID)
-	}
-	cmd, err := s.load(ctx, dev, r.ID)
-	if err != nil {
-		return unknownResult(err, r.ID)
-	}
-	if err := checkResultValue(cmd, r); err != nil {
-		return err
 	}
 	to, fields := StateSucceeded, resultFields(r)
 	if r.Status == topics.ResultFailed {
@@ -49,28 +74,69 @@ func (s *Service) HandleResult(ctx context.Context, dev string, m envelope.Messa
 			to = StateExpired
 		}
 	}
-	cmd, cur, ok, err := s.transition(ctx, dev, r.ID, []string{StateQueued, StateSent, StateDelivered}, to, fields)
-	if err != nil || ok {
-		return unknownResult(err, r.ID)
-	}
-	// Already ended (cmd is the command as it was: the script changed nothing).
-	if cur == to || cmd.Result != nil && cmd.Result.Status == r.Status {
-		log.Debug().Str("state", cur).Msg("repeated result ignored")
-		return nil
-	}
+	// The script checks the value against the command (resultGuard) before
+	// it checks the nonce and writes; when the guard is not met, nothing
+	// is consumed and checkResultValue has the last word on the command
+	// the script returned. A result for a command that has ended otherwise
+	// is kept as late_result by the same script, so that one script
+	// consumes the nonce and does all the writing (a retry after a
+	// failure finds the nonce unused).
 	late := []any{fLateStatus, r.Status, fLateError, r.Error, fLateAt, r.ExecutedAt.UnixMilli()}
 	if r.Value != nil {
 		late = append(late, fLateValue, *r.Value)
 	}
-	res, err := lateScript.Run(ctx, s.rdb, []string{s.cmdKey(dev, r.ID)}, late...).Slice()
-	if err != nil {
-		return backend.Unavailable("late result "+r.ID, err)
+	from := []string{StateQueued, StateSent, StateDelivered}
+	cmd, cur, code, err := s.runTransition(ctx, dev, r.ID, from, to, fields, resultGuard(r), late, nc)
+	if errors.Is(err, errGuard) {
+		if verr := checkResultValue(cmd, r); verr != nil {
+			if nc != nil { // the message is genuine: its nonce is used up
+				if nerr := s.fleet.AcceptNonce(ctx, dev, nc.nonce); nerr != nil {
+					return nerr
+				}
+			}
+			return verr
+		}
+		cmd, cur, code, err = s.runTransition(ctx, dev, r.ID, from, to, fields, "", late, nc)
 	}
-	log.Warn().Str("state", cur).Msg("result arrived after the command ended; kept as late_result")
-	if len(res) > 0 {
-		s.emit(ctx, parse(flatHash(res)), cur)
+	switch {
+	case err != nil || code == 1:
+		return unknownResult(err, r.ID)
+	case code == 5:
+		log.Warn().Str("state", cur).Msg("result arrived after the command ended; kept as late_result")
+		s.emit(ctx, cmd, cur)
+	default: // already ended the same way (cmd is the command as it was)
+		log.Debug().Str("state", cur).Msg("repeated result ignored")
 	}
 	return nil
+}
+
+// resultGuard lists, for the transition script, the commands result r
+// fits, as checkResultValue decides: "action|target" tokens, with
+// "=value" when the command's value must equal the reported one (a
+// write_register success). A command none matches goes to
+// checkResultValue itself (errGuard), so the list only spares the read.
+func resultGuard(r topics.CommandResult) string {
+	var toks []string
+	for _, a := range []string{topics.ActionPing, topics.ActionReboot} {
+		if checkResultValue(Command{Action: a}, r) == nil {
+			toks = append(toks, a+"|")
+		}
+	}
+	for _, reg := range telemetry.Registers() {
+		for _, a := range []string{topics.ActionReadRegister, topics.ActionWriteRegister} {
+			c, eq := Command{Action: a, TargetRegister: reg.Name}, ""
+			if a == topics.ActionWriteRegister && r.Status == topics.ResultSuccess && r.Value != nil {
+				c.Value, eq = r.Value, "="+strconv.Itoa(*r.Value)
+			}
+			if checkResultValue(c, r) == nil {
+				toks = append(toks, a+"|"+reg.Name+eq)
+			}
+		}
+	}
+	if len(toks) == 0 {
+		return "-" // matches no command ("" would be no guard)
+	}
+	return strings.Join(toks, " ")
 }
 
 // checkResultValue checks a success or failure result's value against
@@ -117,6 +183,9 @@ func checkResultValue(c Command, r topics.CommandResult) error {
 // unknownResult makes a result for a command dev does not have
 // CodeInvalid (a security event); other errors pass unchanged.
 func unknownResult(err error, cid string) error {
+	if nr := (*nonceRefused)(nil); errors.As(err, &nr) {
+		return err
+	}
 	if backend.ErrorCode(err) == backend.CodeNotFound {
 		return backend.Errorf(backend.CodeInvalid, "id", "command_result for unknown command %q", cid)
 	}

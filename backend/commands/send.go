@@ -18,7 +18,8 @@ const maxBatch = 1000
 // ResendAfter and delivered ones without a result for ResultResend, and
 // with all re-sends every unfinished one. Only the delivery lease holder
 // calls it, and only from dev's delivery shard (sendLoop), so that
-// commands leave in order.
+// commands leave in order. Each command's script decides what is due
+// from the command as it is (deliverScript), so nothing is read first.
 func (s *Service) sendDevice(ctx context.Context, dev string, all bool) error {
 	cids, err := s.activeIDs(ctx, dev)
 	if err != nil || len(cids) == 0 { // nothing to do: spare the device lookup
@@ -31,71 +32,42 @@ func (s *Service) sendDevice(ctx context.Context, dev string, all bool) error {
 	if !d.Online {
 		return nil
 	}
-	cmds, err := s.loadActive(ctx, dev, cids)
-	if err != nil {
-		return err
+	resendAll := "0"
+	if all {
+		resendAll = "1"
 	}
-	for _, c := range cmds {
-		now := s.now()
-		switch c.State {
-		case StateQueued:
-			if expired(c, now) {
-				s.expire(ctx, c)
-				continue
-			}
-			err = s.send(ctx, c, StateQueued)
-		case StateSent:
-			if expired(c, now) {
-				s.expire(ctx, c)
-				continue
-			}
-			if all || c.LastSentAt == nil || now.Sub(*c.LastSentAt) >= s.cfg.ResendAfter {
-				err = s.send(ctx, c, StateSent)
-			}
-		case StateDelivered:
-			if all || resultOverdue(c, now, s.cfg.ResultResend) {
-				err = s.resendDelivered(ctx, c)
-			}
+	pre := &prefix{script: deliverScript, args: []any{resendAll, s.cfg.ResendAfter.Milliseconds(), s.cfg.ResultResend.Milliseconds(), errExpired}}
+	unfinished := []string{StateQueued, StateSent, StateDelivered}
+	var gone []string
+	for _, cid := range cids {
+		c, _, code, err := s.runTransition(ctx, dev, cid, unfinished, "", nil, "", nil, pre)
+		if backend.ErrorCode(err) == backend.CodeNotFound { // expired by retention
+			gone = append(gone, cid)
+			continue
 		}
 		if err != nil {
-			return fmt.Errorf("deliver %s to %s: %w", c.ID, dev, err)
+			return fmt.Errorf("deliver %s to %s: %w", cid, dev, err)
 		}
+		switch {
+		case code == 1 && c.State == StateExpired:
+			s.log.Info().Str("device", dev).Str("command", cid).Msg("command expired")
+		case code == 1 && c.State == StateSent, code == 4: // code 4: a delivered command sent again
+			// When the publish fails the command stays sent (delivered)
+			// and goes again after ResendAfter (ResultResend).
+			if err := s.fleet.Send(ctx, dev, topics.KindCommand, body(c)); err != nil {
+				return fmt.Errorf("deliver %s to %s: %w", cid, dev, err)
+			}
+		}
+	}
+	if len(gone) > 0 {
+		s.rdb.ZRem(ctx, s.devKeys(dev).active, toAny(gone)...)
 	}
 	return nil
 }
 
-// send marks c sent (from state from) and publishes it. A command whose
-// state changed meanwhile is left alone. When the publish fails the
-// command stays sent and goes again after ResendAfter.
-func (s *Service) send(ctx context.Context, c Command, from string) error {
-	if _, _, ok, err := s.transition(ctx, c.Device, c.ID, []string{from}, StateSent, nil); err != nil || !ok {
-		return err
-	}
-	return s.fleet.Send(ctx, c.Device, topics.KindCommand, body(c))
-}
-
-// resendDelivered sends a delivered command again, recording when, so
-// that a lost result is asked for again; the device answers a known ID
-// from its flash without executing it again.
-func (s *Service) resendDelivered(ctx context.Context, c Command) error {
-	ok, err := resendScript.Run(ctx, s.rdb, []string{s.cmdKey(c.Device, c.ID)}, StateDelivered, s.now().UnixMilli()).Int()
-	if err != nil {
-		return backend.Unavailable("resend "+c.ID, err)
-	}
-	if ok == 0 {
-		return nil // finished meanwhile
-	}
-	return s.fleet.Send(ctx, c.Device, topics.KindCommand, body(c))
-}
-
-// resendScript records a resend of a command still in state ARGV[1].
-// KEYS: cmd hash. ARGV: state, now ms. Returns 1 when recorded.
-var resendScript = redis.NewScript(`
-if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'last_sent_at', ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-return 1
-`)
+// errExpired is the error of a command whose TTL passed before a receipt
+// or result.
+const errExpired = "ttl passed before the device confirmed delivery"
 
 // resultOverdue reports whether delivered command c has waited longer
 // than after for its result since it was last sent or acknowledged.
@@ -119,7 +91,7 @@ func expired(c Command, now time.Time) bool {
 
 func (s *Service) expire(ctx context.Context, c Command) {
 	_, _, ok, err := s.transition(ctx, c.Device, c.ID, []string{StateQueued, StateSent}, StateExpired,
-		map[string]any{fError: "ttl passed before the device confirmed delivery"})
+		map[string]any{fError: errExpired})
 	if err != nil {
 		s.log.Error().Err(err).Str("device", c.Device).Str("command", c.ID).Msg("expire command")
 	} else if ok {

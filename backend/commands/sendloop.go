@@ -65,10 +65,18 @@ func (s *Service) setShards(sh shards) {
 }
 
 // takeWoken reads and clears the devices to look at, in one MULTI on the
-// one key.
+// one key. Most ticks find none: one EXISTS first spares the MULTI,
+// HGETALL, DEL and EXEC (a device woken just after it waits one tick).
 func (s *Service) takeWoken(ctx context.Context) (map[string]bool, error) {
+	n, err := s.rdb.Exists(ctx, s.wakeKey()).Result()
+	if err != nil {
+		return nil, backend.Unavailable("woken devices", err)
+	}
+	if n == 0 {
+		return nil, nil
+	}
 	var get *redis.MapStringStringCmd
-	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+	_, err = s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		get = p.HGetAll(ctx, s.wakeKey())
 		p.Del(ctx, s.wakeKey())
 		return nil
