@@ -29,6 +29,8 @@ func TestFrameRoundTrip(t *testing.T) {
 		{kind: kindDown, qos: 1, origin: "r1", topic: "ecowatt/v1/dev/d1/down/fota_chunk", payload: []byte{0, 1, 2, 0xff}},
 		{kind: kindEvent, qos: 1, origin: "", topic: "ecowatt/v1/events/d1/presence", payload: nil},
 		{kind: kindClose, origin: "r2", topic: "d1", payload: []byte{0, 0, 0, 0, 0, 0, 0, 7}},
+		{kind: kindForget, origin: "r2", topic: "d1"},
+		{kind: kindForget, origin: "r2", topic: "d1", payload: []byte("device decommissioned")},
 	} {
 		got, err := decode(encode(f))
 		if err != nil {
