@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -105,12 +107,13 @@ func startProcCluster(t *testing.T, n int, extra ...string) []*procReplica {
 
 // TestReplicaDeath (issue 15, replica death, bounded): three replicas,
 // each in its own process, behind HAProxy; 100 devices; a command per
-// device, half submitted before and half after the replica holding the
-// most leases (the command delivery and sweep among them) is killed with
-// SIGKILL. Every device is online again on the other two within 30 s,
-// the dead replica's leases move to the others (after their TTL: 15 s for
-// the command leases, 10 s for FOTA and jobs), every command ends in a final state, and no device ran a
-// command twice (its executor's receipts).
+// device and a rollout to ten of them, the commands half submitted before
+// and half after the replica holding the most leases (command delivery and
+// sweep, FOTA, jobs) is killed with SIGKILL. Every device is online again
+// on the other two within 30 s, the dead replica's leases move to the
+// others (after their TTL: 15 s for the command leases, 10 s for FOTA and
+// jobs), every command ends in a final state, the rollout completes, and
+// no device ran a command twice (its executor's receipts).
 func TestReplicaDeath(t *testing.T) {
 	// The command leases keep their default TTL (15 s); the config sweep's
 	// defaults to 3 × --config-sweep (90 s), cut to 15 s here.
@@ -120,8 +123,9 @@ func TestReplicaDeath(t *testing.T) {
 	lb := &testServer{HTTP: "http://" + httpLB, MQTT: mqttLB, Token: rs[0].Token}
 	const n = 100
 	keys := rs[0].provision(t, "rd", n)
-	feats := newFeatureSet()
+	feats := newFOTAFleet(t, rs[0])
 	startFleet(t, lb, keys, "", feats.setup)
+	buildAndUpload(t, rs[1], "1.0.7", "64KiB", false)
 	waitOnline(t, rs[0], n)
 	rdb, prefix := clusterRedis(t, rs[0])
 	holder := func(dev string) string {
@@ -174,7 +178,10 @@ func TestReplicaDeath(t *testing.T) {
 			cmds[c.ID] = dev
 		}
 	}
+	slices.Sort(ids)
+	rid := startRollout(t, live[0], "--version", "1.0.7", "--devices", strings.Join(ids[:10], ","), "--canary", "2", "--batch-size", "4")
 	submit(ids[:n/2])
+	t.Logf("rollout at the kill: %+v", getRollout(t, live[0], rid).Counts)
 	start := time.Now()
 	ps[victim].kill()
 	submit(ids[n/2:])
@@ -217,8 +224,13 @@ func TestReplicaDeath(t *testing.T) {
 		return true, ""
 	})
 	t.Logf("replica death: commands %v, all final %v after SIGKILL", states, time.Since(start).Round(time.Millisecond))
+	eventually(t, 60*time.Second, "the rollout completed", func() (bool, string) {
+		r := getRollout(t, live[1], rid)
+		return r.State == "completed", fmt.Sprintf("%s batch %d %v %v", r.State, r.CurrentBatch, r.Counts, r.DeviceStates)
+	})
+	t.Logf("replica death: rollout of %d devices completed %v after SIGKILL", 10, time.Since(start).Round(time.Millisecond))
 	for cid, dev := range cmds {
-		st := feats.get(t, dev).Commands.Stats()
+		st := feats.features(t, dev).Commands.Stats()
 		if st.Executed > 1 {
 			t.Errorf("%s executed %d commands, sent one (%s)", dev, st.Executed, cid)
 		}
