@@ -8,6 +8,7 @@ import (
 	"io"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ecowatt/ecowatt/topics"
@@ -255,6 +256,7 @@ func (a *Accounts) DeviceKeys(ctx context.Context, id string) (*envelope.Keys, e
 	if k, ok := a.cache.get(id, now); ok {
 		return &k, nil
 	}
+	gen := a.cache.generation() // a forget from now on wins over what is read below
 	var get *redis.StringCmd
 	var rot *redis.StringCmd
 	_, err := a.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -281,7 +283,7 @@ func (a *Accounts) DeviceKeys(ctx context.Context, id string) (*envelope.Keys, e
 	if err != nil {
 		return nil, fmt.Errorf("device keys %s: %w", id, err)
 	}
-	a.cache.put(id, k, rot.Val() == RotationPending, now)
+	a.cache.put(id, k, rot.Val() == RotationPending, now, gen)
 	return &k, nil
 }
 
@@ -295,15 +297,44 @@ func (a *Accounts) rotationPending(id string) bool {
 	return ok && el.Value.(*cacheEntry).pending
 }
 
-// keyCache is a bounded LRU of derived keys with a TTL, so that a key
-// changed by another replica is picked up eventually.
-type keyCache struct {
-	size int
-	ttl  time.Duration
+// Forget drops device id's cached keys on this replica only. Replica mode
+// calls it when another replica changed the device's key or state
+// (route.Router), so that no downlink here is sealed under a destroyed key
+// and no connect here is checked against one.
+func (a *Accounts) Forget(id string) { a.cache.drop(id) }
 
-	mu    sync.Mutex // guards order and items
+// ForgetAll drops every cached key on this replica (replica mode: after
+// the invalidation subscription was re-established, when some may have
+// been missed).
+func (a *Accounts) ForgetAll() { a.cache.dropAll() }
+
+// OnForget sets fn to be told of every device whose cached keys a change
+// on this replica dropped (rotation, promotion, disable, decommission,
+// purge, provision), so that other replicas drop theirs (replica mode:
+// route.Router.Invalidate). Re-reads of this replica's own cache are not
+// reported. Set it before serving; nil stops it.
+func (a *Accounts) OnForget(fn func(id string)) {
+	if fn == nil {
+		a.cache.onForget.Store(nil)
+		return
+	}
+	a.cache.onForget.Store(&fn)
+}
+
+// keyCache is a bounded LRU of derived keys with a TTL. Alone it picks up a
+// key changed by another replica only at the TTL; replica mode tells every
+// replica of a change at once (Accounts.OnForget, Accounts.Forget).
+type keyCache struct {
+	size     int
+	ttl      time.Duration
+	onForget atomic.Pointer[func(id string)]
+
+	mu    sync.Mutex // guards order, items and gen
 	order *list.List // of *cacheEntry, most recent first
 	items map[string]*list.Element
+	// gen counts drops: an entry read from Redis before a drop is not put
+	// after it (it may hold the key the drop was about).
+	gen uint64
 }
 
 type cacheEntry struct {
@@ -334,9 +365,19 @@ func (c *keyCache) get(id string, now time.Time) (envelope.Keys, bool) {
 	return e.keys, true
 }
 
-func (c *keyCache) put(id string, k envelope.Keys, pending bool, now time.Time) {
+func (c *keyCache) generation() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.gen
+}
+
+// put caches k unless a drop happened since generation returned gen.
+func (c *keyCache) put(id string, k envelope.Keys, pending bool, now time.Time, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen != gen {
+		return
+	}
 	e := &cacheEntry{id: id, keys: k, pending: pending, expires: now.Add(c.ttl)}
 	if el, ok := c.items[id]; ok {
 		el.Value = e
@@ -351,13 +392,33 @@ func (c *keyCache) put(id string, k envelope.Keys, pending bool, now time.Time) 
 	}
 }
 
+// forget drops id after a change of its key or state made here, and
+// tells the OnForget hook (the other replicas).
 func (c *keyCache) forget(id string) {
+	c.drop(id)
+	if fn := c.onForget.Load(); fn != nil {
+		(*fn)(id)
+	}
+}
+
+// drop drops id on this replica only: for a re-read, or a change that
+// another replica made.
+func (c *keyCache) drop(id string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.gen++
 	if el, ok := c.items[id]; ok {
 		c.order.Remove(el)
 		delete(c.items, id)
 	}
+}
+
+func (c *keyCache) dropAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	c.order.Init()
+	clear(c.items)
 }
 
 // nameFree returns a CodeConflict error when key (the other kind of

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ecowatt/ecowatt/topics"
 	"github.com/ecowatt/ecowatt/topics/envelope"
@@ -196,5 +197,37 @@ func TestOperators(t *testing.T) {
 	}
 	if v := h.rdb.HGet(h.ctx, h.s.keys.Operator("alice"), "hash").Val(); strings.Contains(v, "new-pass") || !strings.HasPrefix(v, "$2") {
 		t.Fatalf("operator hash %q is not bcrypt", v)
+	}
+}
+
+// TestKeyCacheDropWins: keys read from Redis before a drop (another
+// replica's change arriving mid-read) are not cached after it; forget
+// tells the OnForget hook, drop (a re-read) does not.
+func TestKeyCacheDropWins(t *testing.T) {
+	c := newKeyCache(8, time.Minute)
+	now := time.Now()
+	k := envelope.Keys{}
+	gen := c.generation()
+	c.drop("d1")
+	c.put("d1", k, false, now, gen)
+	if _, ok := c.get("d1", now); ok {
+		t.Fatal("a read that raced with a drop was cached")
+	}
+	c.put("d1", k, false, now, c.generation())
+	if _, ok := c.get("d1", now); !ok {
+		t.Fatal("a read after the drop was not cached")
+	}
+	var told []string
+	fn := func(id string) { told = append(told, id) }
+	c.onForget.Store(&fn)
+	c.drop("d1")
+	c.forget("d2")
+	if len(told) != 1 || told[0] != "d2" {
+		t.Fatalf("OnForget told %v, want [d2]", told)
+	}
+	c.put("d3", k, false, now, c.generation())
+	c.dropAll()
+	if _, ok := c.get("d3", now); ok {
+		t.Fatal("dropAll kept d3")
 	}
 }

@@ -351,7 +351,7 @@ func (s *Service) handleKeyAck(ctx context.Context, dev string, m envelope.Messa
 // promoted a rotation), else under its pending key. rid is the pending
 // rotation the message was sealed for ("" for the current key).
 func (s *Service) openRotated(ctx context.Context, dev string, cached *envelope.Keys, topic string, payload []byte) (m envelope.Message, rid string, ok bool) {
-	s.cache.forget(dev)
+	s.cache.drop(dev) // a re-read: nothing changed here for other replicas to drop
 	fresh, err := s.DeviceKeys(ctx, dev)
 	if err != nil {
 		return m, "", false
@@ -432,7 +432,7 @@ func (a *Accounts) PendingKeys(ctx context.Context, id string) (*envelope.Keys, 
 // (PROTOCOL.md 15.4). The broker calls it when the cached key refuses a
 // password as wrong.
 func (a *Accounts) VerifyDevicePassword(ctx context.Context, id, password string, now time.Time) error {
-	a.cache.forget(id)
+	a.cache.drop(id) // a re-read (a wrong password must not reach other replicas)
 	k, err := a.DeviceKeys(ctx, id)
 	if err != nil {
 		return err

@@ -7,7 +7,9 @@
 #   - a Mosquitto broker as the external broker of two backend replicas,
 #   - replica mode (issue 15): three replicas, each with its embedded
 #     broker, behind HAProxy (TCP, /readyz checks), on the standalone Redis
-#     and again on the cluster (sharded pub/sub across masters).
+#     and again on the cluster (sharded pub/sub across masters); the death
+#     of a replica process (kill -9, TestReplicaDeath) and key-cache
+#     invalidation across replicas (TestReplicaKeyInvalidation).
 # Everything started here is stopped on exit, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."

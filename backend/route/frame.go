@@ -13,7 +13,8 @@ import (
 // The payload is the bytes the local broker publishes (a sealed envelope,
 // binary for FOTA chunks, or an event's JSON); for a close request the
 // topic is the device ID and the payload the new generation (8 bytes,
-// big-endian).
+// big-endian); for a forget the topic is the device ID and the payload
+// empty, or the reason to close its session with.
 type frame struct {
 	kind    byte
 	qos     byte
@@ -25,9 +26,10 @@ type frame struct {
 const (
 	frameVersion = 1
 
-	kindDown  = 'd' // a downlink for a device this replica holds
-	kindEvent = 'e' // an event for this replica's observers
-	kindClose = 'c' // close this device's connections older than a generation
+	kindDown   = 'd' // a downlink for a device this replica holds
+	kindEvent  = 'e' // an event for this replica's observers
+	kindClose  = 'c' // close this device's connections older than a generation
+	kindForget = 'f' // drop this device's cached keys (and close its session, with a reason)
 )
 
 func encode(f frame) []byte {
@@ -50,7 +52,7 @@ func decode(b []byte) (frame, error) {
 		return frame{}, fmt.Errorf("%w: qos %d", errFrame, f.qos)
 	}
 	switch f.kind {
-	case kindDown, kindEvent, kindClose:
+	case kindDown, kindEvent, kindClose, kindForget:
 	default:
 		return frame{}, fmt.Errorf("%w: kind %q", errFrame, f.kind)
 	}

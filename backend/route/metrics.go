@@ -8,10 +8,11 @@ import (
 
 type metrics struct {
 	downlinks         *prometheus.CounterVec // by path: local, routed, no_holder
-	received          *prometheus.CounterVec // by kind: downlink, event, close, bad
+	received          *prometheus.CounterVec // by kind: downlink, event, close, forget, bad
 	eventFanoutErrors prometheus.Counter
 	closed            prometheus.Counter
 	closeDropped      prometheus.Counter
+	forgetErrors      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -22,7 +23,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"path"}),
 		received: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ecowatt_route_received_total",
-			Help: "Frames received from other replicas, by kind (downlink, event, close, bad).",
+			Help: "Frames received from other replicas, by kind (downlink, event, close, forget, bad).",
 		}, []string{"kind"}),
 		eventFanoutErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ecowatt_route_event_fanout_errors_total",
@@ -36,8 +37,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "ecowatt_route_close_requests_dropped_total",
 			Help: "Takeover close requests not sent (queue full or Redis failed); the old session ends at its keepalive.",
 		}),
+		forgetErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ecowatt_route_forget_errors_total",
+			Help: "Key-cache invalidations not sent to the other replicas (Redis failed); they use the old key until their cache TTL.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.downlinks, m.received, m.eventFanoutErrors, m.closed, m.closeDropped} {
+	for _, c := range []prometheus.Collector{m.downlinks, m.received, m.eventFanoutErrors, m.closed, m.closeDropped, m.forgetErrors} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("route: register metrics: %w", err)
 		}

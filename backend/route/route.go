@@ -14,7 +14,12 @@
 //     its broker and hands it to its SSE subscribers, so each replica's
 //     observers see every event once;
 //   - a session takeover across replicas (Takeover) SPUBLISHes a close
-//     request to the old holder, which closes the older connection.
+//     request to the old holder, which closes the older connection;
+//   - a change of a device's key or state (Invalidate, called by
+//     backend.Accounts.OnForget) and a session close for disable or
+//     decommission (CloseSession) SPUBLISH a forget on <prefix>events:
+//     every other replica drops the device's cached keys (HandleForget)
+//     and, for a close, closes the device's session on its broker.
 //
 // Delivery is at most once per publish, like MQTT QoS 1 to a device that
 // is not connected: a replica that is down or resubscribing loses what was
@@ -69,6 +74,8 @@ type Router struct {
 	log     zerolog.Logger
 	m       *metrics
 	events  func(payload []byte) error // set before Run
+	forget  func(id string)            // set before Run
+	flush   func()                     // set before Run
 	ready   atomic.Int32               // subscriptions confirmed (2 when ready)
 	closing chan closeReq
 	workers []chan frame
@@ -79,7 +86,10 @@ type closeReq struct {
 	gen          uint64
 }
 
-var _ backend.Bus = (*Router)(nil)
+var (
+	_ backend.Bus           = (*Router)(nil)
+	_ backend.SessionCloser = (*Router)(nil)
+)
 
 // New checks cfg and registers the metrics.
 func New(cfg Config) (*Router, error) {
@@ -109,6 +119,44 @@ func New(cfg Config) (*Router, error) {
 // HandleEvents sets where events from other replicas go besides the local
 // broker (backend.Service.DeliverEvent, for SSE). Call it before Run.
 func (r *Router) HandleEvents(fn func(payload []byte) error) { r.events = fn }
+
+// HandleForget sets what drops a device's cached keys when another replica
+// changed them (backend.Accounts.Forget), and what drops them all when the
+// subscription was re-established and some changes may have been missed
+// (backend.Accounts.ForgetAll). Call it before Run.
+func (r *Router) HandleForget(one func(id string), all func()) { r.forget, r.flush = one, all }
+
+// Invalidate tells every other replica to drop device id's cached keys
+// (backend.Accounts.OnForget). It is called after the change is in Redis,
+// and waits for the publish, so that a change returned to the operator is
+// known everywhere. A replica that misses it (down, resubscribing) drops
+// its whole cache when its subscription is back.
+func (r *Router) Invalidate(id string) { r.sendForget(id, "") }
+
+// CloseSession closes device id's session on this replica's broker and
+// asks every other replica to close it on theirs (and drop its keys), for
+// a device disabled or decommissioned here (backend.SessionCloser). It
+// reports whether this replica had the session.
+func (r *Router) CloseSession(id, reason string) bool {
+	if reason == "" {
+		reason = "session closed"
+	}
+	r.sendForget(id, reason)
+	if c, ok := r.cfg.Local.(backend.SessionCloser); ok {
+		return c.CloseSession(id, reason)
+	}
+	return false
+}
+
+func (r *Router) sendForget(id, reason string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	f := frame{kind: kindForget, origin: r.cfg.Replica, topic: id, payload: []byte(reason)}
+	if err := r.cfg.Redis.SPublish(ctx, r.eventsChannel(), encode(f)).Err(); err != nil {
+		r.m.forgetErrors.Inc()
+		r.log.Error().Err(err).Str("device", id).Msg("route: key-cache invalidation not sent; other replicas keep the old key until their cache TTL")
+	}
+}
 
 // Channel names. A sharded channel lives on the Cluster node of its slot;
 // each replica's channel hashes apart, the events channel is one slot.
@@ -219,7 +267,7 @@ func (r *Router) Run(ctx context.Context) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); r.sendCloses(ctx) }()
 	ownCh := own.Channel(redis.WithChannelSize(1024))
-	evCh := evs.Channel(redis.WithChannelSize(1024))
+	evCh := evs.ChannelWithSubscriptions(redis.WithChannelSize(1024))
 	for {
 		var msg *redis.Message
 		ok := true
@@ -227,10 +275,24 @@ func (r *Router) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case msg, ok = <-ownCh:
-		case msg, ok = <-evCh:
+		case m, ok2 := <-evCh:
+			ok = ok2
+			if sub, isSub := m.(*redis.Subscription); isSub {
+				// go-redis re-subscribed after a lost connection: forgets
+				// sent meanwhile are lost, so drop every cached key.
+				r.log.Warn().Str("channel", sub.Channel).Msg("route: events channel re-subscribed; key cache dropped")
+				if r.flush != nil {
+					r.flush()
+				}
+				continue
+			}
+			msg, _ = m.(*redis.Message)
 		}
 		if !ok { // only Close ends a go-redis subscription channel
 			return errors.New("route: subscription closed")
+		}
+		if msg == nil {
+			continue
 		}
 		f, err := decode([]byte(msg.Payload))
 		if err != nil {
@@ -240,6 +302,17 @@ func (r *Router) Run(ctx context.Context) error {
 		}
 		if f.origin == r.cfg.Replica { // our own event: delivered locally already
 			continue
+		}
+		if f.kind == kindForget {
+			// At once, ahead of queued downlinks: one sealed under the
+			// old key is refused by the device anyway.
+			r.m.received.WithLabelValues("forget").Inc()
+			if r.forget != nil {
+				r.forget(f.topic)
+			}
+			if len(f.payload) == 0 {
+				continue
+			}
 		}
 		select {
 		case r.workers[shard(f.topic, len(r.workers))] <- f:
@@ -290,6 +363,10 @@ func (r *Router) deliver(ctx context.Context, f frame) {
 			if err := r.events(f.payload); err != nil {
 				r.log.Warn().Err(err).Str("topic", f.topic).Msg("route: remote event not delivered")
 			}
+		}
+	case kindForget: // with a reason: close the device's session here
+		if c, ok := r.cfg.Local.(backend.SessionCloser); ok && c.CloseSession(f.topic, string(f.payload)) {
+			r.log.Info().Str("device", f.topic).Str("reason", string(f.payload)).Str("from", f.origin).Msg("route: session closed for another replica")
 		}
 	case kindClose:
 		r.m.received.WithLabelValues("close").Inc()

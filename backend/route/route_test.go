@@ -29,6 +29,8 @@ func TestFrameRoundTrip(t *testing.T) {
 		{kind: kindDown, qos: 1, origin: "r1", topic: "ecowatt/v1/dev/d1/down/fota_chunk", payload: []byte{0, 1, 2, 0xff}},
 		{kind: kindEvent, qos: 1, origin: "", topic: "ecowatt/v1/events/d1/presence", payload: nil},
 		{kind: kindClose, origin: "r2", topic: "d1", payload: []byte{0, 0, 0, 0, 0, 0, 0, 7}},
+		{kind: kindForget, origin: "r2", topic: "d1"},
+		{kind: kindForget, origin: "r2", topic: "d1", payload: []byte("device decommissioned")},
 	} {
 		got, err := decode(encode(f))
 		if err != nil {
@@ -315,4 +317,41 @@ func TestDownlinkLatency(t *testing.T) {
 	q := func(l []time.Duration, p float64) time.Duration { return l[int(float64(len(l)-1)*p)] }
 	t.Logf("downlink Publish -> holder's broker, %d each: same replica p50 %v p99 %v; cross replica p50 %v p99 %v",
 		n, q(same, .5), q(same, .99), q(cross, .5), q(cross, .99))
+}
+
+// TestForgetFanout: an invalidation (Invalidate, CloseSession) made on r1
+// reaches every other replica's forget handler once, and not r1's own.
+func TestForgetFanout(t *testing.T) {
+	rdb, prefix := redistest.Client(t)
+	rs := startReplicas(t, rdb, prefix, "r0", "r1", "r2")
+	var mu sync.Mutex
+	forgot := map[int][]string{}
+	for i, rp := range rs {
+		rp.r.HandleForget(func(id string) {
+			mu.Lock()
+			defer mu.Unlock()
+			forgot[i] = append(forgot[i], id)
+		}, func() {})
+	}
+	rs[1].r.Invalidate("d1")
+	rs[1].r.CloseSession("d2", "device decommissioned")
+	waitFor(t, "forgets on r0 and r2", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(forgot[0]) == 2 && len(forgot[2]) == 2
+	})
+	time.Sleep(100 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, i := range []int{0, 2} {
+		if !slices.Equal(forgot[i], []string{"d1", "d2"}) {
+			t.Errorf("r%d forgot %v, want [d1 d2]", i, forgot[i])
+		}
+	}
+	if len(forgot[1]) != 0 {
+		t.Errorf("r1 forgot its own %v", forgot[1])
+	}
+	if n := testutil.ToFloat64(rs[0].r.m.received.WithLabelValues("forget")); n != 2 {
+		t.Errorf("r0 counted %v forgets, want 2", n)
+	}
 }

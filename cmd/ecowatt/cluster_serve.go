@@ -66,10 +66,14 @@ func (r *router) configure(cfg *backend.Config) {
 	}
 }
 
-// attach hands events from other replicas to svc's SSE subscribers.
+// attach hands events from other replicas to svc's SSE subscribers, and
+// joins svc's key cache to the other replicas' (a change here drops the
+// device's keys there, and theirs here).
 func (r *router) attach(svc *backend.Service) {
 	if r != nil {
 		r.HandleEvents(svc.DeliverEvent)
+		r.HandleForget(svc.Forget, svc.ForgetAll)
+		svc.OnForget(r.Invalidate)
 	}
 }
 
