@@ -366,13 +366,13 @@ func (b *balancer) switchTo(target string) []*proxied {
 	return cut
 }
 
-// TestReplicaTakeover: devices behind a balancer move from r0 to r1 while
-// their sessions on r0 are still open. r0 closes each old session within
-// seconds (not at the 45 s keepalive), the devices end online on r1, and
-// no offline is recorded after their new birth.
+// TestReplicaTakeover: 50 devices behind a balancer move from r0 to r1
+// while their sessions on r0 are still open. r0 closes each old session
+// within seconds (not at the 45 s keepalive), the devices end online on
+// r1, and no offline is recorded after their new birth.
 func TestReplicaTakeover(t *testing.T) {
 	rs := startCluster(t, 2)
-	const n = 5
+	const n = 50
 	keys := rs[0].provision(t, "tk", n)
 	lb := startBalancer(t, rs[0].MQTT)
 	startFleet(t, &testServer{MQTT: lb.addr()}, keys, "", nil)
@@ -381,7 +381,13 @@ func TestReplicaTakeover(t *testing.T) {
 	holder := func(dev string) string {
 		return rdb.HGet(context.Background(), prefix+"{dev:"+dev+"}:dev", "replica").Val()
 	}
+	for dev := range keys {
+		if h := holder(dev); h != "r0" {
+			t.Fatalf("%s held by %q before the move, want r0", dev, h)
+		}
+	}
 
+	moved := time.Now()
 	cut := lb.switchTo(rs[1].MQTT)
 	if len(cut) != n {
 		t.Fatalf("cut %d connections, want %d", len(cut), n)
@@ -394,6 +400,7 @@ func TestReplicaTakeover(t *testing.T) {
 			t.Fatalf("r0 still holds %d of %d old sessions 10 s after the devices moved to r1", n-i, n)
 		}
 	}
+	closed := time.Since(moved)
 	eventually(t, 20*time.Second, "devices online on r1", func() (bool, string) {
 		for dev := range keys {
 			if h := holder(dev); h != "r1" {
@@ -403,6 +410,8 @@ func TestReplicaTakeover(t *testing.T) {
 		on, _ := countOnline(t, rs[1])
 		return on == n, fmt.Sprintf("%d online", on)
 	})
+	t.Logf("takeover of %d devices: old sessions closed by r0 in %s, all online on r1 in %s",
+		n, closed.Round(time.Millisecond), time.Since(moved).Round(time.Millisecond))
 	time.Sleep(2 * time.Second) // two presence sweeps; any stale offline would land by now
 	if on, _ := countOnline(t, rs[0]); on != n {
 		t.Fatalf("%d of %d online after the takeover", on, n)
@@ -410,21 +419,30 @@ func TestReplicaTakeover(t *testing.T) {
 	for dev := range keys {
 		var page struct {
 			Events []struct {
-				Kind string `json:"kind"`
+				Kind string    `json:"kind"`
+				At   time.Time `json:"at"`
 				Data struct {
-					Online *bool `json:"online"`
+					Online *bool  `json:"online"`
+					Via    string `json:"via"`
 				} `json:"data"`
 			} `json:"events"`
 		}
 		rs[0].api(t, "GET", "/api/v1/devices/"+dev+"/events?n=500", nil, &page)
-		for _, ev := range page.Events { // newest first
+		born := false                                // the birth through r1 is seen
+		for i := len(page.Events) - 1; i >= 0; i-- { // oldest first
+			ev := page.Events[i]
 			if ev.Kind != "presence" || ev.Data.Online == nil {
 				continue
 			}
-			if !*ev.Data.Online {
-				t.Fatalf("%s: an offline is the newest presence event: %+v", dev, page.Events)
+			switch {
+			case *ev.Data.Online && !ev.At.Before(moved.Truncate(time.Millisecond)):
+				born = true
+			case !*ev.Data.Online && born:
+				t.Fatalf("%s: offline (via %q) at %s after its birth on r1", dev, ev.Data.Via, ev.At)
 			}
-			break
+		}
+		if !born {
+			t.Fatalf("%s: no birth after the move: %+v", dev, page.Events)
 		}
 	}
 	if got := rs[0].metric(t, "ecowatt_route_sessions_closed_total", ""); got < n {
