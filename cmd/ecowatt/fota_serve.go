@@ -25,6 +25,8 @@ type fotaConfig struct {
 	sweep          time.Duration
 	leaseTTL       time.Duration
 	imageCacheMiB  int
+	chunkRate      string // bytes/s, parseByteSize syntax
+	chunkBurst     string
 }
 
 func (c *fotaConfig) register(fs *flag.FlagSet) {
@@ -33,6 +35,8 @@ func (c *fotaConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.manifestResend, "fota-manifest-resend", fota.DefaultManifestResend, "a device update without progress for this long gets its manifest again")
 	fs.DurationVar(&c.sweep, "fota-sweep", fota.DefaultSweepInterval, "how often rollouts advance and stalled updates are looked for")
 	fs.IntVar(&c.imageCacheMiB, "fota-image-cache", fota.DefaultImageCacheBytes>>20, "MiB of firmware images held in memory to serve chunks from (0: none, every chunk is read from Redis)")
+	fs.StringVar(&c.chunkRate, "fota-chunk-rate", "1MiB", "firmware bytes per second served to one device (token-bucket refill), e.g. 256KiB")
+	fs.StringVar(&c.chunkBurst, "fota-chunk-burst", "2MiB", "firmware bytes one device may be served at once (token-bucket size, at least 32KiB: one largest chunk)")
 	fs.DurationVar(&c.leaseTTL, "fota-lease", fota.DefaultLeaseTTL, "lifetime of the Redis lease that makes one replica advance rollouts")
 }
 
@@ -49,6 +53,10 @@ func newFOTA(c fotaConfig, dataDir string, rdb redis.UniversalClient, keys store
 	if imageCache == 0 {
 		imageCache = -1 // fota.Config: negative is no cache
 	}
+	rate, burst, err := c.chunkLimits()
+	if err != nil {
+		return nil, err
+	}
 	key, created, err := fota.LoadOrCreateKey(dataDir, rand.Reader)
 	if err != nil {
 		return nil, err
@@ -62,10 +70,27 @@ func newFOTA(c fotaConfig, dataDir string, rdb redis.UniversalClient, keys store
 		Logger:    log,
 		ChunkSize: c.chunkSize, UpdateTimeout: c.updateTimeout, ManifestResend: c.manifestResend,
 		SweepInterval: c.sweep, LeaseTTL: c.leaseTTL, ImageCacheBytes: imageCache,
+		ChunkRate: rate, ChunkBurst: burst,
 	})
 	if err != nil {
 		return nil, err
 	}
 	f.Attach()
 	return f, nil
+}
+
+// chunkLimits reads --fota-chunk-rate and --fota-chunk-burst. A burst
+// below one largest chunk would refuse every request for such a chunk
+// forever, so it is a usage error.
+func (c fotaConfig) chunkLimits() (rate, burst int64, err error) {
+	if rate, err = parseByteSize(c.chunkRate); err != nil {
+		return 0, 0, usageError{fmt.Sprintf("--fota-chunk-rate %q: %v", c.chunkRate, err)}
+	}
+	if burst, err = parseByteSize(c.chunkBurst); err != nil {
+		return 0, 0, usageError{fmt.Sprintf("--fota-chunk-burst %q: %v", c.chunkBurst, err)}
+	}
+	if burst < wire.MaxChunkSize {
+		return 0, 0, usageError{fmt.Sprintf("--fota-chunk-burst %q: want at least %d bytes (one largest chunk)", c.chunkBurst, wire.MaxChunkSize)}
+	}
+	return rate, burst, nil
 }

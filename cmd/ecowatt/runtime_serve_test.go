@@ -2,7 +2,11 @@ package main
 
 import (
 	"errors"
+	"flag"
+	"strings"
 	"testing"
+
+	"github.com/ecowatt/ecowatt/backend/fota"
 )
 
 func TestParseByteSize(t *testing.T) {
@@ -59,5 +63,37 @@ func TestPprofLoopbackOnly(t *testing.T) {
 	}
 	if ln, err := (runtimeConfig{}).listenPprof(); ln != nil || err != nil {
 		t.Fatalf("off by default: %v %v", ln, err)
+	}
+}
+
+// TestFOTAChunkLimitFlags: --fota-chunk-rate and --fota-chunk-burst take
+// sizes; their defaults are the fota package's, and a non-positive or
+// malformed value, or a burst below one largest chunk, is a usage error
+// naming the flag.
+func TestFOTAChunkLimitFlags(t *testing.T) {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	var c fotaConfig
+	c.register(fs)
+	rate, burst, err := c.chunkLimits()
+	if err != nil || rate != fota.DefaultChunkRate || burst != fota.DefaultChunkBurst {
+		t.Fatalf("defaults: %d, %d, %v; want %d, %d", rate, burst, err, fota.DefaultChunkRate, fota.DefaultChunkBurst)
+	}
+	if err := fs.Parse([]string{"--fota-chunk-rate", "256KiB", "--fota-chunk-burst", "64KiB"}); err != nil {
+		t.Fatal(err)
+	}
+	if rate, burst, err := c.chunkLimits(); err != nil || rate != 256<<10 || burst != 64<<10 {
+		t.Fatalf("256KiB, 64KiB: %d, %d, %v", rate, burst, err)
+	}
+	for _, tc := range []struct{ rate, burst, flag string }{
+		{"0", "2MiB", "--fota-chunk-rate"},
+		{"fast", "2MiB", "--fota-chunk-rate"},
+		{"1MiB", "-1", "--fota-chunk-burst"},
+		{"1MiB", "16KiB", "--fota-chunk-burst"},
+	} {
+		c := fotaConfig{chunkRate: tc.rate, chunkBurst: tc.burst}
+		var u usageError
+		if _, _, err := c.chunkLimits(); !errors.As(err, &u) || !strings.Contains(err.Error(), tc.flag) {
+			t.Errorf("rate %q burst %q: %v; want a usage error naming %s", tc.rate, tc.burst, err, tc.flag)
+		}
 	}
 }
