@@ -177,7 +177,7 @@ type Server struct {
 	mochi *mqtt.Server
 	m     *metrics
 
-	addrThrottle, opThrottle *throttle // failed logins by source address, by operator name
+	logins *LoginThrottle // failed logins by source address, by operator name
 
 	mu        sync.Mutex // guards fields below
 	idents    map[net.Conn]*identity
@@ -261,9 +261,8 @@ func New(cfg Config) (*Server, error) {
 		tcp:    cfg.MQTTListener,
 		tls:    cfg.MQTTSListener,
 
-		connectWork:  newConnectWork(),
-		addrThrottle: newThrottle(cfg.AddressThrottle),
-		opThrottle:   newThrottle(cfg.OperatorThrottle),
+		connectWork: newConnectWork(),
+		logins:      NewLoginThrottle(cfg.AddressThrottle, cfg.OperatorThrottle),
 	}
 	s.mochi = mqtt.New(&mqtt.Options{
 		Capabilities:             caps,

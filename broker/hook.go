@@ -97,7 +97,7 @@ func (s *Server) authenticate(cl *mqtt.Client, pk packets.Packet) (*identity, *R
 		clientID = "" // the client sent none; mochi made up a unique one
 	}
 	name, addr, now := string(pk.Connect.Username), remoteHost(cl.Net.Remote), s.cfg.Now()
-	if rej := throttled(now, addr, name, s.addrThrottle, s.opThrottle); rej != nil {
+	if rej := s.logins.Check(now, addr, name); rej != nil {
 		code := packets.ErrConnectionRateExceeded
 		if cl.Properties.ProtocolVersion < 5 {
 			code = packets.ErrServerUnavailable // 3.1.1 has no better code; clients back off
@@ -105,40 +105,8 @@ func (s *Server) authenticate(cl *mqtt.Client, pk packets.Packet) (*identity, *R
 		return nil, rej, code
 	}
 	id, rej, code := authenticate(ctx, s.cfg.Devices, s.cfg.Operators, now, name, string(pk.Connect.Password), clientID)
-	loginOutcome(now, addr, name, id, rej, s.addrThrottle, s.opThrottle)
+	s.logins.Outcome(now, addr, name, id != nil && !id.device, rej)
 	return id, rej, code
-}
-
-// throttled returns the rejection of a login whose address or operator
-// name is locked out, or nil. Device names are never locked: a device
-// token cannot be guessed, and a lock would let anyone keep a device out.
-func throttled(now time.Time, addr, name string, byAddr, byName *throttle) *Rejection {
-	if d := byAddr.wait(addr, now); d > 0 {
-		return &Rejection{Reason: ReasonThrottled,
-			Detail: fmt.Sprintf("too many failed logins from %s; retry in %s", addr, d.Round(time.Millisecond))}
-	}
-	if d := byName.wait(name, now); d > 0 {
-		return &Rejection{Reason: ReasonThrottled,
-			Detail: fmt.Sprintf("too many failed logins for operator %q; retry in %s", name, d.Round(time.Millisecond))}
-	}
-	return nil
-}
-
-// loginOutcome feeds a checked login to the throttles: a failure (not a
-// store error) counts against the address, an operator's wrong password
-// against its name too; an operator's success clears its name.
-func loginOutcome(now time.Time, addr, name string, id *identity, rej *Rejection, byAddr, byName *throttle) {
-	switch {
-	case rej == nil:
-		if !id.device {
-			byName.reset(name)
-		}
-	case rej.Reason != ReasonAuthError:
-		byAddr.fail(addr, now)
-		if rej.throttleName {
-			byName.fail(name, now)
-		}
-	}
 }
 
 // remoteHost is the host part of a remote address ("" when unknown).

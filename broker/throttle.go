@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"fmt"
 	"sync"
 	"time"
 )
@@ -106,4 +107,61 @@ func (t *throttle) reset(key string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	delete(t.keys, key)
+}
+
+// LoginThrottle is the pair of throttles a broker keeps: failed logins by
+// source address and by operator name. The embedded broker holds one; the
+// external broker's HTTP callbacks (authhttp) hold another, so the same
+// rules apply whichever broker terminates the connection.
+type LoginThrottle struct {
+	byAddr, byName *throttle
+}
+
+// NewLoginThrottle makes a LoginThrottle; zero values take
+// DefaultAddressThrottle and DefaultOperatorThrottle.
+func NewLoginThrottle(byAddr, byName Throttle) *LoginThrottle {
+	if byAddr == (Throttle{}) {
+		byAddr = DefaultAddressThrottle
+	}
+	if byName == (Throttle{}) {
+		byName = DefaultOperatorThrottle
+	}
+	return &LoginThrottle{byAddr: newThrottle(byAddr), byName: newThrottle(byName)}
+}
+
+// Check returns the rejection of a login whose address or operator name is
+// locked out, or nil. An empty address (a callback that does not send it)
+// is not throttled by address. Device names are never locked: a device
+// token cannot be guessed, and a lock would let anyone keep a device out.
+func (l *LoginThrottle) Check(now time.Time, addr, name string) *Rejection {
+	if addr != "" {
+		if d := l.byAddr.wait(addr, now); d > 0 {
+			return &Rejection{Username: name, Reason: ReasonThrottled,
+				Detail: fmt.Sprintf("too many failed logins from %s; retry in %s", addr, d.Round(time.Millisecond))}
+		}
+	}
+	if d := l.byName.wait(name, now); d > 0 {
+		return &Rejection{Username: name, Reason: ReasonThrottled,
+			Detail: fmt.Sprintf("too many failed logins for operator %q; retry in %s", name, d.Round(time.Millisecond))}
+	}
+	return nil
+}
+
+// Outcome feeds a checked login to the throttles: a failure (not a store
+// error) counts against the address, an operator's wrong password against
+// its name too; an operator's success (operator true) clears its name.
+func (l *LoginThrottle) Outcome(now time.Time, addr, name string, operator bool, rej *Rejection) {
+	switch {
+	case rej == nil:
+		if operator {
+			l.byName.reset(name)
+		}
+	case rej.Reason != ReasonAuthError:
+		if addr != "" {
+			l.byAddr.fail(addr, now)
+		}
+		if rej.throttleName {
+			l.byName.fail(name, now)
+		}
+	}
 }

@@ -5,7 +5,7 @@
 //
 // Routes (all POST; JSON or form bodies):
 //
-//	/mqtt/emqx/authn           {"username","password","clientid"} -> 200 {"result":"allow"|"deny","is_superuser":bool}
+//	/mqtt/emqx/authn           {"username","password","clientid"[,"peerhost"]} -> 200 {"result":"allow"|"deny","is_superuser":bool}
 //	/mqtt/emqx/authz           {"username","clientid","topic","action":"publish"|"subscribe","retain"} -> 200 {"result":"allow"|"deny"}
 //	/mqtt/mosquitto/user       username, password, clientid        -> 200 allow, 403 deny
 //	/mqtt/mosquitto/superuser  username                            -> 200 superuser, 403 not
@@ -17,6 +17,12 @@
 //
 // The backend replicas' own account (Config.Superuser) is a superuser: it
 // publishes downlinks and events and holds the shared subscriptions.
+//
+// Failed logins are throttled as on the embedded broker (broker.LoginThrottle):
+// by the client's address when the broker sends it (EMQX's "peerhost";
+// mosquitto-go-auth sends none) and by operator name. A wrong superuser
+// password counts against the address only, so that nobody can lock the
+// replicas' own account out.
 package authhttp
 
 import (
@@ -55,6 +61,11 @@ type Config struct {
 	OnReject func(broker.Rejection) // may be nil; every refused login, publish and subscription
 	Logger   zerolog.Logger
 	Timeout  time.Duration // per request lookup; default 5 s
+
+	// Throttle bounds failed logins; nil takes the broker's defaults
+	// (broker.NewLoginThrottle). Its state is per process, like the
+	// embedded broker's.
+	Throttle *broker.LoginThrottle
 }
 
 // maxBody bounds a callback's body; real ones are a few hundred bytes.
@@ -67,6 +78,9 @@ func Handler(cfg Config) (http.Handler, error) {
 	}
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 5 * time.Second
+	}
+	if cfg.Throttle == nil {
+		cfg.Throttle = broker.NewLoginThrottle(broker.Throttle{}, broker.Throttle{})
 	}
 	a := &authz{cfg: cfg, log: cfg.Logger.With().Str("component", "authhttp").Logger()}
 	mux := http.NewServeMux()
@@ -99,16 +113,32 @@ const (
 	actRead      = "read" // delivery of a concrete topic (mosquitto acc 1)
 )
 
-// login checks a CONNECT. super reports the backend's own account.
-func (a *authz) login(ctx context.Context, user, pass, clientID string) (v verdict, super bool) {
+// login checks a CONNECT from addr ("" when the broker does not say).
+// super reports the backend's own account. A throttled login is a deny,
+// checked before any lookup.
+func (a *authz) login(ctx context.Context, addr, user, pass, clientID string) (v verdict, super bool) {
+	now := a.now()
 	if a.isSuperuser(user) {
+		if rej := a.cfg.Throttle.Check(now, addr, ""); rej != nil {
+			rej.Username, rej.ClientID = user, clientID
+			a.reject(*rej)
+			return deny, false
+		}
 		if subtle.ConstantTimeCompare([]byte(pass), []byte(a.cfg.SuperuserPassword)) == 1 {
 			return allow, true
 		}
-		a.reject(broker.Rejection{Username: user, ClientID: clientID, Reason: broker.ReasonBadPassword, Detail: "backend account"})
+		rej := broker.Rejection{Username: user, ClientID: clientID, Reason: broker.ReasonBadPassword, Detail: "backend account"}
+		a.cfg.Throttle.Outcome(now, addr, user, false, &rej) // the address only: see the package comment
+		a.reject(rej)
 		return deny, false
 	}
-	_, rej := a.cfg.Auth.Authenticate(ctx, user, pass, clientID)
+	if rej := a.cfg.Throttle.Check(now, addr, user); rej != nil {
+		rej.ClientID = clientID
+		a.reject(*rej)
+		return deny, false
+	}
+	acct, rej := a.cfg.Auth.Authenticate(ctx, user, pass, clientID)
+	a.cfg.Throttle.Outcome(now, addr, user, rej == nil && !acct.Device, rej)
 	if rej == nil {
 		return allow, false
 	}
@@ -117,6 +147,13 @@ func (a *authz) login(ctx context.Context, user, pass, clientID string) (v verdi
 		return failed, false
 	}
 	return deny, false
+}
+
+func (a *authz) now() time.Time {
+	if a.cfg.Auth.Now != nil {
+		return a.cfg.Auth.Now()
+	}
+	return time.Now()
 }
 
 func (a *authz) isSuperuser(user string) bool {
@@ -205,7 +242,7 @@ func (a *authz) emqxAuthn(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.Timeout)
 	defer cancel()
-	v, super := a.login(ctx, f["username"], f["password"], f["clientid"])
+	v, super := a.login(ctx, f["peerhost"], f["username"], f["password"], f["clientid"])
 	writeEMQX(w, v, &super)
 }
 
@@ -248,7 +285,7 @@ func (a *authz) mosqUser(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), a.cfg.Timeout)
 	defer cancel()
-	v, _ := a.login(ctx, f["username"], f["password"], f["clientid"])
+	v, _ := a.login(ctx, "", f["username"], f["password"], f["clientid"])
 	writeStatus(w, v)
 }
 

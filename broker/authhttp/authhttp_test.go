@@ -66,8 +66,16 @@ type rig struct {
 	store *fakeStore
 	keys  *envelope.Keys
 
-	mu      sync.Mutex // guards rejects
+	mu      sync.Mutex // guards rejects and at
 	rejects []broker.Rejection
+	at      time.Time // the callbacks' clock; starts at now
+}
+
+// advance moves the callbacks' clock.
+func (r *rig) advance(d time.Duration) {
+	r.mu.Lock()
+	r.at = r.at.Add(d)
+	r.mu.Unlock()
 }
 
 func newRig(t *testing.T) *rig {
@@ -76,12 +84,16 @@ func newRig(t *testing.T) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &rig{keys: &k, store: &fakeStore{
+	r := &rig{keys: &k, at: now, store: &fakeStore{
 		devices: map[string]*envelope.Keys{"dev-1": &k, "dev-2": &k},
 		ops:     map[string][2]string{"alice": {"alice-pw", "admin"}, "victor": {"victor-pw", "viewer"}},
 	}}
 	h, err := Handler(Config{
-		Auth:      broker.Authenticator{Devices: r.store, Operators: r.store, Now: func() time.Time { return now }},
+		Auth: broker.Authenticator{Devices: r.store, Operators: r.store, Now: func() time.Time {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			return r.at
+		}},
 		Roles:     r.store,
 		Superuser: "ecowatt-backend", SuperuserPassword: "backend-secret",
 		OnReject: func(rej broker.Rejection) {
