@@ -63,20 +63,42 @@ func newPresenceRig(t *testing.T) *presenceRig {
 	if err != nil {
 		t.Fatal(err)
 	}
+	startRun(t, r.s, r.srv, false)
+	return r
+}
+
+// startRun starts s.Run and then the broker, and returns stop (also run at
+// cleanup, once). stop closes the broker and then ends Run, unless
+// serviceFirst: then Run ends first, so no sweep sees the connections go.
+func startRun(t *testing.T, s *Service, srv *broker.Server, serviceFirst bool) (stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- r.s.Run(ctx) }()
-	if err := r.srv.Start(); err != nil {
+	go func() { done <- s.Run(ctx) }()
+	if err := srv.Start(); err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_ = r.srv.Close()
+	end := func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("Run: %v", err)
 		}
-	})
-	return r
+	}
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			if serviceFirst {
+				end()
+				_ = srv.Close()
+				return
+			}
+			_ = srv.Close()
+			end()
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 // rigAuth, rigPresence and rigBus adapt the Service to the broker as

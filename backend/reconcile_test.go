@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -53,24 +52,7 @@ func newReconcileRig(t *testing.T, o rigOpts) (r *presenceRig, stop func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.s.Run(ctx) }()
-	if err := r.srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("Run: %v", err)
-			}
-			_ = r.srv.Close()
-		})
-	}
-	t.Cleanup(stop)
-	return r, stop
+	return r, startRun(t, r.s, r.srv, true)
 }
 
 // crash stops r as a kill -9 would leave Redis: no disconnect report is
