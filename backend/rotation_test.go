@@ -1,10 +1,16 @@
 package backend
 
 import (
+	"context"
 	"encoding/json"
+	"net"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/ecowatt/ecowatt/topics"
 	"github.com/ecowatt/ecowatt/topics/envelope"
@@ -234,4 +240,57 @@ func dataOf(t testing.TB, ev Event) map[string]any {
 		t.Fatal(err)
 	}
 	return d
+}
+
+// failPromoteOnce fails the first run of promoteScript with a reset
+// connection (a transient store error) and passes everything else through.
+type failPromoteOnce struct{ done atomic.Bool }
+
+func (*failPromoteOnce) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (*failPromoteOnce) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (f *failPromoteOnce) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if a := cmd.Args(); len(a) > 1 && a[0] == "evalsha" && a[1] == promoteScript.Hash() && f.done.CompareAndSwap(false, true) {
+			err := &net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET}
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// TestRotationPromoteRetried: a store error while promoting the new key
+// holds the answer for a retry (it is not a bad_mac, and its nonce is not
+// spent), and the retry confirms the rotation.
+func TestRotationPromoteRetried(t *testing.T) {
+	h := newHarness(t)
+	fault := &failPromoteOnce{}
+	h.rdb.AddHook(fault)
+	const dev = "rot-retry"
+	old := h.device(dev)
+	h.birth(old, dev, 1, birthBody)
+	r, err := h.s.StartRotation(h.ctx, dev, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, next := rotateKeySent(t, h, dev, old)
+	badMAC, replay := h.rejections(ReasonBadMAC), h.rejections(ReasonReplay)
+	ev := h.publish(dev, topics.EventKey, keyAck(t, h, dev, next, 2, r.ID))
+	if !fault.done.Load() {
+		t.Fatal("the promotion was not attempted through the faulty client")
+	}
+	if d := dataOf(t, ev); d["state"] != RotationConfirmed {
+		t.Fatalf("key event = %v, want confirmed after the retry", d)
+	}
+	if k, err := h.s.DeviceKeys(h.ctx, dev); err != nil || !k.Equal(next) {
+		t.Fatalf("device key is not the new key after the retry (%v)", err)
+	}
+	if got := h.rejections(ReasonBadMAC) - badMAC; got != 0 {
+		t.Errorf("bad_mac +%v, want 0: a store error is not a bad MAC", got)
+	}
+	if got := h.rejections(ReasonReplay) - replay; got != 0 {
+		t.Errorf("replay +%v, want 0: the retry met its own nonce", got)
+	}
 }

@@ -132,6 +132,19 @@ func (s *Service) processUplink(ctx context.Context, t topics.Topic, j *job) (re
 		s.SecurityEvent(ctx, dev, reason, err.Error()+" on "+topic)
 		return false
 	}
+	if rotation != "" {
+		// Promote before the nonce check: a store error can then be
+		// retried (the nonce is not spent yet), and a message that opens
+		// under the pending key proves the device holds it, replayed or not.
+		ok, err := s.promote(ctx, dev, rotation, t.Kind)
+		if err != nil {
+			return s.storeFailed(j, err, "key promotion failed")
+		}
+		if !ok {
+			s.SecurityEvent(ctx, dev, ReasonBadMAC, "key rotation "+rotation+" is no longer pending; message on "+topic)
+			return false
+		}
+	}
 	s.mu.RLock()
 	checked := s.checked[t.Kind]
 	s.mu.RUnlock()
@@ -144,12 +157,7 @@ func (s *Service) processUplink(ctx context.Context, t topics.Topic, j *job) (re
 		}
 		s.m.uplink.WithLabelValues(t.Kind).Inc()
 	}
-	if rotation != "" {
-		if ok, err := s.promote(ctx, dev, rotation, t.Kind); err != nil || !ok {
-			s.SecurityEvent(ctx, dev, ReasonBadMAC, "key rotation "+rotation+" is no longer pending; message on "+topic)
-			return false
-		}
-	} else if t.Kind != topics.KindBirth && s.rotationPending(dev) {
+	if rotation == "" && t.Kind != topics.KindBirth && s.rotationPending(dev) {
 		// The device still uses its old key: send rotate_key again when
 		// the last one is older than KeyResend (lost, or a power cut).
 		if err := s.sendRotation(ctx, dev, false, "resend"); err != nil {
