@@ -46,6 +46,16 @@ else
 	latest=docs/bench/latest.json devices=1000
 fi
 
+# ECOWATT_BENCH_ONLY=jobs,fota runs only those parts (ecowatt-bench suite
+# --only); such a partial run is written to results/ only, not recorded as
+# the latest run nor into docs/BENCHMARKS.md.
+record_flags=(--latest "$latest" --md docs/BENCHMARKS.md --compare "$latest")
+if [ -n "${ECOWATT_BENCH_ONLY:-}" ]; then
+	suite_flags+=(--only "$ECOWATT_BENCH_ONLY")
+	record_flags=(--compare "$latest")
+	command="ECOWATT_BENCH_ONLY=$ECOWATT_BENCH_ONLY $command"
+fi
+
 WORK=$(mktemp -d -t ecowatt-bench.XXXXXX)
 # The simulated devices' flash: tmpfs where there is one.
 if [ -d /dev/shm ] && [ -w /dev/shm ]; then STATE=$(mktemp -d -p /dev/shm ecowatt-bench-state.XXXXXX); else STATE=$WORK/state; fi
@@ -138,6 +148,5 @@ echo "bench.sh: broker scenarios: ecowatt tcp://$ecowatt_addr vs mosquitto tcp:/
 	--security "$WORK/security.txt" \
 	--server-ready "$WORK/serve-ready.json" --server-pid "$SERVE_PID" --server-token "$admin_token" \
 	--server-keys "$WORK/fleet-keys.json" --server-redis "$redis_url" --state-dir "$STATE" \
-	--out "results/bench-$(date -u +%Y%m%d-%H%M%S)-$size.json" --latest "$latest" \
-	--md docs/BENCHMARKS.md --compare "$latest" \
+	--out "results/bench-$(date -u +%Y%m%d-%H%M%S)-$size.json" "${record_flags[@]}" \
 	--command "$command" --commit "$commit" --mosquitto-version "$mosq_version"

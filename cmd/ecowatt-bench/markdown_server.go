@@ -69,6 +69,9 @@ func (r *report) markdownServer() string {
 			fmt.Fprintf(&b, "| %s | %.0f | **%.1f** | %.1f | %s |\n", k.Kind, k.Messages, k.PerMsg, k.InLua, note)
 		}
 	}
+	if j := r.Jobs; j != nil && j.JobID != "" {
+		j.markdown(&b)
+	}
 	if len(r.Errors) > 0 {
 		b.WriteString("\n##### Parts that failed\n\n")
 		names := make([]string, 0, len(r.Errors))

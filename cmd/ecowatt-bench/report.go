@@ -34,6 +34,7 @@ type report struct {
 	Commands *commandsResult   `json:"commands,omitempty"`
 	FOTA     *fotaResult       `json:"fota,omitempty"`
 	Redis    *redisResult      `json:"redis,omitempty"`
+	Jobs     *jobsResult       `json:"jobs,omitempty"`
 	Errors   map[string]string `json:"errors,omitempty"` // parts that failed, by name
 	Targets  []targetRow       `json:"targets"`
 }

@@ -71,11 +71,12 @@ func parts() []part {
 		{"commands", (*suite).runCommands}, // command latency at increasing rates
 		{"fota", (*suite).runFOTA},         // 1 MiB to 1,000 devices, goodput vs raw 16 KiB QoS 1 throughput
 		{"redis", (*suite).runRedis},       // Redis commands per device message, by kind
+		{"jobs", (*suite).runJobs},         // a paced config job over every online device vs its pacing bound
 	}
 }
 
 // serverParts load `ecowatt serve` (and its Redis) rather than the bench broker.
-var serverParts = []string{"fleet", "commands", "fota", "redis"}
+var serverParts = []string{"fleet", "commands", "fota", "redis", "jobs"}
 
 // runSuite is `ecowatt-bench suite`.
 func runSuite(ctx context.Context, e env, args []string) error {
@@ -96,7 +97,7 @@ func runSuite(ctx context.Context, e env, args []string) error {
 	budget := fs.Duration("budget", 9*time.Minute, "bound on the whole suite")
 	sf := addServerFlags(fs)
 	sizes := map[string]*int{}
-	for _, p := range []string{"fleet", "commands", "fota"} {
+	for _, p := range []string{"fleet", "commands", "fota", "jobs"} {
 		sizes[p] = fs.Int(p+"-devices", 0, "devices in the "+p+" part (default: its quick or full size)")
 	}
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process (the load side: devices, clients) here")

@@ -28,7 +28,7 @@ func targetRows(rep *report) []targetRow {
 	rows := []targetRow{brokerRate(rep), brokerLoss(rep)}
 	rows = append(rows,
 		fleetOnline(rep), fleetRSS(rep), commandP99(rep), fotaRollout(rep),
-		sealOpen(rep), redisTrips(rep),
+		sealOpen(rep), redisTrips(rep), jobsPacing(rep),
 	)
 	return rows
 }
