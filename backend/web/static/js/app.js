@@ -1,6 +1,6 @@
 // app.js: sign-in, navigation and the shared live event stream.
 
-import { token, setToken, clearToken, setUnauthorizedHandler, get, EventStream, ApiError } from "./api.js";
+import { setToken, clearToken, signedIn, signInSession, signOut, role, setUnauthorizedHandler, get, EventStream, ApiError } from "./api.js";
 import { h, clear } from "./dom.js";
 import { fleetPage } from "./fleet.js";
 import { devicePage } from "./device.js";
@@ -33,30 +33,51 @@ function signIn(message) {
   signout.hidden = true;
   live.textContent = "signed out";
   live.className = "live";
-  const input = h("input", { id: "token", name: "token", type: "password", autocomplete: "current-password",
-    required: true, "aria-describedby": "token-help" + (message ? " token-error" : "") });
+  // Two ways in: an operator's name and password (a session cookie), or
+  // an API token (the bootstrap admin token or one from ecowatt login).
+  const name = h("input", { id: "op-name", name: "username", type: "text", autocomplete: "username", "aria-describedby": "op-help" });
+  const password = h("input", { id: "op-password", name: "password", type: "password", autocomplete: "current-password" });
+  const input = h("input", { id: "token", name: "token", type: "password", autocomplete: "off",
+    "aria-describedby": "token-help" + (message ? " token-error" : "") });
   const err = h("p", { id: "token-error", class: "error", role: "alert" }, message || "");
+  const refuse = (ex, what, field) => {
+    clearToken();
+    err.textContent = ex instanceof ApiError && ex.status === 401 ? `That ${what} was not accepted.` : ex.message;
+    field.setAttribute("aria-invalid", "true");
+    field.focus();
+  };
   const form = h("form", { class: "card signin", "aria-labelledby": "signin-title", onsubmit: async (e) => {
     e.preventDefault();
+    if (name.value.trim() || password.value) {
+      try {
+        await signInSession(name.value.trim(), password.value);
+      } catch (ex) {
+        refuse(ex, "name and password", password);
+        return;
+      }
+      start();
+      return;
+    }
+    if (!input.value.trim()) { err.textContent = "Give a name and password, or a token."; name.focus(); return; }
     setToken(input.value.trim());
     try {
       await get("/api/v1/devices", { signingIn: true });
     } catch (ex) {
-      clearToken();
-      err.textContent = ex instanceof ApiError && ex.status === 401 ? "That token was not accepted." : ex.message;
-      input.setAttribute("aria-invalid", "true");
-      input.focus();
+      refuse(ex, "token", input);
       return;
     }
     start();
   } },
   h("h1", { id: "signin-title" }, "Sign in"),
-  h("label", { for: "token" }, "Admin token"), input,
-  h("p", { id: "token-help", class: "muted" }, "The token given to ecowatt serve (--admin-token or ECOWATT_ADMIN_TOKEN). It is kept in this tab only."),
+  h("label", { for: "op-name" }, "Operator name"), name,
+  h("label", { for: "op-password" }, "Password"), password,
+  h("p", { id: "op-help", class: "muted" }, "An operator account (ecowatt operator add). The session lasts until you sign out."),
+  h("label", { for: "token" }, "Or an API token"), input,
+  h("p", { id: "token-help", class: "muted" }, "The token given to ecowatt serve (--admin-token or ECOWATT_ADMIN_TOKEN), or an operator's API token. It is kept in this tab only."),
   err,
   h("button", { type: "submit", class: "primary", id: "signin" }, "Sign in"));
   clear(main).append(form);
-  input.focus();
+  name.focus();
 }
 
 function start() {
@@ -66,7 +87,7 @@ function start() {
 }
 
 async function route() {
-  if (!token()) { signIn(); return; }
+  if (!signedIn()) { signIn(); return; }
   if (teardown) { teardown(); teardown = null; }
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   let page, nav;
@@ -90,7 +111,9 @@ async function route() {
   }
   const root = clear(main);
   const cleanups = [];
-  const ctx = { stream, toast, onCleanup: (fn) => cleanups.push(fn) };
+  // role: what the caller may do, so that pages show only the controls
+  // it can use (the server checks every request anyway).
+  const ctx = { stream, toast, role: await role(), onCleanup: (fn) => cleanups.push(fn) };
   teardown = () => cleanups.forEach((fn) => fn());
   try {
     await page(root, ctx);
@@ -100,6 +123,6 @@ async function route() {
 }
 
 setUnauthorizedHandler(() => { clearToken(); signIn("The server no longer accepts this token. Sign in again."); });
-signout.addEventListener("click", () => { clearToken(); signIn(); });
-window.addEventListener("hashchange", () => { if (token()) route(); });
-if (token()) start(); else signIn();
+signout.addEventListener("click", async () => { stream.stop(); await signOut(); signIn(); });
+window.addEventListener("hashchange", () => { if (signedIn()) route(); });
+if (signedIn()) start(); else signIn();

@@ -1,7 +1,7 @@
 // device-config.js: desired vs reported config, the editor with the API's
 // per-field validation errors, and the device's per-field ack.
 
-import { get, call } from "./api.js";
+import { get, call, may } from "./api.js";
 import { h, section, badge, fmtTime, unavailable, debounce, REGISTERS } from "./dom.js";
 
 const PARAMS = [
@@ -124,7 +124,8 @@ export async function configSection(ctx, base, id) {
 
   fill(st.desired);
   render();
-  body.append(h("div", { class: "split" }, h("div", {}, view, ack), form));
+  body.append(h("div", { class: "split" }, h("div", {}, view, ack), may(ctx.role, "operator") ? form
+    : h("p", { class: "note", role: "note", "data-role-note": "" }, `Changing the configuration needs the role operator; you are ${ctx.role}.`)));
   return el;
 }
 

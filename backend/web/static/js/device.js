@@ -1,7 +1,7 @@
 // device.js: one device: facts, telemetry plot, config, commands, FOTA
 // and the audit timeline.
 
-import { get, call, enc } from "./api.js";
+import { get, call, enc, may } from "./api.js";
 import { h, clear, section, onlineBadge, badge, progress, fmtTime, fmtAgo, fmtNum, stateKind, unavailable, debounce, REGISTERS } from "./dom.js";
 import { latestValues, fotaPercent, summarize } from "./model.js";
 import { charts } from "./plot.js";
@@ -88,7 +88,8 @@ export async function devicePage(root, ctx, id) {
   const timeline = timelineSection(ctx, base, id);
   root.append(head, h("div", { class: "grid" },
     section("Device", "device-facts", facts, latest),
-    section("Firmware update", "device-fota", fota, updateForm, h("div", { class: "actions" }, rollbackBtn))),
+    section("Firmware update", "device-fota", fota, ...(may(ctx.role, "operator") ? [updateForm, h("div", { class: "actions" }, rollbackBtn)]
+      : [h("p", { class: "note", role: "note", "data-role-note": "" }, `Updates and rollbacks need the role operator; you are ${ctx.role}.`)]))),
   tele.el, await configSection(ctx, base, id), await commandsSection(ctx, base, id), timeline.el);
 
   const refresh = debounce(async () => {
@@ -154,7 +155,8 @@ function timelineSection(ctx, base, id) {
     const k = kind.value;
     const shown = events.filter((e) => k === "all" || e.kind === k).slice(0, 200);
     list.replaceChildren(...shown.map((e) => h("li", { class: "ev " + e.kind, "data-kind": e.kind },
-      h("time", { datetime: e.at }, fmtTime(e.at)), " ", badge(e.kind, kindClass(e)), " ", summarize(e))));
+      h("time", { datetime: e.at }, fmtTime(e.at)), " ", badge(e.kind, kindClass(e)), " ", summarize(e),
+      e.by ? h("span", { class: "by muted" }, " by ", h("b", {}, e.by)) : null)));
     if (!shown.length) list.append(h("li", { class: "muted" }, "No events."));
   };
   kind.addEventListener("change", render);

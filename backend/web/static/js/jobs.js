@@ -2,31 +2,17 @@
 // state (the failed ones first) with reasons and pause, resume and cancel,
 // and the form that starts a job (prefilled from the fleet page's filter).
 
-import { get, call, enc, token } from "./api.js";
+import { get, call, enc, role, may } from "./api.js";
 import { h, section, badge, progress, fmtTime, stateKind, unavailable, errorText } from "./dom.js";
 
 // DEVICE_STATES is the order of a job's per-device states (backend/jobs).
 const DEVICE_STATES = ["queued", "in_progress", "succeeded", "failed", "skipped", "not_run", "abandoned"];
 const FINAL = ["completed", "aborted", "cancelled", "expired"];
-const RANK = { viewer: 1, operator: 2, admin: 3 };
 
 // settled reports that job j will not change any more: final, and the
 // engine has closed it (its queued devices not_run, its parts in flight
 // abandoned), which happens at the tick after a cancel.
 const settled = (j) => FINAL.includes(j.state) && !j.counts?.queued && !j.counts?.in_progress;
-
-// role is the caller's role, asked once per token; null when the server
-// cannot say (then every control is shown and the server decides).
-let me = { token: null, role: null };
-async function role() {
-  if (me.token !== token()) {
-    const t = token();
-    me = { token: t, role: await get("/api/v1/whoami").then((w) => w.role || null).catch(() => null) };
-  }
-  return me.role;
-}
-// may reports whether role r (null: unknown) reaches want.
-const may = (r, want) => r === null || (RANK[r] || 0) >= RANK[want];
 
 // counts renders the non-zero per-state counts (all of them when none is).
 function counts(c, id) {
