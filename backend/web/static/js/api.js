@@ -30,6 +30,21 @@ export async function signInSession(name, password) {
   return w;
 }
 
+// resumeSession adopts a session cookie this tab did not open (another
+// tab signed in, or the tab was reloaded after its storage went): true
+// when the server still knows it.
+export async function resumeSession() {
+  if (signedIn()) return true;
+  try {
+    const w = await call("GET", "/api/v1/whoami", undefined, { signingIn: true });
+    sessionStorage.setItem(SESSION_KEY, w.operator);
+    me = w;
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 // signOut closes the session (the server revokes its token) and forgets
 // the credentials.
 export async function signOut() {
@@ -39,17 +54,26 @@ export async function signOut() {
   clearToken();
 }
 
-// role is the caller's role (viewer, operator, admin), asked once per
-// sign-in; null when the server cannot say (then controls are shown and
-// the server decides).
+// whoami is the caller as the server sees it ({operator, role}), asked
+// once per sign-in; {operator: "", role: null} when the server cannot say
+// now (not kept: the next page asks again).
 let me = null;
-export async function role() {
-  if (!me) me = await get("/api/v1/whoami").catch(() => ({ role: null }));
-  return me.role || null;
+export async function whoami() {
+  if (me) return me;
+  try {
+    me = await get("/api/v1/whoami");
+    return me;
+  } catch {
+    return { operator: "", role: null };
+  }
 }
+// role is the caller's role: viewer, operator, admin, or null (unknown).
+export async function role() { return (await whoami()).role || null; }
 const RANK = { viewer: 1, operator: 2, admin: 3 };
-// may reports whether role r (null: unknown) reaches want.
-export const may = (r, want) => r === null || (RANK[r] || 0) >= RANK[want];
+// may reports whether role r reaches want. An unknown role (null) may
+// nothing: a control shown to someone who cannot use it is worse than one
+// missing until the next page load.
+export const may = (r, want) => (RANK[r] || 0) >= RANK[want];
 
 // ApiError carries the API's error code, message and offending field.
 export class ApiError extends Error {

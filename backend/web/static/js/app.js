@@ -1,6 +1,6 @@
 // app.js: sign-in, navigation and the shared live event stream.
 
-import { setToken, clearToken, signedIn, signInSession, signOut, role, setUnauthorizedHandler, get, EventStream, ApiError } from "./api.js";
+import { setToken, clearToken, signedIn, signInSession, resumeSession, signOut, whoami, setUnauthorizedHandler, get, EventStream, ApiError } from "./api.js";
 import { h, clear } from "./dom.js";
 import { fleetPage } from "./fleet.js";
 import { devicePage } from "./device.js";
@@ -11,6 +11,7 @@ import { jobsPage, jobPage, newJobPage } from "./jobs.js";
 const main = document.getElementById("main");
 const live = document.getElementById("live");
 const signout = document.getElementById("signout");
+const who = document.getElementById("whoami");
 
 export const stream = new EventStream((status) => {
   live.textContent = status;
@@ -31,18 +32,22 @@ function signIn(message) {
   stream.stop();
   if (teardown) { teardown(); teardown = null; }
   signout.hidden = true;
+  who.hidden = true;
+  who.textContent = "";
   live.textContent = "signed out";
   live.className = "live";
   // Two ways in: an operator's name and password (a session cookie), or
   // an API token (the bootstrap admin token or one from ecowatt login).
   const name = h("input", { id: "op-name", name: "username", type: "text", autocomplete: "username", "aria-describedby": "op-help" });
-  const password = h("input", { id: "op-password", name: "password", type: "password", autocomplete: "current-password" });
+  const password = h("input", { id: "op-password", name: "password", type: "password", autocomplete: "current-password", "aria-describedby": "token-error" });
   const input = h("input", { id: "token", name: "token", type: "password", autocomplete: "off",
     "aria-describedby": "token-help" + (message ? " token-error" : "") });
   const err = h("p", { id: "token-error", class: "error", role: "alert" }, message || "");
-  const refuse = (ex, what, field) => {
+  // refuse shows why a sign-in failed (said401 for a 401) and keeps no
+  // credentials.
+  const refuse = (ex, said401, field) => {
     clearToken();
-    err.textContent = ex instanceof ApiError && ex.status === 401 ? `That ${what} was not accepted.` : ex.message;
+    err.textContent = ex instanceof ApiError && ex.status === 401 ? said401 : ex.message;
     field.setAttribute("aria-invalid", "true");
     field.focus();
   };
@@ -52,7 +57,7 @@ function signIn(message) {
       try {
         await signInSession(name.value.trim(), password.value);
       } catch (ex) {
-        refuse(ex, "name and password", password);
+        refuse(ex, "Wrong operator name or password: not accepted.", password);
         return;
       }
       start();
@@ -63,7 +68,7 @@ function signIn(message) {
     try {
       await get("/api/v1/devices", { signingIn: true });
     } catch (ex) {
-      refuse(ex, "token", input);
+      refuse(ex, "That token was not accepted.", input);
       return;
     }
     start();
@@ -71,7 +76,7 @@ function signIn(message) {
   h("h1", { id: "signin-title" }, "Sign in"),
   h("label", { for: "op-name" }, "Operator name"), name,
   h("label", { for: "op-password" }, "Password"), password,
-  h("p", { id: "op-help", class: "muted" }, "An operator account (ecowatt operator add). The session lasts until you sign out."),
+  h("p", { id: "op-help", class: "muted" }, "An operator account (ecowatt operator add). The session lasts 12 hours, or until you sign out."),
   h("label", { for: "token" }, "Or an API token"), input,
   h("p", { id: "token-help", class: "muted" }, "The token given to ecowatt serve (--admin-token or ECOWATT_ADMIN_TOKEN), or an operator's API token. It is kept in this tab only."),
   err,
@@ -113,7 +118,10 @@ async function route() {
   const cleanups = [];
   // role: what the caller may do, so that pages show only the controls
   // it can use (the server checks every request anyway).
-  const ctx = { stream, toast, role: await role(), onCleanup: (fn) => cleanups.push(fn) };
+  const me = await whoami();
+  who.textContent = me.operator ? `${me.operator} (${me.role})` : "";
+  who.hidden = !me.operator;
+  const ctx = { stream, toast, role: me.role || null, onCleanup: (fn) => cleanups.push(fn) };
   teardown = () => cleanups.forEach((fn) => fn());
   try {
     await page(root, ctx);
@@ -122,7 +130,8 @@ async function route() {
   }
 }
 
-setUnauthorizedHandler(() => { clearToken(); signIn("The server no longer accepts this token. Sign in again."); });
+setUnauthorizedHandler(() => { clearToken(); signIn("The server no longer accepts this session or token. Sign in again."); });
 signout.addEventListener("click", async () => { stream.stop(); await signOut(); signIn(); });
 window.addEventListener("hashchange", () => { if (signedIn()) route(); });
-if (signedIn()) start(); else signIn();
+// A session cookie outlives the tab's storage (a reload, another tab).
+resumeSession().then((ok) => { if (ok) start(); else signIn(); });

@@ -1,7 +1,7 @@
 // device-commands.js: the command form and the command history.
 
 import { get, call, enc, may } from "./api.js";
-import { h, section, badge, fmtTime, stateKind, unavailable, debounce, REGISTERS } from "./dom.js";
+import { h, section, badge, fmtTime, stateKind, unavailable, debounce, needsRole, REGISTERS } from "./dom.js";
 
 const ACTIONS = [
   { name: "ping", label: "Ping" },
@@ -92,7 +92,7 @@ export async function commandsSection(ctx, base, id) {
   const later = debounce(reload, 150);
   ctx.onCleanup(ctx.stream.on((ev) => { if (ev.device === id && ev.kind === "command") later(); }));
   render();
-  body.append(may(ctx.role, "operator") ? form : h("p", { class: "note", role: "note", "data-role-note": "" }, `Sending commands needs the role operator; you are ${ctx.role}.`),
+  body.append(may(ctx.role, "operator") ? form : needsRole("Sending commands", "operator", ctx.role),
     h("h3", {}, "History"), h("div", { class: "table-wrap" }, h("table", { class: "data compact", id: "command-history" },
     h("thead", {}, h("tr", {}, ["ID", "Command", "State", "Result", "Queued", ""].map((c) => h("th", { scope: "col" }, c)))), tbody)));
   return el;

@@ -2,7 +2,7 @@
 // per-field validation errors, and the device's per-field ack.
 
 import { get, call, may } from "./api.js";
-import { h, section, badge, fmtTime, unavailable, debounce, REGISTERS } from "./dom.js";
+import { h, section, badge, fmtTime, unavailable, debounce, needsRole, REGISTERS } from "./dom.js";
 
 const PARAMS = [
   { name: "sampling_interval", label: "Sampling interval", unit: "s", help: "1–300 s" },
@@ -125,7 +125,7 @@ export async function configSection(ctx, base, id) {
   fill(st.desired);
   render();
   body.append(h("div", { class: "split" }, h("div", {}, view, ack), may(ctx.role, "operator") ? form
-    : h("p", { class: "note", role: "note", "data-role-note": "" }, `Changing the configuration needs the role operator; you are ${ctx.role}.`)));
+    : needsRole("Changing the configuration", "operator", ctx.role)));
   return el;
 }
 

@@ -2,8 +2,8 @@
 // state (the failed ones first) with reasons and pause, resume and cancel,
 // and the form that starts a job (prefilled from the fleet page's filter).
 
-import { get, call, enc, role, may } from "./api.js";
-import { h, section, badge, progress, fmtTime, stateKind, unavailable, errorText } from "./dom.js";
+import { get, call, enc, may } from "./api.js";
+import { h, section, badge, progress, fmtTime, stateKind, unavailable, errorText, needsRole } from "./dom.js";
 
 // DEVICE_STATES is the order of a job's per-device states (backend/jobs).
 const DEVICE_STATES = ["queued", "in_progress", "succeeded", "failed", "skipped", "not_run", "abandoned"];
@@ -29,7 +29,7 @@ function target(sp) {
 }
 
 export async function jobsPage(root, ctx) {
-  const r = await role();
+  const r = ctx.role;
   root.append(h("div", { class: "page-head" }, h("h1", {}, "Jobs"),
     may(r, "operator") ? h("a", { href: "#/jobs/new", class: "button primary", id: "job-new" }, "New job") : null));
   const body = h("div", {});
@@ -60,7 +60,7 @@ export async function jobsPage(root, ctx) {
 
 export async function jobPage(root, ctx, jid) {
   const path = "/api/v1/jobs/" + enc(jid);
-  const r = await role();
+  const r = ctx.role;
   const head = h("div", { class: "page-head" });
   const body = h("div", {});
   const stateSel = h("select", { id: "job-dev-state" },
@@ -139,10 +139,10 @@ export async function jobPage(root, ctx, jid) {
 // newJobPage is the form that starts a job; selector prefills it (the
 // fleet page's "Start job from this filter").
 export async function newJobPage(root, ctx, selector) {
-  const r = await role();
+  const r = ctx.role;
   root.append(h("div", { class: "page-head" }, h("p", { class: "crumbs" }, h("a", { href: "#/jobs" }, "Jobs"), " / "), h("h1", {}, "New job")));
   if (!may(r, "operator")) {
-    root.append(h("p", { class: "note", role: "note" }, `Starting a job needs the role operator; you are ${r}.`));
+    root.append(needsRole("Starting a job", "operator", r));
     return;
   }
   const sel = h("input", { id: "job-selector", type: "text", class: "selector", required: true, value: selector || "",
