@@ -1,6 +1,7 @@
 package jobs
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -76,5 +77,36 @@ func TestReasonOfLifecycle(t *testing.T) {
 		if got := reasonOf(err); got != want {
 			t.Errorf("reasonOf(%v) = %q, want %q", err, got, want)
 		}
+	}
+}
+
+// A device decommissioned while its config part waits for an ack: the
+// part ends failed with a "cancelled" reason at the next tick (like its
+// commands and firmware update, which the decommission cancels), not
+// abandoned at the job's expiry; its hold is released.
+func TestDecommissionCancelsConfigPart(t *testing.T) {
+	h := newHarness(t)
+	h.device("dc1", map[string]string{"g": "dc"})
+	h.device("dc2", map[string]string{"g": "dc"}).silent = true // never acks
+	s := h.engine()
+	j := h.create(s, `{"selector":"g=dc","config":{"sampling_interval":3},"max_per_minute":60}`)
+	j = h.until(s, j.ID, time.Second, 10*time.Second, "dc1 acked, dc2 waiting", func(j Job) bool {
+		return j.Counts[DevSucceeded] == 1 && j.Counts[DevInProgress] == 1
+	})
+	if _, err := h.b.Decommission(h.ctx, "dc2", backend.Who{By: "tester", Reason: "stolen"}); err != nil {
+		t.Fatal(err)
+	}
+	// Small steps of the fake clock: the job must end long before its
+	// expiry would abandon the part.
+	j = h.until(s, j.ID, 10*time.Millisecond, 10*time.Second, "completed", func(j Job) bool { return j.State == StateCompleted })
+	if j.Counts[DevSucceeded] != 1 || j.Counts[DevFailed] != 1 || j.Counts[DevAbandoned] != 0 {
+		t.Fatalf("counts %v, want dc1 succeeded and dc2 failed (cancelled), none abandoned", j.Counts)
+	}
+	rows := h.rows(s, j.ID, DevFailed)
+	if len(rows) != 1 || rows[0].Device != "dc2" || !strings.Contains(rows[0].Reason, "cancelled") || !strings.Contains(rows[0].Reason, "decommissioned") {
+		t.Fatalf("failed rows %+v, want dc2 cancelled: device decommissioned", rows)
+	}
+	if ok, _ := h.rdb.Exists(h.ctx, h.b.Keys().Dev("dc2", "jobpart:"+KindConfig)).Result(); ok != 0 {
+		t.Error("dc2 keeps its part hold after the cancel")
 	}
 }

@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/ecowatt/ecowatt/backend/fota"
 	"github.com/ecowatt/ecowatt/topics"
 	wire "github.com/ecowatt/ecowatt/topics/fota"
+	"github.com/redis/go-redis/v9"
 )
 
 // Commands issues and observes command parts; *commands.Service has it.
@@ -137,6 +139,16 @@ func (s *Service) observe(ctx context.Context, j *Job, dev, ref string) (outcome
 		}
 		if st.Reported != nil && st.Reported.Version >= want && !st.Pending {
 			return outcome{done: true, ok: true}, nil
+		}
+		// A decommissioned device never acks: its part ends now, as its
+		// commands and firmware update are cancelled by the decommission,
+		// not abandoned at the job's expiry.
+		state, err := s.rdb.HGet(ctx, s.keys.Device(dev), backend.FieldState).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return outcome{}, backend.Unavailable("job "+j.ID+": state of "+dev, err)
+		}
+		if state == backend.StateDecommissioned {
+			return outcome{done: true, reason: "config cancelled: device decommissioned"}, nil
 		}
 		return outcome{}, nil
 	case KindCommand:

@@ -1,10 +1,79 @@
-// api.js: the admin token, JSON calls to /api/v1 and the live event stream.
+// api.js: the credentials (an API token, or a name and password session
+// cookie), JSON calls to /api/v1, the caller's role and the live event stream.
 
 const TOKEN_KEY = "ecowatt.token";
+const SESSION_KEY = "ecowatt.session"; // the operator's name while a session cookie is in use
+// CSRF_HEADER: a change made with the session cookie must carry it (a
+// cross-site form cannot set a header); see backend/httpapi/auth.go.
+const CSRF_HEADER = "X-Ecowatt-Csrf";
 
 export function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
-export function setToken(t) { sessionStorage.setItem(TOKEN_KEY, t); }
-export function clearToken() { sessionStorage.removeItem(TOKEN_KEY); }
+export function setToken(t) { me = null; sessionStorage.removeItem(SESSION_KEY); sessionStorage.setItem(TOKEN_KEY, t); }
+export function clearToken() { me = null; sessionStorage.removeItem(TOKEN_KEY); sessionStorage.removeItem(SESSION_KEY); }
+// signedIn reports that there are credentials to try: a token or a session.
+export function signedIn() { return !!(token() || sessionStorage.getItem(SESSION_KEY)); }
+
+// authHeaders are the headers that carry the credentials: the bearer token,
+// or (the cookie going by itself) the CSRF header.
+function authHeaders() {
+  const t = token();
+  return t ? { Authorization: "Bearer " + t } : { [CSRF_HEADER]: "1" };
+}
+
+// signInSession opens a session with a name and password: the server sets
+// an HttpOnly cookie the page never sees.
+export async function signInSession(name, password) {
+  clearToken();
+  const w = await call("POST", "/api/v1/session", { name, password }, { signingIn: true });
+  sessionStorage.setItem(SESSION_KEY, w.operator || name);
+  me = w.role ? w : null;
+  return w;
+}
+
+// resumeSession adopts a session cookie this tab did not open (another
+// tab signed in, or the tab was reloaded after its storage went): true
+// when the server still knows it.
+export async function resumeSession() {
+  if (signedIn()) return true;
+  try {
+    const w = await call("GET", "/api/v1/whoami", undefined, { signingIn: true });
+    sessionStorage.setItem(SESSION_KEY, w.operator);
+    me = w;
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// signOut closes the session (the server revokes its token) and forgets
+// the credentials.
+export async function signOut() {
+  if (!token() && sessionStorage.getItem(SESSION_KEY)) {
+    try { await call("DELETE", "/api/v1/session", undefined, { signingIn: true }); } catch { /* the cookie expires anyway */ }
+  }
+  clearToken();
+}
+
+// whoami is the caller as the server sees it ({operator, role}), asked
+// once per sign-in; {operator: "", role: null} when the server cannot say
+// now (not kept: the next page asks again).
+let me = null;
+export async function whoami() {
+  if (me) return me;
+  try {
+    me = await get("/api/v1/whoami");
+    return me;
+  } catch {
+    return { operator: "", role: null };
+  }
+}
+// role is the caller's role: viewer, operator, admin, or null (unknown).
+export async function role() { return (await whoami()).role || null; }
+const RANK = { viewer: 1, operator: 2, admin: 3 };
+// may reports whether role r reaches want. An unknown role (null) may
+// nothing: a control shown to someone who cannot use it is worse than one
+// missing until the next page load.
+export const may = (r, want) => (RANK[r] || 0) >= RANK[want];
 
 // ApiError carries the API's error code, message and offending field.
 export class ApiError extends Error {
@@ -27,7 +96,7 @@ export function setUnauthorizedHandler(fn) { onUnauthorized = fn; }
 // call sends a JSON request (or a Blob/FormData body as is) and returns
 // the decoded answer; failures throw ApiError.
 export async function call(method, path, body, opts = {}) {
-  const headers = { Authorization: "Bearer " + token(), Accept: "application/json" };
+  const headers = { ...authHeaders(), Accept: "application/json" };
   let payload;
   if (body instanceof Blob || body instanceof FormData || body instanceof ArrayBuffer) {
     payload = body;
@@ -85,7 +154,7 @@ export class EventStream {
       this.ctrl = new AbortController();
       try {
         const resp = await fetch("/api/v1/events", {
-          headers: { Authorization: "Bearer " + token(), Accept: "text/event-stream" },
+          headers: { ...authHeaders(), Accept: "text/event-stream" },
           signal: this.ctrl.signal,
         });
         if (resp.status === 401) { this.onStatus("unauthorized"); onUnauthorized(); return; }

@@ -1,6 +1,6 @@
 // app.js: sign-in, navigation and the shared live event stream.
 
-import { token, setToken, clearToken, setUnauthorizedHandler, get, EventStream, ApiError } from "./api.js";
+import { setToken, clearToken, signedIn, signInSession, resumeSession, signOut, whoami, setUnauthorizedHandler, get, EventStream, ApiError } from "./api.js";
 import { h, clear } from "./dom.js";
 import { fleetPage } from "./fleet.js";
 import { devicePage } from "./device.js";
@@ -11,6 +11,7 @@ import { jobsPage, jobPage, newJobPage } from "./jobs.js";
 const main = document.getElementById("main");
 const live = document.getElementById("live");
 const signout = document.getElementById("signout");
+const who = document.getElementById("whoami");
 
 export const stream = new EventStream((status) => {
   live.textContent = status;
@@ -31,32 +32,57 @@ function signIn(message) {
   stream.stop();
   if (teardown) { teardown(); teardown = null; }
   signout.hidden = true;
+  who.hidden = true;
+  who.textContent = "";
   live.textContent = "signed out";
   live.className = "live";
-  const input = h("input", { id: "token", name: "token", type: "password", autocomplete: "current-password",
-    required: true, "aria-describedby": "token-help" + (message ? " token-error" : "") });
+  // Two ways in: an operator's name and password (a session cookie), or
+  // an API token (the bootstrap admin token or one from ecowatt login).
+  const name = h("input", { id: "op-name", name: "username", type: "text", autocomplete: "username", "aria-describedby": "op-help" });
+  const password = h("input", { id: "op-password", name: "password", type: "password", autocomplete: "current-password", "aria-describedby": "token-error" });
+  const input = h("input", { id: "token", name: "token", type: "password", autocomplete: "off",
+    "aria-describedby": "token-help" + (message ? " token-error" : "") });
   const err = h("p", { id: "token-error", class: "error", role: "alert" }, message || "");
+  // refuse shows why a sign-in failed (said401 for a 401) and keeps no
+  // credentials.
+  const refuse = (ex, said401, field) => {
+    clearToken();
+    err.textContent = ex instanceof ApiError && ex.status === 401 ? said401 : ex.message;
+    field.setAttribute("aria-invalid", "true");
+    field.focus();
+  };
   const form = h("form", { class: "card signin", "aria-labelledby": "signin-title", onsubmit: async (e) => {
     e.preventDefault();
+    if (name.value.trim() || password.value) {
+      try {
+        await signInSession(name.value.trim(), password.value);
+      } catch (ex) {
+        refuse(ex, "Wrong operator name or password: not accepted.", password);
+        return;
+      }
+      start();
+      return;
+    }
+    if (!input.value.trim()) { err.textContent = "Give a name and password, or a token."; name.focus(); return; }
     setToken(input.value.trim());
     try {
       await get("/api/v1/devices", { signingIn: true });
     } catch (ex) {
-      clearToken();
-      err.textContent = ex instanceof ApiError && ex.status === 401 ? "That token was not accepted." : ex.message;
-      input.setAttribute("aria-invalid", "true");
-      input.focus();
+      refuse(ex, "That token was not accepted.", input);
       return;
     }
     start();
   } },
   h("h1", { id: "signin-title" }, "Sign in"),
-  h("label", { for: "token" }, "Admin token"), input,
-  h("p", { id: "token-help", class: "muted" }, "The token given to ecowatt serve (--admin-token or ECOWATT_ADMIN_TOKEN). It is kept in this tab only."),
+  h("label", { for: "op-name" }, "Operator name"), name,
+  h("label", { for: "op-password" }, "Password"), password,
+  h("p", { id: "op-help", class: "muted" }, "An operator account (ecowatt operator add). The session lasts 12 hours, or until you sign out."),
+  h("label", { for: "token" }, "Or an API token"), input,
+  h("p", { id: "token-help", class: "muted" }, "The token given to ecowatt serve (--admin-token or ECOWATT_ADMIN_TOKEN), or an operator's API token. It is kept in this tab only."),
   err,
   h("button", { type: "submit", class: "primary", id: "signin" }, "Sign in"));
   clear(main).append(form);
-  input.focus();
+  name.focus();
 }
 
 function start() {
@@ -66,7 +92,7 @@ function start() {
 }
 
 async function route() {
-  if (!token()) { signIn(); return; }
+  if (!signedIn()) { signIn(); return; }
   if (teardown) { teardown(); teardown = null; }
   const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
   let page, nav;
@@ -90,7 +116,12 @@ async function route() {
   }
   const root = clear(main);
   const cleanups = [];
-  const ctx = { stream, toast, onCleanup: (fn) => cleanups.push(fn) };
+  // role: what the caller may do, so that pages show only the controls
+  // it can use (the server checks every request anyway).
+  const me = await whoami();
+  who.textContent = me.operator ? `${me.operator} (${me.role})` : "";
+  who.hidden = !me.operator;
+  const ctx = { stream, toast, role: me.role || null, onCleanup: (fn) => cleanups.push(fn) };
   teardown = () => cleanups.forEach((fn) => fn());
   try {
     await page(root, ctx);
@@ -99,7 +130,8 @@ async function route() {
   }
 }
 
-setUnauthorizedHandler(() => { clearToken(); signIn("The server no longer accepts this token. Sign in again."); });
-signout.addEventListener("click", () => { clearToken(); signIn(); });
-window.addEventListener("hashchange", () => { if (token()) route(); });
-if (token()) start(); else signIn();
+setUnauthorizedHandler(() => { clearToken(); signIn("The server no longer accepts this session or token. Sign in again."); });
+signout.addEventListener("click", async () => { stream.stop(); await signOut(); signIn(); });
+window.addEventListener("hashchange", () => { if (signedIn()) route(); });
+// A session cookie outlives the tab's storage (a reload, another tab).
+resumeSession().then((ok) => { if (ok) start(); else signIn(); });

@@ -1,7 +1,7 @@
 // device-commands.js: the command form and the command history.
 
-import { get, call, enc } from "./api.js";
-import { h, section, badge, fmtTime, stateKind, unavailable, debounce, REGISTERS } from "./dom.js";
+import { get, call, enc, may } from "./api.js";
+import { h, section, badge, fmtTime, stateKind, unavailable, debounce, needsRole, REGISTERS } from "./dom.js";
 
 const ACTIONS = [
   { name: "ping", label: "Ping" },
@@ -75,7 +75,7 @@ export async function commandsSection(ctx, base, id) {
       h("td", { class: "state" }, badge(c.state, stateKind(c.state))),
       h("td", {}, result(c)),
       h("td", {}, h("time", { datetime: c.created_at }, fmtTime(c.created_at))),
-      h("td", {}, c.state === "queued" ? h("button", { type: "button", class: "link", "aria-label": `Cancel command ${c.id}`, onclick: () => cancel(c.id) }, "Cancel") : null))));
+      h("td", {}, c.state === "queued" && may(ctx.role, "operator") ? h("button", { type: "button", class: "link", "aria-label": `Cancel command ${c.id}`, onclick: () => cancel(c.id) }, "Cancel") : null))));
     if (!cmds.length) tbody.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No commands yet.")));
   };
   async function reload() {
@@ -92,7 +92,8 @@ export async function commandsSection(ctx, base, id) {
   const later = debounce(reload, 150);
   ctx.onCleanup(ctx.stream.on((ev) => { if (ev.device === id && ev.kind === "command") later(); }));
   render();
-  body.append(form, h("h3", {}, "History"), h("div", { class: "table-wrap" }, h("table", { class: "data compact", id: "command-history" },
+  body.append(may(ctx.role, "operator") ? form : needsRole("Sending commands", "operator", ctx.role),
+    h("h3", {}, "History"), h("div", { class: "table-wrap" }, h("table", { class: "data compact", id: "command-history" },
     h("thead", {}, h("tr", {}, ["ID", "Command", "State", "Result", "Queued", ""].map((c) => h("th", { scope: "col" }, c)))), tbody)));
   return el;
 }

@@ -1,8 +1,8 @@
 // device-config.js: desired vs reported config, the editor with the API's
 // per-field validation errors, and the device's per-field ack.
 
-import { get, call } from "./api.js";
-import { h, section, badge, fmtTime, unavailable, debounce, REGISTERS } from "./dom.js";
+import { get, call, may } from "./api.js";
+import { h, section, badge, fmtTime, unavailable, debounce, needsRole, REGISTERS } from "./dom.js";
 
 const PARAMS = [
   { name: "sampling_interval", label: "Sampling interval", unit: "s", help: "1–300 s" },
@@ -124,7 +124,8 @@ export async function configSection(ctx, base, id) {
 
   fill(st.desired);
   render();
-  body.append(h("div", { class: "split" }, h("div", {}, view, ack), form));
+  body.append(h("div", { class: "split" }, h("div", {}, view, ack), may(ctx.role, "operator") ? form
+    : needsRole("Changing the configuration", "operator", ctx.role)));
   return el;
 }
 

@@ -1,8 +1,8 @@
 // device.js: one device: facts, telemetry plot, config, commands, FOTA
 // and the audit timeline.
 
-import { get, call, enc } from "./api.js";
-import { h, clear, section, onlineBadge, badge, progress, fmtTime, fmtAgo, fmtNum, stateKind, unavailable, debounce, REGISTERS } from "./dom.js";
+import { get, call, enc, may } from "./api.js";
+import { h, clear, section, onlineBadge, badge, progress, fmtTime, fmtAgo, fmtNum, stateKind, unavailable, debounce, needsRole, REGISTERS } from "./dom.js";
 import { latestValues, fotaPercent, summarize } from "./model.js";
 import { charts } from "./plot.js";
 import { configSection } from "./device-config.js";
@@ -83,16 +83,19 @@ export async function devicePage(root, ctx, id) {
     }
   } }, "Roll back firmware");
 
+  const lifecycle = lifecycleSection(ctx, base, id, () => dev, (d) => { dev = d; renderHead(); lifecycle.render(); });
   renderHead();
   const tele = telemetrySection(ctx, base, dev);
   const timeline = timelineSection(ctx, base, id);
   root.append(head, h("div", { class: "grid" },
     section("Device", "device-facts", facts, latest),
-    section("Firmware update", "device-fota", fota, updateForm, h("div", { class: "actions" }, rollbackBtn))),
+    section("Firmware update", "device-fota", fota, ...(may(ctx.role, "operator") ? [updateForm, h("div", { class: "actions" }, rollbackBtn)]
+      : [needsRole("Starting an update or a rollback", "operator", ctx.role)])),
+    lifecycle.el),
   tele.el, await configSection(ctx, base, id), await commandsSection(ctx, base, id), timeline.el);
 
   const refresh = debounce(async () => {
-    try { dev = await get(base); renderHead(); } catch { /* keep the last view */ }
+    try { dev = await get(base); renderHead(); lifecycle.render(); } catch { /* keep the last view */ }
   }, 200);
   ctx.onCleanup(ctx.stream.on((ev) => {
     if (ev.device !== id) return;
@@ -144,6 +147,48 @@ function telemetrySection(ctx, base, dev) {
   return { el: section("Telemetry", "device-telemetry", form, out), load };
 }
 
+// lifecycleSection shows whether the device may connect (active,
+// disabled, decommissioned: by whom and why) and, for an admin, disable,
+// enable and decommission.
+function lifecycleSection(ctx, base, id, current, changed) {
+  const out = h("div", { id: "lifecycle-body" });
+  const err = h("p", { id: "lifecycle-error", class: "error", role: "alert" });
+  const act = async (method, path, body, done) => {
+    err.textContent = "";
+    try {
+      const d = await call(method, base + path, body);
+      ctx.toast(done, "ok");
+      changed(d.device || d);
+    } catch (e) {
+      err.textContent = (e.missing ? "Not available on this server" : e.message) + ".";
+    }
+  };
+  const reason = h("input", { id: "lifecycle-reason", type: "text", size: 16, placeholder: "stolen", autocomplete: "off" });
+  const render = () => {
+    const d = current();
+    const st = d.state || "active";
+    const parts = [h("p", { id: "lifecycle-state", "data-state": st }, badge(st, st === "active" ? "ok" : st === "disabled" ? "warn" : "bad"),
+      d.state_reason ? ` — ${d.state_reason}` : "", d.state_by ? [" by ", h("b", {}, d.state_by)] : "",
+      d.state_at ? ` ${fmtTime(d.state_at)}` : "")];
+    if (!may(ctx.role, "admin")) {
+      parts.push(needsRole("Disabling, enabling or decommissioning a device", "admin", ctx.role));
+    } else if (st !== "decommissioned") {
+      parts.push(h("div", { class: "inline-form" }, h("div", { class: "field" }, h("label", { for: "lifecycle-reason" }, "Reason"), reason)),
+        h("div", { class: "actions" },
+          st === "disabled"
+            ? h("button", { type: "button", id: "dev-enable", onclick: () => act("POST", "/enable", { reason: reason.value.trim() }, `${id} enabled`) }, "Enable")
+            : h("button", { type: "button", id: "dev-disable", onclick: () => act("POST", "/disable", { reason: reason.value.trim() }, `${id} disabled`) }, "Disable"),
+          h("button", { type: "button", class: "danger", id: "dev-decommission", onclick: () => {
+            if (!confirm(`Decommission ${id}? Its key is destroyed; only its history stays.`)) return;
+            act("DELETE", "", undefined, `${id} decommissioned`);
+          } }, "Decommission")), err);
+    }
+    out.replaceChildren(...parts);
+  };
+  render();
+  return { el: section("Lifecycle", "device-lifecycle", out), render };
+}
+
 function timelineSection(ctx, base, id) {
   const kinds = ["all", "config", "command", "fota", "presence", "security"];
   const kind = h("select", { id: "timeline-kind" }, kinds.map((k) => h("option", { value: k }, k)));
@@ -154,7 +199,8 @@ function timelineSection(ctx, base, id) {
     const k = kind.value;
     const shown = events.filter((e) => k === "all" || e.kind === k).slice(0, 200);
     list.replaceChildren(...shown.map((e) => h("li", { class: "ev " + e.kind, "data-kind": e.kind },
-      h("time", { datetime: e.at }, fmtTime(e.at)), " ", badge(e.kind, kindClass(e)), " ", summarize(e))));
+      h("time", { datetime: e.at }, fmtTime(e.at)), " ", badge(e.kind, kindClass(e)), " ", summarize(e),
+      e.by ? h("span", { class: "by muted" }, " by ", h("b", {}, e.by)) : null)));
     if (!shown.length) list.append(h("li", { class: "muted" }, "No events."));
   };
   kind.addEventListener("change", render);

@@ -111,6 +111,13 @@ export function unavailable(what, err) {
   return h("p", { class: "note unavailable", role: "note" }, what + ": " + msg + ".");
 }
 
+// needsRole renders the note that stands in for controls the caller's
+// role r does not reach (want).
+export function needsRole(what, want, r) {
+  return h("p", { class: "note", role: "note", "data-role-note": want },
+    `${what} needs the role ${want}; you are ${r ? (/^[aeiou]/.test(r) ? "an " : "a ") + r : "signed in with a role the server did not say"}.`);
+}
+
 export function errorText(err) {
   return err.field ? err.field + ": " + err.message : err.message;
 }

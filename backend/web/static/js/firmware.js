@@ -1,8 +1,8 @@
 // firmware.js: firmware upload, the versions with their manifests, and
 // creating a rollout.
 
-import { get, call, enc } from "./api.js";
-import { h, section, badge, fmtBytes, fmtTime, unavailable } from "./dom.js";
+import { get, call, enc, may } from "./api.js";
+import { h, section, badge, fmtBytes, fmtTime, unavailable, needsRole } from "./dom.js";
 
 export async function firmwarePage(root, ctx) {
   root.append(h("div", { class: "page-head" }, h("h1", {}, "Firmware")));
@@ -109,7 +109,11 @@ export async function firmwarePage(root, ctx) {
   h("div", { class: "actions" }, h("button", { type: "submit", class: "primary", id: "ro-start" }, "Start rollout")), roErr);
 
   render();
-  root.append(h("div", { class: "grid" }, section("Upload", "fw-upload-card", upload), section("Create a rollout", "fw-rollout", rollout)),
+  // Uploading is admin's (a new image can reach every device), starting a
+  // rollout operator's; a viewer gets the notes instead of the forms.
+  root.append(h("div", { class: "grid" },
+    section("Upload", "fw-upload-card", may(ctx.role, "admin") ? upload : needsRole("Uploading firmware", "admin", ctx.role)),
+    section("Create a rollout", "fw-rollout", may(ctx.role, "operator") ? rollout : needsRole("Starting a rollout", "operator", ctx.role))),
     section("Versions", "fw-versions", h("div", { class: "table-wrap" }, h("table", { class: "data", id: "fw-table" },
       h("thead", {}, h("tr", {}, ["Version", "Size", "Chunks", "SHA-256", "Signed", "Uploaded", ""].map((c) => h("th", { scope: "col" }, c)))), tbody))));
 }

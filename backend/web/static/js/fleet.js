@@ -2,7 +2,7 @@
 // (selector, sort, cursor), the summary counts as bars, live through the
 // event stream. The page never loads the whole fleet.
 
-import { get, enc } from "./api.js";
+import { get, enc, may } from "./api.js";
 import { h, onlineBadge, badge, progress, fmtAgo, fmtNum, stateKind, debounce, errorText } from "./dom.js";
 import { deviceView } from "./model.js";
 
@@ -61,7 +61,7 @@ export async function fleetPage(root, ctx) {
     h("label", { for: "fleet-status" }, "Status"), status,
     h("label", { class: "check" }, drift, " config drift only"),
     h("label", { for: "fleet-limit" }, "Per page"), size,
-    h("button", { type: "button", id: "fleet-start-job", title: "A job over the devices this filter selects",
+    may(ctx.role, "operator") && h("button", { type: "button", id: "fleet-start-job", title: "A job over the devices this filter selects",
       onclick: () => { location.hash = "#/jobs/new/" + enc(selector()); } }, "Start job from this filter"), qError),
     h("div", { class: "table-wrap" }, table),
     h("nav", { class: "pager", "aria-label": "Fleet pages" }, prev, pageInfo, nextBtn));

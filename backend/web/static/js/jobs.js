@@ -2,31 +2,17 @@
 // state (the failed ones first) with reasons and pause, resume and cancel,
 // and the form that starts a job (prefilled from the fleet page's filter).
 
-import { get, call, enc, token } from "./api.js";
-import { h, section, badge, progress, fmtTime, stateKind, unavailable, errorText } from "./dom.js";
+import { get, call, enc, may } from "./api.js";
+import { h, section, badge, progress, fmtTime, stateKind, unavailable, errorText, needsRole } from "./dom.js";
 
 // DEVICE_STATES is the order of a job's per-device states (backend/jobs).
 const DEVICE_STATES = ["queued", "in_progress", "succeeded", "failed", "skipped", "not_run", "abandoned"];
 const FINAL = ["completed", "aborted", "cancelled", "expired"];
-const RANK = { viewer: 1, operator: 2, admin: 3 };
 
 // settled reports that job j will not change any more: final, and the
 // engine has closed it (its queued devices not_run, its parts in flight
 // abandoned), which happens at the tick after a cancel.
 const settled = (j) => FINAL.includes(j.state) && !j.counts?.queued && !j.counts?.in_progress;
-
-// role is the caller's role, asked once per token; null when the server
-// cannot say (then every control is shown and the server decides).
-let me = { token: null, role: null };
-async function role() {
-  if (me.token !== token()) {
-    const t = token();
-    me = { token: t, role: await get("/api/v1/whoami").then((w) => w.role || null).catch(() => null) };
-  }
-  return me.role;
-}
-// may reports whether role r (null: unknown) reaches want.
-const may = (r, want) => r === null || (RANK[r] || 0) >= RANK[want];
 
 // counts renders the non-zero per-state counts (all of them when none is).
 function counts(c, id) {
@@ -43,7 +29,7 @@ function target(sp) {
 }
 
 export async function jobsPage(root, ctx) {
-  const r = await role();
+  const r = ctx.role;
   root.append(h("div", { class: "page-head" }, h("h1", {}, "Jobs"),
     may(r, "operator") ? h("a", { href: "#/jobs/new", class: "button primary", id: "job-new" }, "New job") : null));
   const body = h("div", {});
@@ -74,7 +60,7 @@ export async function jobsPage(root, ctx) {
 
 export async function jobPage(root, ctx, jid) {
   const path = "/api/v1/jobs/" + enc(jid);
-  const r = await role();
+  const r = ctx.role;
   const head = h("div", { class: "page-head" });
   const body = h("div", {});
   const stateSel = h("select", { id: "job-dev-state" },
@@ -153,10 +139,10 @@ export async function jobPage(root, ctx, jid) {
 // newJobPage is the form that starts a job; selector prefills it (the
 // fleet page's "Start job from this filter").
 export async function newJobPage(root, ctx, selector) {
-  const r = await role();
+  const r = ctx.role;
   root.append(h("div", { class: "page-head" }, h("p", { class: "crumbs" }, h("a", { href: "#/jobs" }, "Jobs"), " / "), h("h1", {}, "New job")));
   if (!may(r, "operator")) {
-    root.append(h("p", { class: "note", role: "note" }, `Starting a job needs the role operator; you are ${r}.`));
+    root.append(needsRole("Starting a job", "operator", r));
     return;
   }
   const sel = h("input", { id: "job-selector", type: "text", class: "selector", required: true, value: selector || "",

@@ -1,10 +1,10 @@
 // rollout.js: the rollout list and one rollout's progress, per batch and
 // per device, with pause, resume and abort.
 
-import { get, call, enc } from "./api.js";
-import { h, section, badge, progress, fmtTime, stateKind, unavailable, debounce } from "./dom.js";
+import { get, call, enc, may } from "./api.js";
+import { h, section, badge, progress, fmtTime, stateKind, unavailable, debounce, needsRole } from "./dom.js";
 
-export async function rolloutsPage(root) {
+export async function rolloutsPage(root, ctx) {
   root.append(h("div", { class: "page-head" }, h("h1", {}, "Rollouts")));
   let doc;
   try {
@@ -20,7 +20,7 @@ export async function rolloutsPage(root) {
       h("th", { scope: "row" }, h("a", { href: "#/rollouts/" + enc(r.id) }, r.id)), h("td", {}, r.version),
       h("td", {}, badge(r.state, stateKind(r.state))), h("td", {}, progress(pct(r), `Progress of rollout ${r.id}`)),
       h("td", {}, fmtTime(r.created_at))))))
-    : h("p", { class: "muted" }, "No rollouts yet. Start one from the ", h("a", { href: "#/firmware" }, "Firmware"), " page.")));
+    : h("p", { class: "muted" }, "No rollouts yet.", may(ctx.role, "operator") ? [" Start one from the ", h("a", { href: "#/firmware" }, "Firmware"), " page."] : "")));
 }
 
 // FINISHED are the device states of a rollout that will not change.
@@ -65,7 +65,8 @@ export async function rolloutPage(root, ctx, id) {
         h("div", { id: "ro-overall" }, progress(pct(r), "Overall rollout progress")),
         h("ul", { class: "counts", "aria-label": "Devices per state" },
           Object.entries(counts).map(([k, v]) => h("li", { "data-state": k }, badge(k.replace(/_/g, " "), stateKind(k)), " ", String(v)))),
-        h("div", { class: "actions" }, ctl("pause", "Pause"), ctl("resume", "Resume"), ctl("abort", "Abort", "danger"))),
+        may(ctx.role, "operator") ? h("div", { class: "actions" }, ctl("pause", "Pause"), ctl("resume", "Resume"), ctl("abort", "Abort", "danger"))
+          : needsRole("Pausing, resuming or aborting a rollout", "operator", ctx.role)),
       batches.length ? section("Batches", "ro-batches", h("ol", { class: "batches" }, batches.map((b, i) =>
         h("li", { "data-batch": b.index ?? i }, h("span", {}, b.canary ? "Canary " : "Batch ", `${(b.index ?? i) + 1} `, badge(b.state || "", stateKind(b.state)),
           ` ${b.size ?? ""} devices `, h("span", { class: "muted" }, Object.entries(b.counts || {}).filter(([, v]) => v).map(([k, v]) => `${v} ${k}`).join(", "))),
