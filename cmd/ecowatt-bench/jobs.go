@@ -61,9 +61,11 @@ func (s *suite) runJobs(ctx context.Context, rep *report) error {
 	if err != nil {
 		return err
 	}
-	// A sampling interval of this run's own, so that every device changes.
+	// A sampling interval of this run's own, so that every device changes;
+	// the upload interval is a multiple of each (topics.Config's rule).
+	sampling := []int{2, 3, 5, 6, 10, 15}[s.e.now().Unix()%6]
 	spec := map[string]any{"devices": ids, "max_per_minute": perMin,
-		"config": map[string]any{"sampling_interval": 5 + int(s.e.now().Unix()%20)}}
+		"config": map[string]any{"sampling_interval": sampling, "upload_interval": 30}}
 	var job struct {
 		ID         string         `json:"id"`
 		State      string         `json:"state"`
@@ -96,6 +98,19 @@ func (s *suite) runJobs(ctx context.Context, rep *report) error {
 	if job.StartedAt != nil && job.FinishedAt != nil {
 		res.WallSecs = round(job.FinishedAt.Sub(*job.StartedAt).Seconds(), 2)
 		res.Ratio = round(res.WallSecs/res.BoundSecs, 3)
+	}
+	for _, st := range []string{"skipped", "failed"} {
+		if job.Counts[st] == 0 {
+			continue
+		}
+		var page struct {
+			Devices []struct{ Device, Reason string } `json:"devices"`
+		}
+		if _, err := s.srv.api(ctx, http.MethodGet, "/api/v1/jobs/"+job.ID+"/devices?state="+st+"&limit=3", "", nil, &page); err == nil {
+			for _, d := range page.Devices {
+				fmt.Fprintf(log, "[jobs] %s %s: %s\n", st, d.Device, d.Reason)
+			}
+		}
 	}
 	fmt.Fprintf(log, "[jobs] %s: %d of %d succeeded in %.1f s = %.2f× the pacing bound (server CPU %.1f s)\n",
 		res.State, res.Succeeded, n, res.WallSecs, res.Ratio, res.CPUSecs)

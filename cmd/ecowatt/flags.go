@@ -43,3 +43,18 @@ func (o *output) Set(s string) error {
 	}
 	return fmt.Errorf("want %s or %s", outputTable, outputJSON)
 }
+
+// listFlag is a comma-separated list flag that may also be repeated:
+// "--operator a:x --operator b:y" is "--operator a:x,b:y". A plain string
+// flag keeps only the last of repeated flags, silently dropping the others.
+type listFlag string
+
+func (l *listFlag) String() string { return string(*l) }
+
+func (l *listFlag) Set(s string) error {
+	if *l != "" {
+		s = string(*l) + "," + s
+	}
+	*l = listFlag(s)
+	return nil
+}

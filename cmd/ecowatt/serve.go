@@ -63,7 +63,7 @@ func runServe(ctx context.Context, e env, args []string) error {
 	fs.StringVar(&c.redisPrefix, "redis-prefix", "ecowatt:", "prefix of every Redis key")
 	fs.StringVar(&c.dataDir, "data-dir", "./data", "directory for the master key (and firmware keys)")
 	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token for the HTTP API; generated and printed when empty")
-	fs.StringVar(&c.operator, "operator", "", "bootstrap MQTT operator accounts: NAME:PASSWORD[:admin|viewer], comma-separated (default role admin)")
+	fs.Var((*listFlag)(&c.operator), "operator", "bootstrap operator accounts: NAME:PASSWORD[:admin|operator|viewer], comma-separated or repeated (default role admin)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "console", "console or json")
 	fs.DurationVar(&c.configSweep, "config-sweep", 30*time.Second, "how often unacknowledged config versions are sent again to online devices")
