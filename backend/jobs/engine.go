@@ -288,7 +288,18 @@ func (s *Service) issueBatch(ctx context.Context, j *Job, now time.Time) error {
 		}
 	}
 	if issued > 0 {
-		next := now.Add(time.Duration(issued) * time.Minute / time.Duration(j.Spec.MaxPerMinute))
+		// Pace from when this batch was due, not from the tick that found
+		// it due: ticks land up to one Tick late, and counting from them
+		// stretched a 20 s job to 27 s. A batch due longer ago than one
+		// interval (a pause, or devices that were offline) starts afresh
+		// from now; either way the next batch is due after now, so no
+		// burst makes up for lost time.
+		interval := time.Duration(issued) * time.Minute / time.Duration(j.Spec.MaxPerMinute)
+		base := now
+		if due := time.UnixMilli(j.nextAt); j.nextAt > 0 && now.Sub(due) < interval {
+			base = due
+		}
+		next := base.Add(interval)
 		if err := s.rdb.HSet(ctx, s.jk(j.ID).job, fNextAt, next.UnixMilli()).Err(); err != nil {
 			return backend.Unavailable("job "+j.ID, err)
 		}

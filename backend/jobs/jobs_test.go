@@ -332,3 +332,33 @@ func TestRestartConfigAdopts(t *testing.T) {
 		}
 	}
 }
+
+// TestPacingDoesNotDrift: ticks that land late (here every 0.7 s against
+// batches due every second) neither stretch the job nor exceed its pace:
+// batch k is issued at k s or within a step after, so 100 devices at
+// 600 a minute in batches of 10 have all been issued within 9 s + a step.
+// Pacing from the late tick instead took 1.4 s a batch (12.6 s).
+func TestPacingDoesNotDrift(t *testing.T) {
+	h := newHarness(t)
+	const n = 100
+	for i := range n {
+		h.device(fmt.Sprintf("pd-%03d", i), map[string]string{"site": "drift"})
+	}
+	s := h.engine()
+	j := h.create(s, `{"selector":"site=drift","config":{"sampling_interval":3},"max_per_minute":600,"batch_size":10}`)
+	start := h.clk.Now()
+	j = h.until(s, j.ID, 700*time.Millisecond, 60*time.Second, "every part issued", func(j Job) bool { return j.Counts[DevQueued] == 0 })
+	var at []time.Time
+	for _, r := range h.rows(s, j.ID, "") {
+		at = append(at, *r.IssuedAt)
+	}
+	slices.SortFunc(at, func(a, b time.Time) int { return a.Compare(b) })
+	for i, t0 := range at {
+		if min := start.Add(time.Duration(i/10) * time.Second); t0.Before(min) {
+			t.Errorf("part %d issued at +%s, before the pacing bound +%s", i, t0.Sub(start), min.Sub(start))
+		}
+	}
+	if last := at[n-1].Sub(start); last > 9*time.Second+700*time.Millisecond {
+		t.Errorf("last part issued at +%s; 100 at 600/min in batches of 10 is due at +9s (one step late at most)", last)
+	}
+}
