@@ -97,7 +97,8 @@ export ECOWATT_TEST_SCALE=1 # the guarded tests must run, not skip, under CI
 start=$(date +%s)
 
 # 1. The dedicated scale tests: cluster single-slot checks, external broker
-#    with two replicas, leases.
+#    with two replicas, leases, a Redis Cluster primary failover under
+#    traffic (TestRedisClusterFailover starts a 3+3-node cluster of its own).
 go test -race -count=1 -timeout 10m \
 	-run 'Cluster|Scale|Lease|Acquire|Contention|Expiry|Hold|TestDo|TestReplica' \
 	./backend/store/ ./backend/lease/ ./cmd/ecowatt/
