@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ecowatt/ecowatt/backend/redistest"
 	"github.com/ecowatt/ecowatt/topics"
 	"github.com/ecowatt/ecowatt/topics/envelope"
 )
@@ -135,14 +136,7 @@ func TestKeysEncryptedAtRest(t *testing.T) {
 }
 
 func (h *harness) rdbKeys() []string {
-	var keys []string
-	it := h.rdb.Scan(h.ctx, 0, "*", 1000).Iterator()
-	for it.Next(h.ctx) {
-		if strings.HasPrefix(it.Val(), h.prefix) {
-			keys = append(keys, it.Val())
-		}
-	}
-	return keys
+	return redistest.Keys(h.t, h.rdb, h.prefix) // every master on a Cluster
 }
 
 func TestOperators(t *testing.T) {

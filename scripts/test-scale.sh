@@ -106,7 +106,8 @@ go test -race -count=1 -timeout 10m \
 # 2. The backend packages' Redis tests, against the cluster: any multi-key
 #    command or script across slots fails there with CROSSSLOT.
 ECOWATT_TEST_REDIS_URL="$CLUSTER_URL" go test -race -count=1 -timeout 10m \
-	./backend/ ./backend/lease/ ./backend/telemetry/ ./backend/config/ ./backend/commands/ ./backend/fota/ ./backend/route/
+	./backend/ ./backend/lease/ ./backend/telemetry/ ./backend/config/ ./backend/commands/ ./backend/fota/ ./backend/route/ \
+	./backend/jobs/ ./backend/httpapi/
 
 # 3. Replica mode on the cluster: routing and event fan-out with the
 #    sharded channels on different masters, HAProxy in front (step 1 ran

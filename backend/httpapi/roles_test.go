@@ -280,16 +280,12 @@ func (f *roleFixture) snapshot(t *testing.T) map[string]string {
 	t.Helper()
 	ctx := context.Background()
 	out := map[string]string{}
-	iter := f.rdb.Scan(ctx, 0, f.prefix+"*", 1000).Iterator()
-	for iter.Next(ctx) {
-		v, err := f.rdb.Dump(ctx, iter.Val()).Result()
+	for _, k := range redistest.Keys(t, f.rdb, f.prefix) { // every master on a Cluster
+		v, err := f.rdb.Dump(ctx, k).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
-		out[iter.Val()] = v
-	}
-	if err := iter.Err(); err != nil {
-		t.Fatal(err)
+		out[k] = v
 	}
 	return out
 }
