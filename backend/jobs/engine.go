@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -221,6 +222,9 @@ func (s *Service) join(ctx context.Context, j *Job) error {
 	return err
 }
 
+// queuePage is how many queued devices a batch reads at a time.
+const queuePage = 256
+
 // testCrashAfterIssue, set by tests, makes issueBatch stop dead after a
 // part is issued and before the job records it, as a kill -9 there would.
 var testCrashAfterIssue atomic.Bool
@@ -248,13 +252,25 @@ func (s *Service) issueBatch(ctx context.Context, j *Job, now time.Time) error {
 			return backend.Unavailable("job "+j.ID, err)
 		}
 	}
-	queued, err := s.rdb.ZRange(ctx, s.jk(j.ID).queue, 0, -1).Result()
-	if err != nil {
-		return backend.Unavailable("job "+j.ID+": queue", err)
-	}
-	issued := 0
-	for start := 0; start < len(queued) && issued < size; start += 256 {
-		chunk := queued[start:min(start+256, len(queued))]
+	// The queue is read a page at a time, only as far as this batch needs:
+	// at 100,000 devices a whole-queue read every tick was megabytes. Pages
+	// follow the join order (the score), which the moves out of the queue
+	// below cannot shift.
+	issued, after := 0, "-inf"
+	for issued < size {
+		page, err := s.rdb.ZRangeArgsWithScores(ctx, redis.ZRangeArgs{Key: s.jk(j.ID).queue,
+			ByScore: true, Start: after, Stop: "+inf", Count: queuePage}).Result()
+		if err != nil {
+			return backend.Unavailable("job "+j.ID+": queue", err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		after = "(" + strconv.FormatFloat(page[len(page)-1].Score, 'f', -1, 64)
+		chunk := make([]string, len(page))
+		for i, z := range page {
+			chunk[i], _ = z.Member.(string)
+		}
 		pres, err := s.presence(ctx, chunk)
 		if err != nil {
 			return err

@@ -362,3 +362,31 @@ func TestPacingDoesNotDrift(t *testing.T) {
 		t.Errorf("last part issued at +%s; 100 at 600/min in batches of 10 is due at +9s (one step late at most)", last)
 	}
 }
+
+// TestBatchReadsPastOfflinePage: the queue is read a page at a time; a
+// batch whose first page holds only offline devices goes on to the next
+// page for its online ones, and the offline ones keep their place.
+func TestBatchReadsPastOfflinePage(t *testing.T) {
+	h := newHarness(t)
+	const offline, online = queuePage + 20, 5
+	var ids []string
+	for i := range offline + online {
+		id := fmt.Sprintf("pg-%04d", i)
+		h.device(id, nil)
+		if i < offline {
+			h.setOnline(id, false)
+		}
+		ids = append(ids, `"`+id+`"`)
+	}
+	s := h.engine()
+	j := h.create(s, `{"devices":[`+strings.Join(ids, ",")+`],"config":{"sampling_interval":3},"max_per_minute":600,"batch_size":10}`)
+	j = h.until(s, j.ID, time.Second, 20*time.Second, "the online devices done", func(j Job) bool { return j.Counts[DevSucceeded] == online })
+	if j.Counts[DevQueued] != offline || j.State != StateRunning {
+		t.Fatalf("%s %v; want %d still queued", j.State, j.Counts, offline)
+	}
+	for _, r := range h.rows(s, j.ID, DevSucceeded) {
+		if r.Device < fmt.Sprintf("pg-%04d", offline) {
+			t.Errorf("%s (offline) got a part", r.Device)
+		}
+	}
+}
