@@ -109,3 +109,64 @@ func TestRequestCheckedOneScript(t *testing.T) {
 		t.Fatalf("next request: %v, %d chunks, want 5", err, len(h.chunks("d1")))
 	}
 }
+
+// TestStatusCheckedOneScript: with the replay check in the status
+// script, a fota_status costs one script (and one more when it has an
+// event to append), and a
+// replayed or stale nonce records nothing; a status refused before the
+// script (a bad body) still spends its nonce.
+func TestStatusCheckedOneScript(t *testing.T) {
+	h := newHarness(t)
+	h.device("d1")
+	h.upload("1.0.4", 5000, false)
+	if _, err := h.svc.StartUpdate(h.Ctx, "d1", "1.0.4", ""); err != nil {
+		t.Fatal(err)
+	}
+	h.serveAll("d1", "1.0.4")
+	var cnt scriptCounter
+	h.Redis.AddHook(&cnt)
+	status := func(nonce uint64, received int) error {
+		b, _ := json.Marshal(wire.StatusBody{FotaStatus: &wire.Status{State: wire.StateDownloading, Version: "1.0.4",
+			ChunkReceived: received, TotalChunks: 5, Running: "1.0.0"}})
+		return h.svc.handleStatusChecked(h.Ctx, "d1", envelope.Message{Nonce: nonce, Body: b})
+	}
+	if err := status(20, 1); err != nil { // loads the script
+		t.Fatal(err)
+	}
+	s0 := cnt.scripts.Load()
+	if err := status(21, 1); err != nil { // a repeat: no event to append
+		t.Fatal(err)
+	}
+	if s := cnt.scripts.Load() - s0; s != 1 {
+		t.Errorf("one status ran %d scripts, want 1", s)
+	}
+	if err := status(24, 2); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		nonce uint64
+		want  error
+	}{
+		{"replayed nonce", 24, envelope.ErrReplay},
+		{"stale nonce", 0, envelope.ErrStale},
+		{"nonce jump", 24 + backend.MaxNonceJump + 1, backend.ErrNonceJump},
+	} {
+		if err := status(tc.nonce, 4); !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, err, tc.want)
+		}
+	}
+	if f := h.fotaOf("d1"); f.Received != 2 || f.State != string(wire.StateDownloading) {
+		t.Fatalf("chunks received after refused nonces: %d, want 2", f.Received)
+	}
+	bad := envelope.Message{Nonce: 25, Body: []byte(`{"fota_status":{"state":"exploded"}}`)}
+	if err := h.svc.handleStatusChecked(h.Ctx, "d1", bad); backend.ErrorCode(err) != backend.CodeInvalid {
+		t.Fatalf("bad body: %v, want CodeInvalid", err)
+	}
+	if err := status(25, 4); !errors.Is(err, envelope.ErrReplay) {
+		t.Fatalf("a status on the nonce of a refused body: %v, want a replay", err)
+	}
+	if err := status(26, 5); err != nil || h.fotaOf("d1").Received != 5 {
+		t.Fatalf("next status: %v, received %d, want 5", err, h.fotaOf("d1").Received)
+	}
+}

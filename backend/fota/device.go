@@ -286,7 +286,7 @@ func (s *Service) handleRequest(ctx context.Context, dev string, m envelope.Mess
 // KEYS: dev hash, served bitmap of the status's version. ARGV: state,
 // version, received, total, reason, detail, now ms, final (0/1), chunks of
 // that version (-1 when not uploaded).
-var statusScript = redis.NewScript(`
+const statusLua = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
 local prev = redis.call('HMGET', KEYS[1], 'fota_state', 'fota_received', 'fota_active', 'fota_target', 'fota_rollout',
   'fota_version', 'fota_rebooted', 'firmware_version', 'fota_rollback_req')
@@ -329,14 +329,42 @@ end
 local same = '0'
 if prev[6] == ARGV[2] then same = '1' end
 return {ended, prev[1] or '', prev[2] or '0', prev[5] or '', same}
-`)
+`
+
+// statusScript is statusLua on its own (HandleStatus).
+var statusScript = redis.NewScript(statusLua)
+
+// checkedStatusScript is backend.ReplayLua, then statusLua: KEYS are the
+// replay check's three (the third is the device hash), then the served
+// bitmap; ARGV the replay check's three, then statusLua's. Returns
+// {'nonce', code, high} when the nonce is refused (nothing written).
+var checkedStatusScript = redis.NewScript("local function REFUSE(c, h) return {'nonce', c, h} end\n" +
+	backend.ReplayLua + "local KEYS = {KEYS[3], KEYS[4]}\nlocal ARGV = {unpack(ARGV, 4)}\n" + statusLua)
 
 // HandleStatus stores a device's fota_status and emits it as an event on
 // every state change and every 5 % of progress. A succeeded, failed or
 // rolled_back status for the active update's version ends the update.
+// The uplink's replay check is the backend's (Handle); Attach wires
+// handleStatusChecked instead.
 func (s *Service) HandleStatus(ctx context.Context, dev string, m envelope.Message) error {
+	return s.handleStatus(ctx, dev, m, false)
+}
+
+// handleStatusChecked is HandleStatus with the uplink replay check in the
+// status script (backend.HandleChecked). A status refused before the
+// script runs (a bad body) still has its nonce checked first.
+func (s *Service) handleStatusChecked(ctx context.Context, dev string, m envelope.Message) error {
+	return s.handleStatus(ctx, dev, m, true)
+}
+
+func (s *Service) handleStatus(ctx context.Context, dev string, m envelope.Message, checked bool) error {
 	st, err := wire.ParseStatus(m.Body)
 	if err != nil {
+		if checked {
+			if nerr := s.fleet.AcceptNonce(ctx, dev, m.Nonce); nerr != nil {
+				return nerr
+			}
+		}
 		return invalid("", err, "fota_status: %v", err)
 	}
 	final := "0"
@@ -353,10 +381,24 @@ func (s *Service) HandleStatus(ctx context.Context, dev string, m envelope.Messa
 			return err
 		}
 	}
-	res, err := statusScript.Run(ctx, s.rdb, []string{s.keys.Device(dev), s.servedKey(dev, st.Version)}, string(st.State), st.Version,
-		st.ChunkReceived, st.TotalChunks, st.Reason, st.Detail, s.now().UnixMilli(), final, chunks).Slice()
+	keys := []string{s.keys.Device(dev), s.servedKey(dev, st.Version)}
+	args := []any{string(st.State), st.Version, st.ChunkReceived, st.TotalChunks, st.Reason, st.Detail, s.now().UnixMilli(), final, chunks}
+	script := statusScript
+	if checked {
+		nargs, err := s.fleet.NonceArgs(m.Nonce)
+		if err != nil {
+			return err // above 2^53-1: stale
+		}
+		keys, args, script = append(s.fleet.NonceKeys(dev), keys[1]), append(nargs, args...), checkedStatusScript
+	}
+	res, err := script.Run(ctx, s.rdb, keys, args...).Slice()
 	if err != nil {
 		return backend.Unavailable("fota_status of "+dev, err)
+	}
+	if tag, _ := res[0].(string); tag == "nonce" && len(res) == 3 {
+		code, _ := res[1].(int64)
+		high, _ := res[2].(string)
+		return backend.NonceRefused(dev, m.Nonce, code, high)
 	}
 	switch code, _ := res[0].(int64); code {
 	case -1:

@@ -82,7 +82,8 @@ type Fleet interface {
 	Emit(ctx context.Context, dev, kind string, data any) error
 	Handle(kind string, h backend.UplinkHandler)
 	// HandleChecked and the nonce methods put the uplink replay check of
-	// fota_request in the script that serves it (one round trip).
+	// fota_request and fota_status in the script that serves or records
+	// it (one round trip).
 	HandleChecked(kind string, h backend.UplinkHandler)
 	NonceKeys(dev string) []string
 	NonceArgs(n uint64) ([]any, error)
@@ -234,7 +235,7 @@ func (s *Service) PublicKey() ed25519.PublicKey { return s.pub }
 // births (to resend the manifest of an interrupted update).
 func (s *Service) Attach() {
 	s.fleet.HandleChecked(topics.KindFOTARequest, s.handleRequestChecked)
-	s.fleet.Handle(topics.KindFOTAStatus, s.HandleStatus)
+	s.fleet.HandleChecked(topics.KindFOTAStatus, s.handleStatusChecked)
 	s.fleet.Handle(topics.KindBirth, s.HandleBirth)
 	s.fleet.HandleLifecycle(s.handleLifecycle)
 }
