@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/ecowatt/ecowatt/topics"
 	"github.com/ecowatt/ecowatt/topics/envelope"
@@ -76,18 +77,26 @@ func (s *Service) send(ctx context.Context, dev, kind string, body any, encrypt 
 	return nil
 }
 
-// txNonceBlockScript reserves count consecutive downlink nonces in one
-// round trip, with the same floor as txNonceScript, and returns the last.
-// KEYS: txnonce. ARGV: floor, count.
-var txNonceBlockScript = redis.NewScript(`
-local c = tonumber(ARGV[2])
-local n = redis.call('INCRBY', KEYS[1], c)
-if n - c + 1 < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], ARGV[1])
-  n = redis.call('INCRBY', KEYS[1], c - 1)
+// TxNonceBlockLua defines the Lua function txblock(key, floor, count):
+// it reserves count consecutive downlink nonces in key, with the same
+// floor as txNonceScript, and returns the last. A script that serves
+// downlinks (FOTA chunks) embeds it to reserve their nonces in the same
+// round trip as its own checks, then calls SendBinaryFrom.
+const TxNonceBlockLua = `
+local function txblock(key, floor, count)
+  local c = tonumber(count)
+  local n = redis.call('INCRBY', key, c)
+  if n - c + 1 < tonumber(floor) then
+    redis.call('SET', key, floor)
+    n = redis.call('INCRBY', key, c - 1)
+  end
+  return n
 end
-return n
-`)
+`
+
+// txNonceBlockScript reserves count consecutive downlink nonces in one
+// round trip and returns the last. KEYS: txnonce. ARGV: floor, count.
+var txNonceBlockScript = redis.NewScript(TxNonceBlockLua + "return txblock(KEYS[1], ARGV[1], ARGV[2])\n")
 
 // SendBinary seals each payload for device dev in the binary envelope
 // (envelope.SealBinary) and publishes them in order at QoS 1 on
@@ -113,9 +122,34 @@ func (s *Service) SendBinary(ctx context.Context, dev, kind string, payloads ...
 	if last > envelope.MaxNonce {
 		return fmt.Errorf("send %s to %s: downlink nonces exhausted", kind, dev)
 	}
-	first := last - uint64(len(payloads)) + 1
+	return s.sealBinary(ctx, dev, kind, topic, keys, last-uint64(len(payloads))+1, now, payloads)
+}
+
+// SendBinaryFrom is SendBinary with the nonces already reserved (by a
+// script embedding TxNonceBlockLua, with floor at.UnixMicro()): payload i
+// is sealed with nonce first+i and time at.
+func (s *Service) SendBinaryFrom(ctx context.Context, dev, kind string, first uint64, at time.Time, payloads ...[]byte) error {
+	if len(payloads) == 0 {
+		return nil
+	}
+	topic := topics.DeviceDown(dev, kind)
+	if _, err := topics.Parse(topic); err != nil {
+		return &Error{Code: CodeInvalid, Message: "bad device or downlink kind", Err: err}
+	}
+	if first == 0 || first+uint64(len(payloads))-1 > envelope.MaxNonce {
+		return fmt.Errorf("send %s to %s: downlink nonces exhausted", kind, dev)
+	}
+	keys, err := s.DeviceKeys(ctx, dev)
+	if err != nil {
+		return fmt.Errorf("send %s to %s: %w", kind, dev, err)
+	}
+	return s.sealBinary(ctx, dev, kind, topic, keys, first, at, payloads)
+}
+
+// sealBinary seals payload i with nonce first+i and publishes it.
+func (s *Service) sealBinary(ctx context.Context, dev, kind, topic string, keys *envelope.Keys, first uint64, at time.Time, payloads [][]byte) error {
 	for i, p := range payloads {
-		env, err := envelope.SealBinary(keys, topic, first+uint64(i), now, p)
+		env, err := envelope.SealBinary(keys, topic, first+uint64(i), at, p)
 		if err != nil {
 			return &Error{Code: CodeInvalid, Message: "message cannot be sealed", Err: fmt.Errorf("send %s to %s: %w", kind, dev, err)}
 		}

@@ -122,15 +122,18 @@ func (s *Service) servedKey(dev, version string) string {
 	return s.keys.Dev(dev, "fota_served:"+version)
 }
 
-// serveScript admits a fota_request: only for the device's active update
+// serveLua admits a fota_request: only for the device's active update
 // target, and within its byte budget, a token bucket kept in the device
 // hash (fota_tokens, fota_tokens_at) so that every replica shares it.
-// Admitted chunks are marked in the served bitmap.
-// KEYS: dev hash, served bitmap. ARGV: version, now ms, rate bytes/s,
-// burst bytes, cost bytes, ttl ms, chunk indices...
-// Returns {1} admitted, {0} unknown device, {-1, target, active} not the
-// target, {-2, tokens} over budget.
-var serveScript = redis.NewScript(`
+// Admitted chunks are marked in the served bitmap and their downlink
+// nonces reserved (backend.TxNonceBlockLua), so that answering a request
+// costs this one script and no other round trip.
+// KEYS: dev hash, served bitmap, txnonce. ARGV: version, now ms, rate
+// bytes/s, burst bytes, cost bytes, ttl ms, nonce floor (now µs), chunk
+// indices...
+// Returns {1, last nonce} admitted, {0} unknown device, {-1, target,
+// active} not the target, {-2, tokens} over budget.
+const serveLua = backend.TxNonceBlockLua + `
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
 local h = redis.call('HMGET', KEYS[1], 'fota_active', 'fota_target', 'fota_tokens', 'fota_tokens_at')
 if h[1] ~= '1' or h[2] ~= ARGV[1] then return {-1, h[2] or '', h[1] or '0'} end
@@ -141,10 +144,21 @@ if h[3] and h[4] then
 end
 if tokens < cost then return {-2, tostring(math.floor(tokens))} end
 redis.call('HSET', KEYS[1], 'fota_tokens', tostring(tokens - cost), 'fota_tokens_at', ARGV[2])
-for i = 7, #ARGV do redis.call('SETBIT', KEYS[2], tonumber(ARGV[i]), 1) end
+for i = 8, #ARGV do redis.call('SETBIT', KEYS[2], tonumber(ARGV[i]), 1) end
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
-return {1}
-`)
+return {1, txblock(KEYS[3], ARGV[7], #ARGV - 7)}
+`
+
+// serveScript is serveLua on its own (HandleRequest).
+var serveScript = redis.NewScript(serveLua)
+
+// checkedServeScript is backend.ReplayLua, then serveLua: KEYS are the
+// replay check's three (the third is the device hash), then the served
+// bitmap and txnonce; ARGV the replay check's three, then serveLua's.
+// Returns {'nonce', code, high} when the nonce is refused (nothing
+// written), else as serveLua.
+var checkedServeScript = redis.NewScript("local function REFUSE(c, h) return {'nonce', c, h} end\n" +
+	backend.ReplayLua + "local KEYS = {KEYS[3], KEYS[4], KEYS[5]}\nlocal ARGV = {unpack(ARGV, 4)}\n" + serveLua)
 
 // HandleRequest answers a device's fota_request with exactly the chunks
 // it names, in the order named. A request for an unknown version or an
@@ -152,32 +166,70 @@ return {1}
 // active update target, is a bad body (a security event), and nothing is
 // sent. A request over the device's byte budget (ChunkRate, ChunkBurst)
 // is counted and gets nothing: the device asks again after its chunk
-// timeout.
+// timeout. The uplink's replay check is the backend's (Handle); Attach
+// wires handleRequestChecked instead.
 func (s *Service) HandleRequest(ctx context.Context, dev string, m envelope.Message) error {
+	return s.handleRequest(ctx, dev, m, false)
+}
+
+// handleRequestChecked is HandleRequest with the uplink replay check in
+// the same script (backend.HandleChecked): one round trip per request. A
+// request refused before the script runs (bad body, unknown version,
+// chunk out of range) still has its nonce checked first.
+func (s *Service) handleRequestChecked(ctx context.Context, dev string, m envelope.Message) error {
+	return s.handleRequest(ctx, dev, m, true)
+}
+
+func (s *Service) handleRequest(ctx context.Context, dev string, m envelope.Message, checked bool) error {
+	refused := func(err error) error { // the nonce check when the script does not run
+		if checked {
+			if nerr := s.fleet.AcceptNonce(ctx, dev, m.Nonce); nerr != nil {
+				return nerr
+			}
+		}
+		return err
+	}
 	req, err := wire.ParseRequest(m.Body)
 	if err != nil {
-		return invalid("", err, "fota_request: %v", err)
+		return refused(invalid("", err, "fota_request: %v", err))
 	}
 	f, err := s.load(ctx, req.Version)
 	if errors.Is(err, backend.ErrNotFound) {
-		return invalid("", err, "fota_request for firmware %q, which is not uploaded", req.Version)
+		return refused(invalid("", err, "fota_request for firmware %q, which is not uploaded", req.Version))
 	}
 	if err != nil {
-		return err
+		return err // transient: retried, the nonce not yet spent
 	}
 	for _, c := range req.Chunks {
 		if c >= f.Chunks {
-			return backend.Errorf(backend.CodeInvalid, "", "fota_request: chunk %d of firmware %s, which has %d", c, f.Version, f.Chunks)
+			return refused(backend.Errorf(backend.CodeInvalid, "", "fota_request: chunk %d of firmware %s, which has %d", c, f.Version, f.Chunks))
 		}
 	}
-	args := []any{f.Version, s.now().UnixMilli(), s.cfg.ChunkRate, s.cfg.ChunkBurst,
-		len(req.Chunks) * f.ChunkSize, servedTTL.Milliseconds()}
+	now := s.now()
+	keys := []string{s.keys.Device(dev), s.servedKey(dev, f.Version), s.keys.TxNonce(dev)}
+	args := make([]any, 0, 10+len(req.Chunks))
+	script := serveScript
+	if checked {
+		nargs, err := s.fleet.NonceArgs(m.Nonce)
+		if err != nil {
+			return err // above 2^53-1: stale
+		}
+		keys = append(s.fleet.NonceKeys(dev), keys[1:]...)
+		args, script = append(args, nargs...), checkedServeScript
+	}
+	args = append(args, f.Version, now.UnixMilli(), s.cfg.ChunkRate, s.cfg.ChunkBurst,
+		len(req.Chunks)*f.ChunkSize, servedTTL.Milliseconds(), now.UnixMicro())
 	for _, c := range req.Chunks {
 		args = append(args, c)
 	}
-	res, err := serveScript.Run(ctx, s.rdb, []string{s.keys.Device(dev), s.servedKey(dev, f.Version)}, args...).Slice()
+	res, err := script.Run(ctx, s.rdb, keys, args...).Slice()
 	if err != nil {
 		return backend.Unavailable("fota_request of "+dev, err)
+	}
+	if tag, _ := res[0].(string); tag == "nonce" && len(res) == 3 {
+		code, _ := res[1].(int64)
+		high, _ := res[2].(string)
+		return backend.NonceRefused(dev, m.Nonce, code, high)
 	}
 	switch code, _ := res[0].(int64); code {
 	case 0:
@@ -194,6 +246,7 @@ func (s *Service) HandleRequest(ctx context.Context, dev string, m envelope.Mess
 			Str("tokens", fmt.Sprint(res[1])).Msg("fota_request over the device's byte budget: no chunk sent")
 		return nil
 	}
+	last, _ := res[1].(int64)
 	data, err := s.chunks(ctx, f, req.Chunks)
 	if err != nil {
 		return err
@@ -204,7 +257,8 @@ func (s *Service) HandleRequest(ctx context.Context, dev string, m envelope.Mess
 			return fmt.Errorf("fota_request of %s: %w", dev, err)
 		}
 	}
-	if err := s.fleet.SendBinary(ctx, dev, topics.KindFOTAChunk, payloads...); err != nil {
+	first := uint64(last) - uint64(len(payloads)) + 1
+	if err := s.fleet.SendBinaryFrom(ctx, dev, topics.KindFOTAChunk, first, now, payloads...); err != nil {
 		return fmt.Errorf("fota_request of %s: %w", dev, err)
 	}
 	s.m.chunks.Add(float64(len(payloads)))
@@ -232,7 +286,7 @@ func (s *Service) HandleRequest(ctx context.Context, dev string, m envelope.Mess
 // KEYS: dev hash, served bitmap of the status's version. ARGV: state,
 // version, received, total, reason, detail, now ms, final (0/1), chunks of
 // that version (-1 when not uploaded).
-var statusScript = redis.NewScript(`
+const statusLua = `
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
 local prev = redis.call('HMGET', KEYS[1], 'fota_state', 'fota_received', 'fota_active', 'fota_target', 'fota_rollout',
   'fota_version', 'fota_rebooted', 'firmware_version', 'fota_rollback_req')
@@ -275,14 +329,42 @@ end
 local same = '0'
 if prev[6] == ARGV[2] then same = '1' end
 return {ended, prev[1] or '', prev[2] or '0', prev[5] or '', same}
-`)
+`
+
+// statusScript is statusLua on its own (HandleStatus).
+var statusScript = redis.NewScript(statusLua)
+
+// checkedStatusScript is backend.ReplayLua, then statusLua: KEYS are the
+// replay check's three (the third is the device hash), then the served
+// bitmap; ARGV the replay check's three, then statusLua's. Returns
+// {'nonce', code, high} when the nonce is refused (nothing written).
+var checkedStatusScript = redis.NewScript("local function REFUSE(c, h) return {'nonce', c, h} end\n" +
+	backend.ReplayLua + "local KEYS = {KEYS[3], KEYS[4]}\nlocal ARGV = {unpack(ARGV, 4)}\n" + statusLua)
 
 // HandleStatus stores a device's fota_status and emits it as an event on
 // every state change and every 5 % of progress. A succeeded, failed or
 // rolled_back status for the active update's version ends the update.
+// The uplink's replay check is the backend's (Handle); Attach wires
+// handleStatusChecked instead.
 func (s *Service) HandleStatus(ctx context.Context, dev string, m envelope.Message) error {
+	return s.handleStatus(ctx, dev, m, false)
+}
+
+// handleStatusChecked is HandleStatus with the uplink replay check in the
+// status script (backend.HandleChecked). A status refused before the
+// script runs (a bad body) still has its nonce checked first.
+func (s *Service) handleStatusChecked(ctx context.Context, dev string, m envelope.Message) error {
+	return s.handleStatus(ctx, dev, m, true)
+}
+
+func (s *Service) handleStatus(ctx context.Context, dev string, m envelope.Message, checked bool) error {
 	st, err := wire.ParseStatus(m.Body)
 	if err != nil {
+		if checked {
+			if nerr := s.fleet.AcceptNonce(ctx, dev, m.Nonce); nerr != nil {
+				return nerr
+			}
+		}
 		return invalid("", err, "fota_status: %v", err)
 	}
 	final := "0"
@@ -299,10 +381,24 @@ func (s *Service) HandleStatus(ctx context.Context, dev string, m envelope.Messa
 			return err
 		}
 	}
-	res, err := statusScript.Run(ctx, s.rdb, []string{s.keys.Device(dev), s.servedKey(dev, st.Version)}, string(st.State), st.Version,
-		st.ChunkReceived, st.TotalChunks, st.Reason, st.Detail, s.now().UnixMilli(), final, chunks).Slice()
+	keys := []string{s.keys.Device(dev), s.servedKey(dev, st.Version)}
+	args := []any{string(st.State), st.Version, st.ChunkReceived, st.TotalChunks, st.Reason, st.Detail, s.now().UnixMilli(), final, chunks}
+	script := statusScript
+	if checked {
+		nargs, err := s.fleet.NonceArgs(m.Nonce)
+		if err != nil {
+			return err // above 2^53-1: stale
+		}
+		keys, args, script = append(s.fleet.NonceKeys(dev), keys[1]), append(nargs, args...), checkedStatusScript
+	}
+	res, err := script.Run(ctx, s.rdb, keys, args...).Slice()
 	if err != nil {
 		return backend.Unavailable("fota_status of "+dev, err)
+	}
+	if tag, _ := res[0].(string); tag == "nonce" && len(res) == 3 {
+		code, _ := res[1].(int64)
+		high, _ := res[2].(string)
+		return backend.NonceRefused(dev, m.Nonce, code, high)
 	}
 	switch code, _ := res[0].(int64); code {
 	case -1:

@@ -78,9 +78,16 @@ type Fleet interface {
 	Device(ctx context.Context, id string) (backend.Device, error)
 	Devices(ctx context.Context) ([]backend.Device, error)
 	Send(ctx context.Context, dev, kind string, body any) error
-	SendBinary(ctx context.Context, dev, kind string, payloads ...[]byte) error
+	SendBinaryFrom(ctx context.Context, dev, kind string, first uint64, at time.Time, payloads ...[]byte) error
 	Emit(ctx context.Context, dev, kind string, data any) error
 	Handle(kind string, h backend.UplinkHandler)
+	// HandleChecked and the nonce methods put the uplink replay check of
+	// fota_request and fota_status in the script that serves or records
+	// it (one round trip).
+	HandleChecked(kind string, h backend.UplinkHandler)
+	NonceKeys(dev string) []string
+	NonceArgs(n uint64) ([]any, error)
+	AcceptNonce(ctx context.Context, dev string, n uint64) error
 	HandleLifecycle(h backend.LifecycleHandler)
 }
 
@@ -227,8 +234,8 @@ func (s *Service) PublicKey() ed25519.PublicKey { return s.pub }
 // Attach registers the device handlers: chunk requests, status reports and
 // births (to resend the manifest of an interrupted update).
 func (s *Service) Attach() {
-	s.fleet.Handle(topics.KindFOTARequest, s.HandleRequest)
-	s.fleet.Handle(topics.KindFOTAStatus, s.HandleStatus)
+	s.fleet.HandleChecked(topics.KindFOTARequest, s.handleRequestChecked)
+	s.fleet.HandleChecked(topics.KindFOTAStatus, s.handleStatusChecked)
 	s.fleet.Handle(topics.KindBirth, s.HandleBirth)
 	s.fleet.HandleLifecycle(s.handleLifecycle)
 }

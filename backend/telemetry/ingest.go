@@ -111,7 +111,9 @@ func (s *Store) ingest(ctx context.Context, dev string, m envelope.Message, nc N
 // On error it returns the rejection reason.
 func decode(body []byte, lim wire.Limits) (wire.Message, wire.Batch, string, error) {
 	var env wire.Body
-	if err := json.Unmarshal(body, &env); err != nil {
+	if fast, ok := parseBody(body); ok {
+		env.Telemetry = &fast
+	} else if err := json.Unmarshal(body, &env); err != nil {
 		return wire.Message{}, wire.Batch{}, ReasonBadJSON, fmt.Errorf("decode telemetry body: %w", err)
 	}
 	if env.Telemetry == nil {

@@ -58,7 +58,7 @@ const (
 	// the most chunks a device may have in flight.
 	MaxWindow = 8
 	// DefaultWindow is the window devicesim uses.
-	DefaultWindow = 4
+	DefaultWindow = 8
 	// MaxBodySize bounds any FOTA JSON body (manifest included).
 	MaxBodySize = 256 << 10
 )
