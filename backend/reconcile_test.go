@@ -131,7 +131,9 @@ func TestPresenceRestartReconciles(t *testing.T) {
 // silent device no replica holds are.
 func TestPresenceSweepKeepsConnected(t *testing.T) {
 	rdb, prefix := redistest.Client(t)
-	const sweep = 50 * time.Millisecond
+	// A heartbeat lives 3 sweeps: at 50 ms, a 150 ms stall of r2 under a
+	// loaded -race run made r1 end r2's live device (replica_gone).
+	const sweep = 200 * time.Millisecond
 	vault := backendtest.Vault(t)
 	r1, _ := newReconcileRig(t, rigOpts{rdb: rdb, prefix: prefix, replica: "r1", sweep: sweep, vault: vault})
 	r2, _ := newReconcileRig(t, rigOpts{rdb: rdb, prefix: prefix, replica: "r2", sweep: sweep, vault: vault})
@@ -167,9 +169,9 @@ func TestPresenceSweepKeepsConnected(t *testing.T) {
 		}
 	}
 
-	r1.waitPresence("keep-dead", false, 0, 2*time.Second)
-	r1.waitPresence("keep-silent", false, 0, 2*time.Second)
-	time.Sleep(20 * sweep)
+	r1.waitPresence("keep-dead", false, 0, 5*time.Second)
+	r1.waitPresence("keep-silent", false, 0, 5*time.Second)
+	time.Sleep(10 * sweep)
 	r1.waitPresence(x.id, true, 1, time.Millisecond)
 	r1.waitPresence(y.id, true, 1, time.Millisecond)
 	if got := onlineIDs(t, r1.s); len(got) != 2 {
