@@ -30,7 +30,11 @@ type Spec struct {
 	BatchSize int `json:"batch_size,omitempty"`
 	// Canary devices go first; the rest waits until their parts are
 	// done and within the abort rule.
-	Canary        int        `json:"canary,omitempty"`
+	Canary int `json:"canary,omitempty"`
+	// SerialBatches holds each batch until every part of the previous
+	// one has ended, as FOTA rollouts did (the /api/v1/rollouts alias
+	// sets it), so the abort rule judges a batch before the next starts.
+	SerialBatches bool       `json:"serial_batches,omitempty"`
 	Abort         *AbortRule `json:"abort,omitempty"`
 	ExpiresAt     *time.Time `json:"expires_at,omitempty"` // default created + DefaultExpiry
 	IncludeFuture bool       `json:"include_future,omitempty"`
@@ -49,6 +53,11 @@ type RotateKeyAction struct{}
 type AbortRule struct {
 	MaxFailurePercent float64 `json:"max_failure_percent"`
 	MinExecuted       int     `json:"min_executed"`
+	// CountInProgress makes the failure share one of the parts started
+	// (in progress included), the share FOTA rollouts judged, instead of
+	// the parts ended: one early failure in a large batch then does not
+	// abort before the rest of the batch has had its chance.
+	CountInProgress bool `json:"count_in_progress,omitempty"`
 }
 
 // Kind is the action kind of a valid spec.
