@@ -16,6 +16,9 @@ import (
 type Spec struct {
 	Selector string   `json:"selector,omitempty"`
 	Devices  []string `json:"devices,omitempty"`
+	// All targets every device: explicit, so that an empty selector
+	// stays an error rather than a fleet-wide job by accident.
+	All bool `json:"all,omitempty"`
 	// Exactly one action.
 	Config   json.RawMessage `json:"config,omitempty"`   // a partial config document, as PUT .../config
 	Command  json.RawMessage `json:"command,omitempty"`  // a command document, as POST .../commands
@@ -101,10 +104,11 @@ func (sp *Spec) check(now time.Time) (selector.Selector, error) {
 	var sel selector.Selector
 	hasSel := strings.TrimSpace(sp.Selector) != ""
 	switch {
-	case hasSel && sp.Devices != nil:
-		return sel, invalid("selector", "give a selector or a devices list, not both")
+	case hasSel && sp.Devices != nil, sp.All && (hasSel || sp.Devices != nil):
+		return sel, invalid("selector", "give one target (a selector, a devices list or all), not both")
+	case sp.All:
 	case !hasSel && len(sp.Devices) == 0:
-		return sel, invalid("selector", "a job needs a target: a non-empty selector or devices list")
+		return sel, invalid("selector", "a job needs a target: a non-empty selector or devices list, or all")
 	case hasSel:
 		var err error
 		if sel, err = selector.Parse(sp.Selector); err != nil {

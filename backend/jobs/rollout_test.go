@@ -1,0 +1,67 @@
+package jobs
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/ecowatt/ecowatt/backend"
+	"github.com/ecowatt/ecowatt/backend/fota"
+)
+
+// A bad rollout through the alias is refused with the rollout's field and
+// creates no job.
+func TestRolloutAliasBadInput(t *testing.T) {
+	h := newHarness(t)
+	h.device("ra-1", nil)
+	s := h.engine()
+	a := NewRollouts(s, nil)
+	n := func(v int) *int { return &v }
+	f := func(v float64) *float64 { return &v }
+	ids := func(x ...string) fota.Selector { return fota.Selector{IDs: x} }
+	cases := []struct {
+		name        string
+		spec        fota.RolloutSpec
+		code, field string
+		msg         string
+	}{
+		{"no version", fota.RolloutSpec{Devices: ids("ra-1")}, backend.CodeInvalid, "version", "required"},
+		{"negative canary", fota.RolloutSpec{Version: "1.0.4", Devices: ids("ra-1"), Canary: n(-1)}, backend.CodeInvalid, "canary", "canary must be"},
+		{"batch size", fota.RolloutSpec{Version: "1.0.4", Devices: ids("ra-1"), BatchSize: -2}, backend.CodeInvalid, "batch_size", "batch_size must be"},
+		{"percent", fota.RolloutSpec{Version: "1.0.4", Devices: ids("ra-1"), MaxFailurePercent: f(101)}, backend.CodeInvalid, "max_failure_percent", "0-100"},
+		{"no devices", fota.RolloutSpec{Version: "1.0.4", Devices: ids()}, backend.CodeInvalid, "devices", "at least one device"},
+		{"unknown devices", fota.RolloutSpec{Version: "1.0.4", Devices: ids("ra-1", "ghost", "ghost2")}, backend.CodeInvalid, "devices", "unknown devices: ghost, ghost2"},
+		{"bad device ID", fota.RolloutSpec{Version: "1.0.4", Devices: ids("a b")}, backend.CodeInvalid, "devices", "bad device ID"},
+		// This engine has no FOTA service: a valid rollout is refused
+		// as the firmware job would be, creating nothing.
+		{"no firmware service", fota.RolloutSpec{Version: "1.0.4", Devices: ids("ra-1")}, backend.CodeUnavailable, "firmware", "not served"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := a.CreateRollout(h.ctx, tc.spec, "tester")
+			var be *backend.Error
+			if !asErr(err, &be) || be.Code != tc.code || be.Field != tc.field || !strings.Contains(be.Message, tc.msg) {
+				t.Fatalf("err %v, want %s %s %q", err, tc.code, tc.field, tc.msg)
+			}
+		})
+	}
+	if l, err := a.Rollouts(h.ctx); err != nil || len(l) != 0 {
+		t.Fatalf("rollouts after refusals: %v %v", l, err)
+	}
+	if l, err := s.List(h.ctx, 0); err != nil || len(l) != 0 {
+		t.Fatalf("jobs after refusals: %v %v", l, err)
+	}
+	// Not a rollout: a legacy ID without the legacy engine, a bad ID, and
+	// a job that is not a firmware job.
+	j := h.create(s, `{"devices":["ra-1"],"command":{"action":"reboot"},"max_per_minute":60}`)
+	for _, rid := range []string{"ro-20260101-000000-abcd", "ro-nope", RolloutPrefix + j.ID, j.ID} {
+		if _, err := a.Rollout(h.ctx, rid); backend.ErrorCode(err) != backend.CodeNotFound {
+			t.Errorf("rollout %s: %v, want not found", rid, err)
+		}
+		if _, err := a.AbortRollout(h.ctx, rid); backend.ErrorCode(err) != backend.CodeNotFound {
+			t.Errorf("abort %s: %v, want not found", rid, err)
+		}
+	}
+	if got, _ := s.Get(h.ctx, j.ID); got.State != StateScheduled {
+		t.Fatalf("the command job was touched by a rollout abort: %s", got.State)
+	}
+}
