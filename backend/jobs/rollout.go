@@ -505,4 +505,3 @@ func (a *Rollouts) devices(ctx context.Context, j Job, rows []DeviceRow) ([]roll
 	}
 	return out, nil
 }
-
