@@ -14,6 +14,7 @@ import (
 	"time"
 
 	backendfota "github.com/ecowatt/ecowatt/backend/fota"
+	"github.com/ecowatt/ecowatt/backend/jobs"
 	"github.com/ecowatt/ecowatt/devicesim"
 	"github.com/ecowatt/ecowatt/topics/fota"
 )
@@ -164,6 +165,20 @@ func TestFOTARollout10Devices(t *testing.T) {
 	r := getRollout(t, s, rid)
 	if r.Counts["succeeded"] != 10 || r.Counts["failed"] != 0 || len(r.Batches) != 2 || !r.Batches[0].Canary {
 		t.Fatalf("rollout %+v", r)
+	}
+	// The rollout is a firmware job of the job engine, batches in series.
+	j := getJob(t, s, strings.TrimPrefix(rid, jobs.RolloutPrefix))
+	if j.Kind != jobs.KindFirmware || j.State != jobs.StateCompleted || !j.Spec.SerialBatches || j.Spec.Canary != 2 ||
+		j.Spec.BatchSize != 8 || j.Spec.Abort == nil || !j.Spec.Abort.CountInProgress || j.Counts[jobs.DevSucceeded] != 10 {
+		t.Fatalf("rollout %s as a job: %+v", rid, j)
+	}
+	for id := range keys {
+		if d := getDevice(t, s, id); d.FOTA == nil || d.FOTA.Target != "1.0.4" {
+			t.Fatalf("%s: %+v", id, d.FOTA)
+		}
+		if st := ff.stats(id); st.Downloads != 1 {
+			t.Errorf("%s: %d downloads, want 1 (one engine issued its update once)", id, st.Downloads)
+		}
 	}
 	eventually(t, 30*time.Second, "all devices report 1.0.4", func() (bool, string) {
 		for id := range keys {
