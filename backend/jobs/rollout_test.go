@@ -1,11 +1,13 @@
 package jobs
 
 import (
+	"crypto/rand"
 	"strings"
 	"testing"
 
 	"github.com/ecowatt/ecowatt/backend"
 	"github.com/ecowatt/ecowatt/backend/fota"
+	wire "github.com/ecowatt/ecowatt/topics/fota"
 )
 
 // A bad rollout through the alias is refused with the rollout's field and
@@ -63,5 +65,75 @@ func TestRolloutAliasBadInput(t *testing.T) {
 	}
 	if got, _ := s.Get(h.ctx, j.ID); got.State != StateScheduled {
 		t.Fatalf("the command job was touched by a rollout abort: %s", got.State)
+	}
+}
+
+// Rollouts of the old engine (created before the upgrade) are listed with
+// the firmware jobs and still read and driven through it; a new rollout
+// is a firmware job, paused and aborted as one.
+func TestRolloutAliasLegacyAndJob(t *testing.T) {
+	h := newHarness(t)
+	h.device("lg-1", nil)
+	h.device("lg-2", nil)
+	_, key, _ := wire.GenerateKey(rand.Reader)
+	fw, err := fota.New(fota.Config{Redis: h.rdb, Keys: h.b.Keys(), Fleet: h.b, Key: key, Now: h.clk.Now, Logger: h.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := wire.BuildTestImage("1.0.4", 4096, false, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fw.Upload(h.ctx, fota.Upload{Version: "1.0.4", Image: img}); err != nil {
+		t.Fatal(err)
+	}
+	old, err := fw.CreateRollout(h.ctx, fota.RolloutSpec{Version: "1.0.4", Devices: fota.Selector{IDs: []string{"lg-1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Redis: h.rdb, Keys: h.b.Keys(), Fleet: h.b, FOTA: fw, Logger: h.log, Now: h.clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := NewRollouts(s, fw)
+	zero := 0
+	ro, err := a.CreateRollout(h.ctx, fota.RolloutSpec{Version: "1.0.4", Devices: fota.Selector{IDs: []string{"lg-2"}}, Canary: &zero}, "tester")
+	if err != nil {
+		t.Fatal(err)
+	}
+	jid := strings.TrimPrefix(ro.ID, RolloutPrefix)
+	if ro.State != fota.RolloutRunning || ro.Total != 1 || ro.BatchCount != 1 || ro.CurrentBatch != -1 ||
+		ro.MaxFailurePercent != fota.DefaultMaxFailurePercent || len(ro.Devices) != 1 || ro.Devices[0].State != fota.DevPending {
+		t.Fatalf("new rollout %+v", ro)
+	}
+	l, err := a.Rollouts(h.ctx)
+	if err != nil || len(l) != 2 {
+		t.Fatalf("rollouts %v %v", l, err)
+	}
+	seen := map[string]bool{l[0].ID: true, l[1].ID: true}
+	if !seen[old.ID] || !seen[ro.ID] {
+		t.Fatalf("rollouts %s, %s; want %s and %s", l[0].ID, l[1].ID, old.ID, ro.ID)
+	}
+	if r, err := a.PauseRollout(h.ctx, old.ID); err != nil || r.State != fota.RolloutPaused {
+		t.Fatalf("pause legacy: %+v %v", r, err)
+	}
+	if r, _ := fw.Rollout(h.ctx, old.ID); r.State != fota.RolloutPaused {
+		t.Fatalf("legacy rollout %s after pause through the alias", r.State)
+	}
+	if r, err := a.PauseRollout(h.ctx, ro.ID); err != nil || r.State != fota.RolloutPaused {
+		t.Fatalf("pause: %+v %v", r, err)
+	}
+	if j, _ := s.Get(h.ctx, jid); j.State != StatePaused {
+		t.Fatalf("job %s after pausing its rollout", j.State)
+	}
+	r, err := a.AbortRollout(h.ctx, ro.ID)
+	if err != nil || r.State != fota.RolloutAborted || r.Counts[fota.DevCancelled] != 1 || r.Reason == "" {
+		t.Fatalf("abort: %+v %v", r, err)
+	}
+	if j, _ := s.Get(h.ctx, jid); j.State != StateCancelled {
+		t.Fatalf("job %s after aborting its rollout", j.State)
+	}
+	if _, err := a.ResumeRollout(h.ctx, ro.ID); backend.ErrorCode(err) != backend.CodeConflict {
+		t.Fatalf("resume of an aborted rollout: %v, want a conflict", err)
 	}
 }
