@@ -132,9 +132,9 @@ func (s *Service) roWhy(rid string) string   { return s.keys.Prefix() + "{ro:" +
 func (s *Service) roIndex() string           { return s.keys.Global("rollouts") }
 func (s *Service) roActive() string          { return s.keys.Global("rollouts:active") }
 
-// batchLayout returns the start index of each batch: the canary batch
+// BatchLayout returns the start index of each batch: the canary batch
 // (when canary > 0), then batches of size.
-func batchLayout(total, canary, size int) []int {
+func BatchLayout(total, canary, size int) []int {
 	var starts []int
 	i := 0
 	if canary > 0 && total > 0 {
@@ -187,7 +187,7 @@ func (s *Service) CreateRollout(ctx context.Context, spec RolloutSpec) (Rollout,
 	}
 	now := s.now().UTC()
 	rid = "ro-" + now.Format("20060102-150405") + "-" + rid
-	starts := batchLayout(len(ids), canary, size)
+	starts := BatchLayout(len(ids), canary, size)
 	devs := make([]any, 0, 2*len(ids))
 	order := make([]any, 0, len(ids))
 	for _, id := range ids {
@@ -355,7 +355,7 @@ func (r *rolloutState) overThreshold() bool {
 
 // startedEnd is the index one past the last device of the started batches.
 func (r *rolloutState) startedEnd() int {
-	starts := batchLayout(r.Total, r.Canary, r.BatchSize)
+	starts := BatchLayout(r.Total, r.Canary, r.BatchSize)
 	if r.CurrentBatch < 0 {
 		return 0
 	}
@@ -384,7 +384,7 @@ func (s *Service) Rollout(ctx context.Context, rid string) (Rollout, error) {
 	if err != nil {
 		return Rollout{}, backend.Unavailable("rollout "+rid, err)
 	}
-	starts := batchLayout(r.Total, r.Canary, r.BatchSize)
+	starts := BatchLayout(r.Total, r.Canary, r.BatchSize)
 	out.DeviceStates = map[string]int{}
 	out.Devices = make([]RolloutDevice, len(r.order))
 	b := 0

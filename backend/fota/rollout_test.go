@@ -76,8 +76,8 @@ func TestBatchLayout(t *testing.T) {
 		{1, 1, 1, "[0]"},
 		{7, 1, 50, "[0 1]"},
 	} {
-		if got := fmt.Sprint(batchLayout(tc.total, tc.canary, tc.size)); got != tc.want {
-			t.Errorf("batchLayout(%d, %d, %d) = %s, want %s", tc.total, tc.canary, tc.size, got, tc.want)
+		if got := fmt.Sprint(BatchLayout(tc.total, tc.canary, tc.size)); got != tc.want {
+			t.Errorf("BatchLayout(%d, %d, %d) = %s, want %s", tc.total, tc.canary, tc.size, got, tc.want)
 		}
 	}
 }

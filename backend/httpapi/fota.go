@@ -14,6 +14,7 @@ import (
 
 	"github.com/ecowatt/ecowatt/backend"
 	"github.com/ecowatt/ecowatt/backend/fota"
+	"github.com/ecowatt/ecowatt/backend/jobs"
 	wire "github.com/ecowatt/ecowatt/topics/fota"
 	"github.com/rs/zerolog"
 )
@@ -28,7 +29,14 @@ type FOTA interface {
 	StartUpdate(ctx context.Context, dev, version, rollout string) (backend.DeviceFOTA, error)
 	DeviceStatus(ctx context.Context, dev string) (backend.DeviceFOTA, error)
 	Rollback(ctx context.Context, dev, reason, version string) error
-	CreateRollout(ctx context.Context, spec fota.RolloutSpec) (fota.Rollout, error)
+}
+
+var _ FOTA = (*fota.Service)(nil)
+
+// Rollouts serves /api/v1/rollouts: the documented alias that shows
+// firmware jobs as rollouts (*jobs.Rollouts has it).
+type Rollouts interface {
+	CreateRollout(ctx context.Context, spec fota.RolloutSpec, by string) (fota.Rollout, error)
 	Rollout(ctx context.Context, rid string) (fota.Rollout, error)
 	Rollouts(ctx context.Context) ([]fota.Rollout, error)
 	PauseRollout(ctx context.Context, rid string) (fota.Rollout, error)
@@ -36,7 +44,14 @@ type FOTA interface {
 	AbortRollout(ctx context.Context, rid string) (fota.Rollout, error)
 }
 
-var _ FOTA = (*fota.Service)(nil)
+var _ Rollouts = (*jobs.Rollouts)(nil)
+
+// rolloutsOff answers the rollout routes without a job engine.
+var rolloutsOff = backend.Errorf(backend.CodeUnavailable, "", "rollouts (firmware jobs) are not enabled on this server")
+
+func rolloutsHandler(log zerolog.Logger, ro Rollouts, st int, fn func(w http.ResponseWriter, r *http.Request) (any, error)) http.Handler {
+	return serviceHandler(log, ro == nil, rolloutsOff, st, fn)
+}
 
 // fotaOff answers when the server runs without a FOTA service.
 var fotaOff = backend.Errorf(backend.CodeUnavailable, "", "firmware updates are not enabled on this server")
@@ -200,39 +215,39 @@ func handleDeviceRollback(log zerolog.Logger, f FOTA) http.Handler {
 	})
 }
 
-func handleRolloutCreate(log zerolog.Logger, f FOTA) http.Handler {
-	return fotaHandler(log, f, http.StatusCreated, func(w http.ResponseWriter, r *http.Request) (any, error) {
+func handleRolloutCreate(log zerolog.Logger, ro Rollouts) http.Handler {
+	return rolloutsHandler(log, ro, http.StatusCreated, func(w http.ResponseWriter, r *http.Request) (any, error) {
 		var spec fota.RolloutSpec
 		if err := decode(w, r, &spec); err != nil {
 			return nil, err
 		}
-		return f.CreateRollout(r.Context(), spec)
+		return ro.CreateRollout(r.Context(), spec, backend.OperatorFrom(r.Context()))
 	})
 }
 
-func handleRolloutList(log zerolog.Logger, f FOTA) http.Handler {
-	return fotaHandler(log, f, http.StatusOK, func(w http.ResponseWriter, r *http.Request) (any, error) {
-		l, err := f.Rollouts(r.Context())
+func handleRolloutList(log zerolog.Logger, ro Rollouts) http.Handler {
+	return rolloutsHandler(log, ro, http.StatusOK, func(w http.ResponseWriter, r *http.Request) (any, error) {
+		l, err := ro.Rollouts(r.Context())
 		return map[string]any{"rollouts": l}, err
 	})
 }
 
-func handleRolloutGet(log zerolog.Logger, f FOTA) http.Handler {
-	return fotaHandler(log, f, http.StatusOK, func(w http.ResponseWriter, r *http.Request) (any, error) {
-		return f.Rollout(r.Context(), r.PathValue("rid"))
+func handleRolloutGet(log zerolog.Logger, ro Rollouts) http.Handler {
+	return rolloutsHandler(log, ro, http.StatusOK, func(w http.ResponseWriter, r *http.Request) (any, error) {
+		return ro.Rollout(r.Context(), r.PathValue("rid"))
 	})
 }
 
 // handleRolloutAction is pause, resume or abort.
-func handleRolloutAction(log zerolog.Logger, f FOTA, action string) http.Handler {
-	return fotaHandler(log, f, http.StatusOK, func(w http.ResponseWriter, r *http.Request) (any, error) {
+func handleRolloutAction(log zerolog.Logger, ro Rollouts, action string) http.Handler {
+	return rolloutsHandler(log, ro, http.StatusOK, func(w http.ResponseWriter, r *http.Request) (any, error) {
 		rid := r.PathValue("rid")
 		switch action {
 		case "pause":
-			return f.PauseRollout(r.Context(), rid)
+			return ro.PauseRollout(r.Context(), rid)
 		case "resume":
-			return f.ResumeRollout(r.Context(), rid)
+			return ro.ResumeRollout(r.Context(), rid)
 		}
-		return f.AbortRollout(r.Context(), rid)
+		return ro.AbortRollout(r.Context(), rid)
 	})
 }

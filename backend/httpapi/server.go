@@ -63,6 +63,9 @@ type Deps struct {
 	Lifecycle Lifecycle
 	// Jobs serves the fleet job routes; nil answers them with 503.
 	Jobs Jobs
+	// Rollouts serves /api/v1/rollouts, an alias over the job engine
+	// (firmware jobs shown as rollouts); nil answers them with 503.
+	Rollouts Rollouts
 	// KeepAlive is the interval of event-stream keep-alive comments;
 	// default DefaultKeepAlive.
 	KeepAlive time.Duration

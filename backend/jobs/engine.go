@@ -107,8 +107,12 @@ func (s *Service) abortReason(j *Job) string {
 	if done < min || done == 0 {
 		return ""
 	}
-	if pct := 100 * float64(failed) / float64(done); pct > a.MaxFailurePercent {
-		return fmt.Sprintf("%d of %d parts failed (%.1f%%), above max_failure_percent %g", failed, done, pct, a.MaxFailurePercent)
+	of, what := done, "ended"
+	if a.CountInProgress {
+		of, what = done+j.Counts[DevInProgress], "started"
+	}
+	if pct := 100 * float64(failed) / float64(of); pct > a.MaxFailurePercent {
+		return fmt.Sprintf("failure rate %.1f%% above max_failure_percent %g (%d of %d parts %s failed)", pct, a.MaxFailurePercent, failed, of, what)
 	}
 	return ""
 }
@@ -239,6 +243,9 @@ func (s *Service) issueBatch(ctx context.Context, j *Job, now time.Time) error {
 		return nil
 	}
 	size := j.Spec.BatchSize
+	if j.Spec.SerialBatches && j.Counts[DevInProgress] > 0 {
+		return nil // the previous batch must end first
+	}
 	switch {
 	case j.Phase == "canary" && j.Counts[DevInProgress] > 0:
 		return nil // the canary must end first

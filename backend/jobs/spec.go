@@ -16,6 +16,9 @@ import (
 type Spec struct {
 	Selector string   `json:"selector,omitempty"`
 	Devices  []string `json:"devices,omitempty"`
+	// All targets every device: explicit, so that an empty selector
+	// stays an error rather than a fleet-wide job by accident.
+	All bool `json:"all,omitempty"`
 	// Exactly one action.
 	Config   json.RawMessage `json:"config,omitempty"`   // a partial config document, as PUT .../config
 	Command  json.RawMessage `json:"command,omitempty"`  // a command document, as POST .../commands
@@ -30,7 +33,11 @@ type Spec struct {
 	BatchSize int `json:"batch_size,omitempty"`
 	// Canary devices go first; the rest waits until their parts are
 	// done and within the abort rule.
-	Canary        int        `json:"canary,omitempty"`
+	Canary int `json:"canary,omitempty"`
+	// SerialBatches holds each batch until every part of the previous
+	// one has ended, as FOTA rollouts did (the /api/v1/rollouts alias
+	// sets it), so the abort rule judges a batch before the next starts.
+	SerialBatches bool       `json:"serial_batches,omitempty"`
 	Abort         *AbortRule `json:"abort,omitempty"`
 	ExpiresAt     *time.Time `json:"expires_at,omitempty"` // default created + DefaultExpiry
 	IncludeFuture bool       `json:"include_future,omitempty"`
@@ -49,6 +56,11 @@ type RotateKeyAction struct{}
 type AbortRule struct {
 	MaxFailurePercent float64 `json:"max_failure_percent"`
 	MinExecuted       int     `json:"min_executed"`
+	// CountInProgress makes the failure share one of the parts started
+	// (in progress included), the share FOTA rollouts judged, instead of
+	// the parts ended: one early failure in a large batch then does not
+	// abort before the rest of the batch has had its chance.
+	CountInProgress bool `json:"count_in_progress,omitempty"`
 }
 
 // Kind is the action kind of a valid spec.
@@ -92,10 +104,11 @@ func (sp *Spec) check(now time.Time) (selector.Selector, error) {
 	var sel selector.Selector
 	hasSel := strings.TrimSpace(sp.Selector) != ""
 	switch {
-	case hasSel && sp.Devices != nil:
-		return sel, invalid("selector", "give a selector or a devices list, not both")
+	case hasSel && sp.Devices != nil, sp.All && (hasSel || sp.Devices != nil):
+		return sel, invalid("selector", "give one target (a selector, a devices list or all), not both")
+	case sp.All:
 	case !hasSel && len(sp.Devices) == 0:
-		return sel, invalid("selector", "a job needs a target: a non-empty selector or devices list")
+		return sel, invalid("selector", "a job needs a target: a non-empty selector or devices list, or all")
 	case hasSel:
 		var err error
 		if sel, err = selector.Parse(sp.Selector); err != nil {

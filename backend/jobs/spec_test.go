@@ -22,6 +22,7 @@ func TestCreateRejectsBadBodies(t *testing.T) {
 		{"unknown field", `{"selector":"site=colombo","config":{"sampling_interval":10},"max_per_minute":10,"speed":1}`, backend.CodeInvalid, "", "unknown field"},
 		{"no target", `{"config":{"sampling_interval":10},"max_per_minute":10}`, backend.CodeInvalid, "selector", "target"},
 		{"both targets", `{"selector":"site=colombo","devices":["v1"],"config":{"sampling_interval":10},"max_per_minute":10}`, backend.CodeInvalid, "selector", "not both"},
+		{"all and a selector", `{"all":true,"selector":"site=colombo","config":{"sampling_interval":10},"max_per_minute":10}`, backend.CodeInvalid, "selector", "not both"},
 		{"bad selector", `{"selector":"site=(","config":{"sampling_interval":10},"max_per_minute":10}`, backend.CodeInvalid, "selector", "at byte"},
 		{"no action", `{"selector":"site=colombo","max_per_minute":10}`, backend.CodeInvalid, "action", "exactly one action"},
 		{"two actions", `{"selector":"site=colombo","config":{"sampling_interval":10},"command":{"action":"reboot"},"max_per_minute":10}`, backend.CodeInvalid, "action", "has 2"},

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	backendfota "github.com/ecowatt/ecowatt/backend/fota"
+	"github.com/ecowatt/ecowatt/backend/jobs"
 	"github.com/ecowatt/ecowatt/devicesim"
 	"github.com/ecowatt/ecowatt/topics/fota"
 )
@@ -165,6 +166,20 @@ func TestFOTARollout10Devices(t *testing.T) {
 	if r.Counts["succeeded"] != 10 || r.Counts["failed"] != 0 || len(r.Batches) != 2 || !r.Batches[0].Canary {
 		t.Fatalf("rollout %+v", r)
 	}
+	// The rollout is a firmware job of the job engine, batches in series.
+	j := getJob(t, s, strings.TrimPrefix(rid, jobs.RolloutPrefix))
+	if j.Kind != jobs.KindFirmware || j.State != jobs.StateCompleted || !j.Spec.SerialBatches || j.Spec.Canary != 2 ||
+		j.Spec.BatchSize != 8 || j.Spec.Abort == nil || !j.Spec.Abort.CountInProgress || j.Counts[jobs.DevSucceeded] != 10 {
+		t.Fatalf("rollout %s as a job: %+v", rid, j)
+	}
+	for id := range keys {
+		if d := getDevice(t, s, id); d.FOTA == nil || d.FOTA.Target != "1.0.4" {
+			t.Fatalf("%s: %+v", id, d.FOTA)
+		}
+		if st := ff.stats(id); st.Downloads != 1 {
+			t.Errorf("%s: %d downloads, want 1 (one engine issued its update once)", id, st.Downloads)
+		}
+	}
 	eventually(t, 30*time.Second, "all devices report 1.0.4", func() (bool, string) {
 		for id := range keys {
 			d := getDevice(t, s, id)
@@ -244,8 +259,9 @@ func TestFOTARolloutAbortsOnFailBoot(t *testing.T) {
 			}
 		}
 	}
-	if n := metric(t, s, `ecowatt_rollouts_total{result="aborted"}`); n != "1" {
-		t.Errorf("rollouts_total{aborted} %q", n)
+	// A rollout is a firmware job: its end is counted with the jobs'.
+	if n := metric(t, s, `ecowatt_jobs_finished_total{state="aborted"}`); n != "1" {
+		t.Errorf("jobs_finished_total{aborted} %q", n)
 	}
 }
 

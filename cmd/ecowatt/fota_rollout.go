@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ecowatt/ecowatt/backend/fota"
+	"github.com/ecowatt/ecowatt/backend/jobs"
 )
 
 func final(r fota.Rollout) bool {
@@ -62,8 +63,12 @@ func fotaRollout(ctx context.Context, e env, args []string) error {
 		return watchRollout(ctx, k, r.ID, *timeout, true)
 	}
 	return render(k, raw, func(w io.Writer, r fota.Rollout) error {
-		_, err := fmt.Fprintf(w, "rollout %s of %s to %d devices created (%d batches); follow it with: ecowatt fota status %s --watch\n",
-			r.ID, r.Version, r.Total, r.BatchCount, r.ID)
+		job := "" // a rollout is a firmware job: name it for `ecowatt job`
+		if jid, ok := strings.CutPrefix(r.ID, jobs.RolloutPrefix); ok {
+			job = ", firmware job " + jid
+		}
+		_, err := fmt.Fprintf(w, "rollout %s of %s to %d devices created (%d batches%s); follow it with: ecowatt fota status %s --watch\n",
+			r.ID, r.Version, r.Total, r.BatchCount, job, r.ID)
 		return err
 	})
 }

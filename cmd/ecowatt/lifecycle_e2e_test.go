@@ -431,11 +431,17 @@ func hexKey(k []byte) string { return hex.EncodeToString(k) }
 // device's update in progress and its rollout records it as cancelled.
 func TestRolloutSkipsDisabledE2E(t *testing.T) {
 	s := startServer(t, fotaArgs...)
-	s.provision(t, "lcr", 3)
+	keys := s.provision(t, "lcr", 3)
 	buildAndUpload(t, s, "1.0.5", "40000", false)
 	if code := s.api(t, "POST", "/api/v1/devices/lcr-0001/disable", map[string]string{"reason": "rma"}, nil); code != 200 {
 		t.Fatalf("disable: %d", code)
 	}
+	// A rollout is a firmware job, which issues parts to online devices
+	// only: the two enabled devices connect, without FOTA support, so
+	// that their updates stay in progress.
+	delete(keys, "lcr-0001")
+	startFleet(t, s, keys, "", nil)
+	waitOnline(t, s, 2)
 	var ro struct {
 		ID string `json:"id"`
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/ecowatt/ecowatt/backend"
 	"github.com/ecowatt/ecowatt/backend/config"
 	"github.com/ecowatt/ecowatt/backend/httpapi"
+	"github.com/ecowatt/ecowatt/backend/jobs"
 	"github.com/ecowatt/ecowatt/backend/keyvault"
 	"github.com/ecowatt/ecowatt/backend/store"
 	"github.com/ecowatt/ecowatt/backend/telemetry"
@@ -276,6 +277,7 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		Telemetry:  tm,
 		FOTA:       fw,
 		Jobs:       jobSvc,
+		Rollouts:   jobs.NewRollouts(jobSvc, fw),
 		Ready:      rt.ready(brk.ready),
 	}))
 	// Requests run under reqCtx, cancelled when shutdown starts, so that

@@ -54,7 +54,8 @@ export async function devicePage(root, ctx, id) {
     fota.replaceChildren(
       h("p", {}, badge((shown || "idle").replace(/_/g, " "), stateKind(shown)),
         f.target ? ` to ${f.target}` : "",
-        f.rollout ? [" in rollout ", h("a", { href: "#/rollouts/" + enc(f.rollout) }, f.rollout)] : "",
+        // A job's update is tagged job:JID; its rollout view is ro-JID.
+        f.rollout ? [" in rollout ", h("a", { href: "#/rollouts/" + enc(f.rollout.replace(/^job:/, "ro-")) }, f.rollout)] : "",
         f.reason ? ` — ${f.reason}${f.detail ? ": " + f.detail : ""}` : ""),
       pct !== null ? progress(pct, "Firmware update progress") : null,
       f.total_chunks ? h("p", { class: "muted" }, `${f.chunk_received || 0} of ${f.total_chunks} chunks`,
