@@ -167,7 +167,14 @@ func TestReplicaDeath(t *testing.T) {
 	feats := newFOTAFleet(t, rs[0])
 	startFleet(t, lb, keys, "", feats.setup)
 	buildAndUpload(t, rs[1], "1.0.7", image, false)
-	waitOnline(t, rs[0], n)
+	// The first connect of the whole fleet (not what is measured): 30 s
+	// plus 60 ms a device, as 1,000 took over 30 s on the loaded box.
+	begin := time.Now()
+	eventually(t, 30*time.Second+time.Duration(n)*60*time.Millisecond, "the fleet online", func() (bool, string) {
+		on, _ := countOnline(t, rs[0])
+		return on == n, fmt.Sprintf("%d online", on)
+	})
+	t.Logf("replica death: %d devices online %v after the fleet started", n, time.Since(begin).Round(time.Millisecond))
 	rdb, prefix := clusterRedis(t, rs[0])
 	holder := func(dev string) string {
 		return rdb.HGet(context.Background(), prefix+"{dev:"+dev+"}:dev", "replica").Val()
@@ -221,8 +228,15 @@ func TestReplicaDeath(t *testing.T) {
 	}
 	slices.Sort(ids)
 	batch := max(1, (nRollout-2+2)/3)
-	rid := startRollout(t, live[0], "--version", "1.0.7", "--devices", strings.Join(ids[:nRollout], ","), "--canary", "2", "--batch-size", strconv.Itoa(batch))
+	// The first half of the commands, then the rollout (submitting 500
+	// commands on the loaded box took longer than a small rollout), killed
+	// once a device is updating.
 	submit(ids[:n/2])
+	rid := startRollout(t, live[0], "--version", "1.0.7", "--devices", strings.Join(ids[:nRollout], ","), "--canary", "2", "--batch-size", strconv.Itoa(batch))
+	eventually(t, 20*time.Second, "a device updating", func() (bool, string) {
+		r := getRollout(t, live[0], rid)
+		return r.Counts["updating"] > 0 || r.State != "running", fmt.Sprint(r.State, r.Counts)
+	})
 	if r := getRollout(t, live[0], rid); r.State != "running" || r.Counts["pending"]+r.Counts["updating"] == 0 {
 		t.Fatalf("the rollout was no longer in progress at the kill: %s %v", r.State, r.Counts)
 	} else {
