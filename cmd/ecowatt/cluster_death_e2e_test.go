@@ -112,8 +112,8 @@ func startProcCluster(t *testing.T, n int, extra ...string) []*procReplica {
 // knobs raise it to the size (ECOWATT_DEATH_DEVICES=300
 // ECOWATT_DEATH_ROLLOUT=300 ECOWATT_DEATH_IMAGE=1MiB) or beyond.
 const (
-	deathDevices = 100     // ECOWATT_DEATH_DEVICES: devices, one command each
-	deathRollout = 30      // ECOWATT_DEATH_ROLLOUT: devices in the rollout (the first, by ID)
+	deathDevices = 300     // ECOWATT_DEATH_DEVICES: devices, one command each
+	deathRollout = 100     // ECOWATT_DEATH_ROLLOUT: devices in the rollout (the first, by ID)
 	deathImage   = "64KiB" // ECOWATT_DEATH_IMAGE: firmware image size (parseSize)
 )
 
