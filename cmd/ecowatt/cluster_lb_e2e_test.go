@@ -41,8 +41,10 @@ defaults
   timeout connect 2s
   timeout client 2m
   timeout server 2m
-  timeout check 1s
-  default-server inter 300ms fall 2 rise 1
+  timeout check 3s
+  retries 3
+  option redispatch
+  default-server inter 500ms fall 3 rise 1
 frontend mqtt
   bind %s
   default_backend replicas_mqtt
