@@ -48,7 +48,9 @@ ECOWATT_ADMIN_TOKEN="$token" timeout 300 "$WORK/ecowatt" device add --server "ht
 # Snapshot the server ~10 s into the ingest window (the fleet part logs it).
 (
 	# The second progress line of the ingest window, ~10 s into it.
-	while [ "$(grep -c "ingest window" "$out/fleet.log" 2>/dev/null)" -lt 2 ]; do
+	# (Read through cat: before tee creates the log, grep -c FILE prints
+	# nothing, the test errs and the snapshot fired with no fleet online.)
+	while [ "$(cat "$out/fleet.log" 2>/dev/null | grep -c "ingest window")" -lt 2 ]; do
 		kill -0 "$SERVE_PID" 2>/dev/null || exit 0
 		sleep 1
 	done
