@@ -48,7 +48,9 @@ ECOWATT_ADMIN_TOKEN="$token" timeout 300 "$WORK/ecowatt" device add --server "ht
 # Snapshot the server ~10 s into the ingest window (the fleet part logs it).
 (
 	# The second progress line of the ingest window, ~10 s into it.
-	while [ "$(grep -c "ingest window" "$out/fleet.log" 2>/dev/null)" -lt 2 ]; do
+	# (Read through cat: before tee creates the log, grep -c FILE prints
+	# nothing, the test errs and the snapshot fired with no fleet online.)
+	while [ "$(cat "$out/fleet.log" 2>/dev/null | grep -c "ingest window")" -lt 2 ]; do
 		kill -0 "$SERVE_PID" 2>/dev/null || exit 0
 		sleep 1
 	done
@@ -57,6 +59,8 @@ ECOWATT_ADMIN_TOKEN="$token" timeout 300 "$WORK/ecowatt" device add --server "ht
 	curl -s "http://$pprof_addr/debug/pprof/goroutine" >"$out/goroutine.pprof" || true
 	curl -s "http://$pprof_addr/debug/pprof/goroutine?debug=1" | head -1 >"$out/goroutines.txt" || true
 	grep VmRSS "/proc/$SERVE_PID/status" >>"$out/memstats.txt" || true
+	# The soft memory limit in force (--memory-limit auto moves it with the fleet).
+	curl -s -H "Authorization: Bearer $token" "http://$http/metrics" | grep -E '^go_gc_gomemlimit_bytes|^ecowatt_broker_clients_connected' >>"$out/memstats.txt" || true
 ) &
 SNAP_PID=$!
 "$WORK/ecowatt-bench" suite --only fleet --fleet-devices "$devices" --budget 5m \
@@ -80,5 +84,5 @@ sleep 1
 "$WORK/ecowatt-bench" idle --url "tcp://127.0.0.1:$mosq_port" --creds "$WORK/mosquitto/devices.txt" \
 	--pid "$MOSQ_PID" --n "$devices" | tee "$out/mosquitto-idle.txt"
 grep "RSS idle" "$out/fleet.log" || true
-grep -E "VmRSS|# (HeapInuse|HeapIdle|HeapReleased|HeapSys|Stack|Sys|NextGC|NumGC)" "$out/memstats.txt" || true
+grep -E "VmRSS|gomemlimit|clients_connected|# (HeapInuse|HeapIdle|HeapReleased|HeapSys|Stack|Sys|NextGC|NumGC)" "$out/memstats.txt" || true
 cat "$out/goroutines.txt"

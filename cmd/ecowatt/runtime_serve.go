@@ -20,12 +20,17 @@ import (
 // runtimeConfig are serve's flags for the Go runtime: a soft memory limit
 // and an opt-in profiling listener.
 type runtimeConfig struct {
-	memoryLimit string
-	pprofAddr   string
+	memoryLimit     string
+	memoryBase      string
+	memoryPerDevice string
+	pprofAddr       string
 }
 
 func (c *runtimeConfig) register(fs *flag.FlagSet) {
-	fs.StringVar(&c.memoryLimit, "memory-limit", "", "soft memory limit of the Go runtime (runtime/debug.SetMemoryLimit), e.g. 512MiB or 2GiB; empty: GOMEMLIMIT or none")
+	fs.StringVar(&c.memoryLimit, "memory-limit", "auto", "soft memory limit of the Go runtime (runtime/debug.SetMemoryLimit): a size such as 512MiB or 2GiB, "+
+		"off, or auto: --memory-base + --memory-per-device × connected clients, never below 1.25 × the live heap (GOMEMLIMIT, when set, wins over auto)")
+	fs.StringVar(&c.memoryBase, "memory-base", "64MiB", "with --memory-limit auto: the limit with no client connected")
+	fs.StringVar(&c.memoryPerDevice, "memory-per-device", "16KiB", "with --memory-limit auto: the limit added per connected MQTT client")
 	fs.StringVar(&c.pprofAddr, "pprof-addr", "", "serve /debug/pprof/ on this loopback address (e.g. 127.0.0.1:6060); off when empty")
 }
 
@@ -53,18 +58,35 @@ func parseByteSize(s string) (int64, error) {
 	return n * mult, nil
 }
 
-// applyMemoryLimit sets the runtime's soft memory limit from --memory-limit.
-func (c runtimeConfig) applyMemoryLimit(log zerolog.Logger) error {
-	if c.memoryLimit == "" {
-		return nil
+// applyMemoryLimit sets the runtime's soft memory limit from
+// --memory-limit. For auto it returns the budget of the controller to run
+// (memlimit_serve.go), or nil when GOMEMLIMIT already set a limit.
+func (c runtimeConfig) applyMemoryLimit(getenv func(string) string, log zerolog.Logger) (*memBudget, error) {
+	switch c.memoryLimit {
+	case "off":
+		return nil, nil
+	case "auto", "":
+		var b memBudget
+		var err error
+		if b.base, err = parseByteSize(c.memoryBase); err != nil {
+			return nil, usageError{fmt.Sprintf("--memory-base %q: %v", c.memoryBase, err)}
+		}
+		if b.perDevice, err = parseByteSize(c.memoryPerDevice); err != nil {
+			return nil, usageError{fmt.Sprintf("--memory-per-device %q: %v", c.memoryPerDevice, err)}
+		}
+		if v := getenv("GOMEMLIMIT"); v != "" {
+			log.Info().Str("GOMEMLIMIT", v).Msg("Go memory limit from GOMEMLIMIT; not following the fleet")
+			return nil, nil
+		}
+		return &b, nil
 	}
 	n, err := parseByteSize(c.memoryLimit)
 	if err != nil {
-		return usageError{fmt.Sprintf("--memory-limit %q: %v", c.memoryLimit, err)}
+		return nil, usageError{fmt.Sprintf("--memory-limit %q: %v (or auto, off)", c.memoryLimit, err)}
 	}
 	debug.SetMemoryLimit(n)
 	log.Info().Int64("bytes", n).Msg("Go memory limit set")
-	return nil
+	return nil, nil
 }
 
 // listenPprof opens the profiling listener, refusing any address that is

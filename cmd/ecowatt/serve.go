@@ -130,7 +130,8 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 		return err
 	}
 	log = log.With().Str("replica", replica).Logger()
-	if err := c.runtime.applyMemoryLimit(log); err != nil {
+	fleetBudget, err := c.runtime.applyMemoryLimit(e.getenv, log)
+	if err != nil {
 		return err
 	}
 	pprofLn, err := c.runtime.listenPprof()
@@ -300,6 +301,11 @@ func serve(ctx context.Context, e env, c serveConfig, log zerolog.Logger) error 
 	g.Go(func() error { return jobSvc.Run(gctx) })
 	if rt != nil {
 		g.Go(func() error { return rt.Run(gctx) })
+	}
+	if fleetBudget != nil {
+		mc := &memController{budget: *fleetBudget, clients: gaugeReader(reg, "ecowatt_broker_clients_connected"),
+			log: log.With().Str("component", "memlimit").Logger()}
+		g.Go(func() error { return mc.run(gctx) })
 	}
 	if pprofLn != nil {
 		log.Warn().Str("addr", pprofLn.Addr().String()).Msg("profiling on /debug/pprof/ (--pprof-addr)")
