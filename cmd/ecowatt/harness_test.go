@@ -60,6 +60,10 @@ func startServer(t *testing.T, extra ...string) *testServer {
 		"--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0",
 		"--redis", os.Getenv(redistest.EnvURL), "--redis-prefix", prefix,
 		"--data-dir", s.DataDir, "--admin-token", s.Token, "--log-level", "warn",
+		// Dozens of servers share this test process: a process-wide soft
+		// memory limit set by each (the auto default) would only make the
+		// suite's GC busier. Replica processes (startProcCluster) keep it.
+		"--memory-limit", "off",
 	}, extra...)
 	s.start(t)
 	t.Cleanup(func() { s.stop(t) })

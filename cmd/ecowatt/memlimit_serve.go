@@ -23,7 +23,7 @@ import (
 // instead of a fixed guess. An explicit --memory-limit or GOMEMLIMIT wins.
 const (
 	defaultMemoryBase      = 64 << 20
-	defaultMemoryPerDevice = 16 << 10
+	defaultMemoryPerDevice = 32 << 10
 	memoryHeadroom         = 1.25
 	memoryTick             = 2 * time.Second
 	// After a connect burst, idle heap above this (and above a quarter

@@ -30,7 +30,7 @@ func (c *runtimeConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.memoryLimit, "memory-limit", "auto", "soft memory limit of the Go runtime (runtime/debug.SetMemoryLimit): a size such as 512MiB or 2GiB, "+
 		"off, or auto: --memory-base + --memory-per-device × connected clients, never below 1.25 × the live heap (GOMEMLIMIT, when set, wins over auto)")
 	fs.StringVar(&c.memoryBase, "memory-base", "64MiB", "with --memory-limit auto: the limit with no client connected")
-	fs.StringVar(&c.memoryPerDevice, "memory-per-device", "16KiB", "with --memory-limit auto: the limit added per connected MQTT client")
+	fs.StringVar(&c.memoryPerDevice, "memory-per-device", "32KiB", "with --memory-limit auto: the limit added per connected MQTT client")
 	fs.StringVar(&c.pprofAddr, "pprof-addr", "", "serve /debug/pprof/ on this loopback address (e.g. 127.0.0.1:6060); off when empty")
 }
 
