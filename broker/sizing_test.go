@@ -117,9 +117,8 @@ func stackPerConn(t *testing.T, n, depth int) float64 {
 
 // An idle connection holds two goroutines, mochi's read loop and write
 // loop. Their parked frames decide their stacks (issue 14,
-// docs/BENCHMARKS.md): the read loop parks with 5.6 KiB in use (mochi's
-// attachClient and Read frames hold packets by value), so it keeps 16 KiB;
-// the write loop parks with 2.1 KiB and keeps 4-8 KiB. The CONNECT's auth
+// docs/BENCHMARKS.md; TestIdleConnectionStackShrinks for the fork that
+// made them small). The CONNECT's auth
 // must not add to that however deep it goes: it runs on a connect worker
 // (connectwork.go). On the read loop, a 32 KiB-deep auth left 68 KiB of
 // stack per connection, against 20 KiB, until collections shrank it.
