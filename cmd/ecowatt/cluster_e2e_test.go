@@ -219,7 +219,10 @@ func TestReplicaMode(t *testing.T) {
 				lines <- sc.Text()
 			}
 		}()
-		time.Sleep(500 * time.Millisecond) // let the subscription settle
+		// Let the subscription settle: mosquitto_sub says nothing on stdout
+		// when its SUBACK comes, and under load 500 ms was too short (the
+		// Cluster run of test-scale saw no event at all).
+		time.Sleep(2 * time.Second)
 		msg := `{"action":"write_register","target_register":"export_power","value":61,"request_id":"req-x"}`
 		if out, err := exec.CommandContext(ctx, "mosquitto_pub", append(auth(rs[1]), "-q", "1", "-t", "ecowatt/v1/ops/rm-0002/command", "-m", msg)...).CombinedOutput(); err != nil {
 			t.Fatalf("mosquitto_pub: %v\n%s", err, out)
