@@ -98,6 +98,9 @@ func TestPresenceRestartReconciles(t *testing.T) {
 				a.birth(cl, d, 1)
 				devs = append(devs, d)
 			}
+			// The births' handlers finish after their events: crashing
+			// before the last online-index write left 4 stale devices.
+			waitFor(t, 5*time.Second, "the 5 births indexed", func() bool { return len(onlineIDs(t, a.s)) == 5 })
 			a.crash(stopA)
 			if got := onlineIDs(t, a.s); len(got) != 5 {
 				t.Fatalf("after the crash %d devices in the online index, want the 5 stale ones", len(got))
