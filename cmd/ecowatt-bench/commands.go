@@ -70,18 +70,12 @@ func (s *suite) runCommands(ctx context.Context, rep *report) error {
 	res := &commandsResult{Devices: n}
 	rep.Commands = res
 	log := s.e.stderr
-	fl, err := s.srv.startFleet(ctx, deviceLog(log), ids, fleetOptions{})
+	fl, err := s.bringOnline(ctx, "commands", ids, 60*time.Second)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err := fl.stop(); err != nil {
-			fmt.Fprintf(log, "[commands] %v\n", err)
-		}
-	}()
-	took, _ := fl.waitOnline(ctx, n, 60*time.Second)
+	defer s.stopFleet("commands", fl)
 	res.Online = fl.f.Status().Online
-	fmt.Fprintf(log, "[commands] %d/%d devices online in %.1fs\n", res.Online, n, took.Seconds())
 	sleepCtx(ctx, time.Second)
 	for _, rate := range rates {
 		st, err := s.commandStep(ctx, ids, rate, secs)

@@ -94,18 +94,12 @@ func (s *suite) runFOTA(ctx context.Context, rep *report) error {
 	if err := s.uploadFirmware(ctx, fotaVersion, img, res); err != nil {
 		return err
 	}
-	fl, err := s.srv.startFleet(ctx, deviceLog(log), ids, fleetOptions{})
+	fl, err := s.bringOnline(ctx, "fota", ids, 60*time.Second)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err := fl.stop(); err != nil {
-			fmt.Fprintf(log, "[fota] %v\n", err)
-		}
-	}()
-	took, _ := fl.waitOnline(ctx, n, 60*time.Second)
+	defer s.stopFleet("fota", fl)
 	res.Online = fl.f.Status().Online
-	fmt.Fprintf(log, "[fota] %d/%d devices online in %.1fs\n", res.Online, n, took.Seconds())
 	sleepCtx(ctx, time.Second)
 
 	p0, err := procStat(s.srv.pid)
@@ -150,9 +144,7 @@ func (s *suite) runFOTA(ctx context.Context, rep *report) error {
 	if wall > 0 {
 		res.GoodputMBps = round(float64(res.Succeeded)*float64(res.ImageBytes)/wall.Seconds()/1e6, 3)
 	}
-	if err := fl.stop(); err != nil {
-		fmt.Fprintf(log, "[fota] %v\n", err)
-	}
+	s.stopFleet("fota", fl) // before the raw run after it; the deferred stop is then a no-op
 	raw("after")
 	var sum float64
 	for _, r := range res.Raw {

@@ -43,18 +43,12 @@ func (s *suite) runJobs(ctx context.Context, rep *report) error {
 	if err != nil {
 		return err
 	}
-	fl, err := s.srv.startFleet(ctx, deviceLog(log), ids, fleetOptions{})
+	fl, err := s.bringOnline(ctx, "jobs", ids, 90*time.Second)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err := fl.stop(); err != nil {
-			fmt.Fprintf(log, "[jobs] %v\n", err)
-		}
-	}()
-	took, _ := fl.waitOnline(ctx, n, 90*time.Second)
+	defer s.stopFleet("jobs", fl)
 	res.Online = fl.f.Status().Online
-	fmt.Fprintf(log, "[jobs] %d/%d devices online in %.1fs\n", res.Online, n, took.Seconds())
 	sleepCtx(ctx, 2*time.Second) // let the births' config pushes settle
 
 	p0, err := procStat(s.srv.pid)

@@ -397,3 +397,25 @@ type serverInfo struct {
 	FileLimit uint64 `json:"bench_file_limit"`
 	Redis     string `json:"redis,omitempty"` // redis-server version
 }
+
+// bringOnline starts the devices ids against the server (every feature)
+// and waits up to bound for them to be online, logging how long it took
+// under [part]. The caller stops the fleet (stopFleet).
+func (s *suite) bringOnline(ctx context.Context, part string, ids []string, bound time.Duration) (*simFleet, error) {
+	log := s.e.stderr
+	fl, err := s.srv.startFleet(ctx, deviceLog(log), ids, fleetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	took, _ := fl.waitOnline(ctx, len(ids), bound)
+	fmt.Fprintf(log, "[%s] %d/%d devices online in %.1fs\n", part, fl.f.Status().Online, len(ids), took.Seconds())
+	return fl, nil
+}
+
+// stopFleet stops fl (once; later calls do nothing) and logs a failure
+// under [part].
+func (s *suite) stopFleet(part string, fl *simFleet) {
+	if err := fl.stop(); err != nil {
+		fmt.Fprintf(s.e.stderr, "[%s] %v\n", part, err)
+	}
+}
