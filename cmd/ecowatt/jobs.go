@@ -52,6 +52,7 @@ func jobCreate(ctx context.Context, e env, args []string) error {
 	fs := k.fs
 	sel := fs.String("selector", "", "devices to target, e.g. 'site=colombo,online=true' (docs/OPERATIONS.md)")
 	devices := fs.String("devices", "", "comma-separated device IDs (instead of --selector)")
+	all := fs.Bool("all", false, "every device (instead of --selector or --devices)")
 	cfg := jobConfigFlags{}
 	fs.Var(cfg, "config", "a config field to set, key=value (repeat for more), e.g. sampling_interval=10")
 	action := fs.String("command", "", "command action: write_register, read_register, reboot or ping")
@@ -62,8 +63,10 @@ func jobCreate(ctx context.Context, e env, args []string) error {
 	perMin := fs.Int("max-per-minute", 0, "at most this many devices' parts issued a minute (required)")
 	batch := fs.Int("batch-size", 0, "parts issued together (default: max-per-minute/60, a batch a second)")
 	canary := fs.Int("canary", 0, "devices that go first, alone")
+	serial := fs.Bool("serial-batches", false, "start a batch only when every part of the previous one has ended")
 	maxFail := fs.Float64("max-failure-percent", -1, "abort when more than this percentage of the executed parts failed")
 	minExec := fs.Int("min-executed", 10, "parts with an outcome before the abort rule applies")
+	inProgress := fs.Bool("count-in-progress", false, "the abort rule's failure share is over the parts started, in progress included")
 	expires := fs.Duration("expires", 0, "end the job after this long (server default 7 days); offline devices get their part until then")
 	future := fs.Bool("include-future", false, "devices matching the selector later join the job")
 	watch := fs.Bool("watch", false, "show progress until the job ends")
@@ -71,13 +74,15 @@ func jobCreate(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	body := map[string]any{"max_per_minute": *perMin}
-	switch {
-	case *sel != "" && *devices != "", *sel == "" && *devices == "":
-		return k.usage("give exactly one of --selector and --devices")
+	switch targets := btoi(*sel != "") + btoi(*devices != "") + btoi(*all); {
+	case targets != 1:
+		return k.usage("give exactly one of --selector, --devices and --all")
 	case *sel != "":
 		body["selector"] = *sel
-	default:
+	case *devices != "":
 		body["devices"] = strings.Split(*devices, ",")
+	default:
+		body["all"] = true
 	}
 	n := 0
 	if len(cfg) > 0 {
@@ -112,8 +117,14 @@ func jobCreate(ctx context.Context, e env, args []string) error {
 	if *canary != 0 {
 		body["canary"] = *canary
 	}
-	if *maxFail >= 0 {
-		body["abort"] = map[string]any{"max_failure_percent": *maxFail, "min_executed": *minExec}
+	if *serial {
+		body["serial_batches"] = true
+	}
+	switch {
+	case *maxFail >= 0:
+		body["abort"] = map[string]any{"max_failure_percent": *maxFail, "min_executed": *minExec, "count_in_progress": *inProgress}
+	case *inProgress:
+		return k.usage("--count-in-progress qualifies an abort rule: give --max-failure-percent too")
 	}
 	if *expires > 0 {
 		body["expires_at"] = time.Now().Add(*expires).UTC().Format(time.RFC3339)
@@ -293,4 +304,12 @@ func printJob(w io.Writer, j jobs.Job) error {
 	}
 	_, err := fmt.Fprintf(w, "  devices   %s\n", strings.Join(parts, ", "))
 	return err
+}
+
+// btoi counts a set flag, for "exactly one of" checks.
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

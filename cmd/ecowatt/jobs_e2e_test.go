@@ -104,6 +104,31 @@ func TestJobCLI(t *testing.T) {
 	})
 }
 
+// TestJobCLIOptions: the job options the API has are reachable from the
+// CLI and arrive in the job's spec as given.
+func TestJobCLIOptions(t *testing.T) {
+	s := startServer(t)
+	s.provision(t, "jobo", 2)
+	out, err := s.cli(t, "job", "create", "--all", "--command", "ping", "--max-per-minute", "60",
+		"--serial-batches", "--max-failure-percent", "20", "--min-executed", "3", "--count-in-progress")
+	if err != nil {
+		t.Fatalf("job create: %v\n%s", err, out)
+	}
+	jid := regexp.MustCompile(`job (\w+) \(command\) created for 2 devices`).FindStringSubmatch(out)
+	if jid == nil {
+		t.Fatalf("job create said %q", out)
+	}
+	var j jobs.Job
+	if code := s.api(t, "GET", "/api/v1/jobs/"+jid[1], nil, &j); code != 200 {
+		t.Fatalf("GET job: %d", code)
+	}
+	sp := j.Spec
+	if !sp.All || !sp.SerialBatches || sp.Abort == nil || sp.Abort.MaxFailurePercent != 20 ||
+		sp.Abort.MinExecuted != 3 || !sp.Abort.CountInProgress {
+		t.Fatalf("spec %+v (abort %+v), want all, serial batches and the abort rule given", sp, sp.Abort)
+	}
+}
+
 // TestJobCLIUsageErrors: a job command missing its target or action, or
 // with a malformed --config, fails before it calls the server.
 func TestJobCLIUsageErrors(t *testing.T) {
@@ -112,8 +137,10 @@ func TestJobCLIUsageErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"no target", []string{"job", "create", "--config", "sampling_interval=2", "--max-per-minute", "10"}, "exactly one of --selector and --devices"},
-		{"two targets", []string{"job", "create", "--selector", "a=b", "--devices", "d1", "--config", "sampling_interval=2", "--max-per-minute", "10"}, "exactly one of --selector and --devices"},
+		{"no target", []string{"job", "create", "--config", "sampling_interval=2", "--max-per-minute", "10"}, "exactly one of --selector, --devices and --all"},
+		{"two targets", []string{"job", "create", "--selector", "a=b", "--devices", "d1", "--config", "sampling_interval=2", "--max-per-minute", "10"}, "exactly one of --selector, --devices and --all"},
+		{"selector and all", []string{"job", "create", "--selector", "a=b", "--all", "--config", "sampling_interval=2", "--max-per-minute", "10"}, "exactly one of --selector, --devices and --all"},
+		{"count-in-progress without a rule", []string{"job", "create", "--all", "--config", "sampling_interval=2", "--max-per-minute", "10", "--count-in-progress"}, "give --max-failure-percent too"},
 		{"no action", []string{"job", "create", "--selector", "a=b", "--max-per-minute", "10"}, "exactly one action"},
 		{"two actions", []string{"job", "create", "--selector", "a=b", "--config", "sampling_interval=2", "--command", "reboot", "--max-per-minute", "10"}, "exactly one action"},
 		{"config without =", []string{"job", "create", "--selector", "a=b", "--config", "sampling_interval", "--max-per-minute", "10"}, "want key=value"},
