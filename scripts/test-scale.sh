@@ -9,7 +9,8 @@
 #     broker, behind HAProxy (TCP, /readyz checks), on the standalone Redis
 #     and again on the cluster (sharded pub/sub across masters); the death
 #     of a replica process (kill -9, TestReplicaDeath) and key-cache
-#     invalidation across replicas (TestReplicaKeyInvalidation).
+#     invalidation across replicas (TestReplicaKeyInvalidation),
+#   - the dashboard's fleet page over 10,000 devices (chromium).
 # Everything started here is stopped on exit, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,7 @@ need_pkg redis-cli redis-tools
 need_pkg mosquitto mosquitto
 need_pkg mosquitto_sub mosquitto-clients
 need_pkg haproxy haproxy
+need_pkg chromium chromium # the 10,000-device dashboard test
 
 SCALE_DIR=$(mktemp -d -t ecowatt-scale.XXXXXX)
 SCALE_PIDS=()
@@ -113,5 +115,9 @@ ECOWATT_TEST_REDIS_URL="$CLUSTER_URL" go test -race -count=1 -timeout 10m \
 #    sharded channels on different masters, HAProxy in front (step 1 ran
 #    the same tests on the standalone Redis).
 ECOWATT_TEST_REDIS_URL="$CLUSTER_URL" go test -race -count=1 -timeout 10m -run 'TestReplica' ./cmd/ecowatt/
+
+# 4. The dashboard's fleet page over 10,000 devices: server-side pages,
+#    filters and summary bars at the issue-12 size (make test runs 500).
+ECOWATT_BROWSER_FLEET=10000 go test -race -count=1 -timeout 5m -run 'TestDashboardFleetPaging' ./cmd/ecowatt/
 
 echo "test-scale: passed in $(($(date +%s) - start)) s"
